@@ -1,0 +1,256 @@
+//! The records cakelink keeps: clicks, conversions, event-log entries, report counters
+//! and links. Both store backends persist exactly these; the routes build and read them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::Money;
+
+/// Milliseconds since the unix epoch.
+pub type UnixMillis = i64;
+
+/// Hours since the unix epoch: the grain of the report counters.
+pub type UnixHour = u32;
+
+pub fn hour_of(ms: UnixMillis) -> UnixHour {
+    (ms.max(0) / 3_600_000) as UnixHour
+}
+
+/// One visitor's pass through `/go/{network}/{slug}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Click {
+    pub id: String,
+    /// `network/slug` of the link clicked.
+    pub link: String,
+    pub at: UnixMillis,
+    /// Why the request was classified as a bot or prefetch; `None` for a person.
+    pub bot: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    /// `utm_source` … `utm_content`, keyed without the `utm_` prefix.
+    pub utm: Vec<(String, String)>,
+    /// Ad-platform click ids: `fbclid`, `gclid`, `gbraid`, `wbraid`, `ttclid`, `msclkid`.
+    pub ad_click_ids: Vec<(String, String)>,
+    /// Sub-ids passed through to the offer URL (`s1`, `s3`…), as sent.
+    pub subids: Vec<(String, String)>,
+}
+
+impl Click {
+    pub fn is_bot(&self) -> bool {
+        self.bot.is_some()
+    }
+}
+
+/// A conversion recorded from a postback, with a copy of its click so that reports and
+/// forwarding never depend on the click still being in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversion {
+    /// Stable id derived from the de-duplication key; the downstream `event_id`/`order_id`.
+    pub id: String,
+    pub at: UnixMillis,
+    /// Network whose postback URL was called.
+    pub network: String,
+    pub event: String,
+    pub value: Money,
+    pub currency: String,
+    pub transaction_id: Option<String>,
+    pub item_id: Option<String>,
+    /// Every postback field that carried a value, names lower-cased.
+    pub fields: Vec<(String, String)>,
+    pub click: Click,
+}
+
+impl Conversion {
+    /// Derives the conversion id from what makes a conversion unique: the click, the
+    /// network's transaction id (or, without one, the exact set of fields) and the event.
+    pub fn derive_id(click_id: &str, transaction_id: Option<&str>, fields: &[(String, String)], event: &str) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(b"cakelink conversion v1\0");
+        h.update(click_id.as_bytes());
+        h.update(b"\0");
+        match transaction_id {
+            Some(tid) => {
+                h.update(b"tid\0");
+                h.update(tid.as_bytes());
+            }
+            None => {
+                let mut sorted: Vec<_> = fields.iter().collect();
+                sorted.sort();
+                h.update(b"fields\0");
+                for (k, v) in sorted {
+                    h.update(k.as_bytes());
+                    h.update(b"=");
+                    h.update(v.as_bytes());
+                    h.update(b"&");
+                }
+            }
+        }
+        h.update(b"\0");
+        h.update(event.as_bytes());
+        let hash = h.finalize();
+        let mut n = [0u8; 16];
+        n.copy_from_slice(&hash.as_bytes()[..16]);
+        format!("{:0>22}", base62::encode(u128::from_be_bytes(n)))
+    }
+}
+
+/// What recording a conversion did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    Duplicate,
+}
+
+/// One entry of the postback event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub received_at: UnixMillis,
+    pub network: String,
+    pub status: String,
+    pub reason: String,
+    pub click_id: Option<String>,
+    pub conversion_id: Option<String>,
+    /// The postback's fields as received, with any key redacted.
+    pub query: String,
+}
+
+/// Report counters for one link in one UTC hour. Every field is additive, so the same
+/// type is the stored total and the delta one write adds to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub clicks: u64,
+    pub bot_hits: u64,
+    pub conversions: u64,
+    pub leads: u64,
+    pub purchases: u64,
+    pub revenue: Money,
+}
+
+impl Counters {
+    /// What recording `click` adds.
+    pub fn for_click(click: &Click) -> Counters {
+        if click.is_bot() {
+            Counters { bot_hits: 1, ..Counters::default() }
+        } else {
+            Counters { clicks: 1, ..Counters::default() }
+        }
+    }
+
+    /// What recording `conversion` adds.
+    pub fn for_conversion(conversion: &Conversion) -> Counters {
+        Counters {
+            conversions: 1,
+            leads: (conversion.event == "Lead") as u64,
+            purchases: (conversion.event == "Purchase") as u64,
+            revenue: conversion.value,
+            ..Counters::default()
+        }
+    }
+
+    pub fn add(&mut self, other: &Counters) {
+        self.clicks += other.clicks;
+        self.bot_hits += other.bot_hits;
+        self.conversions += other.conversions;
+        self.leads += other.leads;
+        self.purchases += other.purchases;
+        self.revenue = self.revenue.saturating_add(other.revenue);
+    }
+
+    /// The counters as named fields, for stores that keep one number per field.
+    pub fn fields(&self) -> [(&'static str, i64); 6] {
+        [
+            ("clicks", self.clicks as i64),
+            ("bot_hits", self.bot_hits as i64),
+            ("conversions", self.conversions as i64),
+            ("leads", self.leads as i64),
+            ("purchases", self.purchases as i64),
+            ("revenue", self.revenue.micros()),
+        ]
+    }
+
+    /// Sets one named field (the inverse of [`Counters::fields`]); unknown names are ignored.
+    pub fn set_field(&mut self, name: &str, value: i64) {
+        let v = value.max(0) as u64;
+        match name {
+            "clicks" => self.clicks = v,
+            "bot_hits" => self.bot_hits = v,
+            "conversions" => self.conversions = v,
+            "leads" => self.leads = v,
+            "purchases" => self.purchases = v,
+            "revenue" => self.revenue = Money::from_micros(value),
+            _ => {}
+        }
+    }
+}
+
+/// Counters of one link in one hour, as read back for reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HourCounters {
+    pub hour: UnixHour,
+    pub link: String,
+    pub counters: Counters,
+}
+
+/// Whether a link sends visitors to its offer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkStatus {
+    #[default]
+    Active,
+    Paused,
+}
+
+/// Where a link was defined: config links are read-only through the API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkSource {
+    Config,
+    #[default]
+    Api,
+}
+
+/// A tracking link as its owner defined it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub network: String,
+    pub slug: String,
+    pub offer: String,
+    pub redirect: u16,
+    pub status: LinkStatus,
+    pub fallback: Option<String>,
+    pub event: Option<String>,
+    pub source: LinkSource,
+}
+
+impl Link {
+    /// `network/slug`, the key reports use.
+    pub fn key(&self) -> String {
+        link_key(&self.network, &self.slug)
+    }
+}
+
+pub fn link_key(network: &str, slug: &str) -> String {
+    format!("{network}/{slug}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_id_depends_on_tid_or_fields_and_event() {
+        let f1 = vec![("price".to_owned(), "7".to_owned())];
+        let f2 = vec![("price".to_owned(), "8".to_owned())];
+        let a = Conversion::derive_id("c1", Some("t"), &f1, "Purchase");
+        assert_eq!(a.len(), 22);
+        assert_eq!(a, Conversion::derive_id("c1", Some("t"), &f2, "Purchase"));
+        assert_ne!(a, Conversion::derive_id("c2", Some("t"), &f1, "Purchase"));
+        assert_ne!(a, Conversion::derive_id("c1", Some("t"), &f1, "Lead"));
+        let n1 = Conversion::derive_id("c1", None, &f1, "Purchase");
+        assert_ne!(n1, Conversion::derive_id("c1", None, &f2, "Purchase"));
+        let mut reordered = vec![("b".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())];
+        let x = Conversion::derive_id("c1", None, &reordered, "Lead");
+        reordered.reverse();
+        assert_eq!(x, Conversion::derive_id("c1", None, &reordered, "Lead"));
+    }
+}

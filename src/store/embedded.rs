@@ -1,0 +1,481 @@
+//! The embedded store: fjall, an LSM engine in one directory.
+//!
+//! All writes go through one writer thread that drains whatever requests are waiting
+//! and commits them as one batch (group commit): one journal write, flushed to the
+//! operating system's buffers, acknowledges a whole burst of clicks. Once in the OS
+//! buffers a write survives a kill of the process; a background thread fsyncs the
+//! journal every `fsync_ms` for power loss, as Redis's `appendfsync everysec` does.
+//! Because one thread applies every write, "insert unless present" and counter updates
+//! are atomic without locks. Reads go straight to fjall on the blocking pool.
+//!
+//! Keyspaces: `clicks` (id → click; ids sort by creation time, so expired clicks are a
+//! key range), `conversions` (time ‖ id → conversion), `conversion_ids` (id → time),
+//! `counters` (hour ‖ link → counters), `events` (sequence → event), `links`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Store, StoreError, StoreLimits, StoreResult};
+use crate::clickid::ClickId;
+use crate::model::{hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis};
+
+/// Most requests one batch takes; bounds the latency one commit adds.
+const MAX_BATCH: usize = 4096;
+/// Requests waiting for the writer before senders wait too (backpressure).
+const QUEUE_DEPTH: usize = 65_536;
+/// How often expired clicks are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct Tables {
+    db: Database,
+    clicks: Keyspace,
+    conversions: Keyspace,
+    conversion_ids: Keyspace,
+    counters: Keyspace,
+    events: Keyspace,
+    links: Keyspace,
+}
+
+impl Tables {
+    fn open(path: &Path) -> Result<Tables, fjall::Error> {
+        let db = Database::builder(path).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Tables {
+            clicks: ks("clicks")?,
+            conversions: ks("conversions")?,
+            conversion_ids: ks("conversion_ids")?,
+            counters: ks("counters")?,
+            events: ks("events")?,
+            links: ks("links")?,
+            db,
+        })
+    }
+}
+
+enum Op {
+    Click(Click, oneshot::Sender<StoreResult<()>>),
+    Conversion(Box<Conversion>, oneshot::Sender<StoreResult<Recorded>>),
+    Event(Event, oneshot::Sender<StoreResult<()>>),
+    PutLink(Link, oneshot::Sender<StoreResult<()>>),
+    DeleteLink(String, oneshot::Sender<StoreResult<bool>>),
+    Sweep,
+    Flush(oneshot::Sender<StoreResult<()>>),
+}
+
+/// The fjall-backed store.
+pub struct EmbeddedStore {
+    tables: Tables,
+    ops: mpsc::Sender<Op>,
+    stop: Arc<AtomicBool>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing the crate's own plain structs into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl EmbeddedStore {
+    /// Opens (creating when missing) the store directory and starts its writer, its
+    /// fsync timer and its expiry sweep.
+    pub fn open(path: &Path, fsync: Duration, limits: StoreLimits) -> anyhow::Result<EmbeddedStore> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| anyhow::anyhow!("cannot create store directory {}: {e}", path.display()))?;
+        let tables = Tables::open(path).map_err(|e| anyhow::anyhow!("cannot open store at {}: {e}", path.display()))?;
+        let (ops, rx) = mpsc::channel(QUEUE_DEPTH);
+        let stop = Arc::new(AtomicBool::new(false));
+
+        let mut writer = Writer::new(tables.clone(), limits)?;
+        std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx))?;
+
+        let db = tables.db.clone();
+        let stop_sync = stop.clone();
+        std::thread::Builder::new().name("store-fsync".into()).spawn(move || {
+            while !stop_sync.load(Ordering::Relaxed) {
+                std::thread::sleep(fsync);
+                if let Err(e) = db.persist(PersistMode::SyncAll) {
+                    tracing::error!(error = %e, "fsync of the store journal failed");
+                }
+            }
+        })?;
+
+        let sweep = ops.clone();
+        let stop_sweep = stop.clone();
+        std::thread::Builder::new().name("store-sweep".into()).spawn(move || {
+            let mut since = Duration::ZERO;
+            while !stop_sweep.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                since += Duration::from_millis(500);
+                if since >= SWEEP_EVERY {
+                    since = Duration::ZERO;
+                    if sweep.blocking_send(Op::Sweep).is_err() {
+                        return;
+                    }
+                }
+            }
+        })?;
+
+        Ok(EmbeddedStore { tables, ops, stop })
+    }
+
+    async fn submit<T>(&self, op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreResult<T> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(op(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Tables) -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
+        let tables = self.tables.clone();
+        tokio::task::spawn_blocking(move || f(&tables)).await.map_err(unavailable)?
+    }
+
+    /// Drops clicks older than the click lifetime now, instead of waiting for the timer.
+    pub async fn sweep_now(&self) -> StoreResult<()> {
+        self.ops.send(Op::Sweep).await.map_err(|_| StoreError::Closed)?;
+        self.flush().await
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn record_click(&self, click: &Click) -> StoreResult<()> {
+        self.submit(|tx| Op::Click(click.clone(), tx)).await
+    }
+
+    async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
+        let id = click_id.to_owned();
+        self.read(move |t| match t.clicks.get(id.as_bytes()).map_err(unavailable)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn record_conversion(&self, conversion: &Conversion) -> StoreResult<Recorded> {
+        self.submit(|tx| Op::Conversion(Box::new(conversion.clone()), tx)).await
+    }
+
+    async fn log_event(&self, event: &Event) -> StoreResult<()> {
+        self.submit(|tx| Op::Event(event.clone(), tx)).await
+    }
+
+    async fn events(&self, status: Option<&str>, limit: usize) -> StoreResult<Vec<Event>> {
+        let status = status.map(str::to_owned);
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for kv in t.events.iter().rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, v) = kv.into_inner().map_err(unavailable)?;
+                let event: Event = decode(&v)?;
+                if status.as_deref().is_none_or(|s| s == event.status) {
+                    out.push(event);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn counters(&self, from: UnixHour, to: UnixHour) -> StoreResult<Vec<HourCounters>> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            let start = from.to_be_bytes();
+            let end = to.saturating_add(1).to_be_bytes();
+            let range = t.counters.range(start.as_slice()..end.as_slice());
+            for kv in range {
+                let (k, v) = kv.into_inner().map_err(unavailable)?;
+                if k.len() < 4 {
+                    continue;
+                }
+                let hour = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+                let link = String::from_utf8_lossy(&k[4..]).into_owned();
+                out.push(HourCounters { hour, link, counters: decode(&v)? });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>> {
+        self.read(move |t| {
+            let start = (from.max(0) as u64).to_be_bytes();
+            let end = (to.max(0) as u64).to_be_bytes();
+            t.conversions
+                .range(start.as_slice()..end.as_slice())
+                .map(|kv| decode(&kv.into_inner().map_err(unavailable)?.1))
+                .collect()
+        })
+        .await
+    }
+
+    async fn links(&self) -> StoreResult<Vec<Link>> {
+        self.read(|t| t.links.iter().map(|kv| decode(&kv.into_inner().map_err(unavailable)?.1)).collect()).await
+    }
+
+    async fn link(&self, network: &str, slug: &str) -> StoreResult<Option<Link>> {
+        let key = link_key(network, slug);
+        self.read(move |t| match t.links.get(key.as_bytes()).map_err(unavailable)? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn put_link(&self, link: &Link) -> StoreResult<()> {
+        self.submit(|tx| Op::PutLink(link.clone(), tx)).await
+    }
+
+    async fn delete_link(&self, network: &str, slug: &str) -> StoreResult<bool> {
+        self.submit(|tx| Op::DeleteLink(link_key(network, slug), tx)).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        if self.ops.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.read(|t| t.links.first_key_value().map(|_| ()).map_or(Ok(()), Ok)).await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.submit(Op::Flush).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+/// The one thread that writes.
+struct Writer {
+    t: Tables,
+    limits: StoreLimits,
+    /// Sequence number of the newest and the oldest event kept.
+    last_event: u64,
+    first_event: u64,
+}
+
+/// Replies owed once a batch is committed.
+enum Reply {
+    Unit(oneshot::Sender<StoreResult<()>>),
+    Recorded(oneshot::Sender<StoreResult<Recorded>>, Recorded),
+    Bool(oneshot::Sender<StoreResult<bool>>, bool),
+}
+
+impl Reply {
+    fn send(self, failure: Option<&str>) {
+        let err = || StoreError::Unavailable(failure.unwrap_or_default().to_owned());
+        // A requester that gave up (its connection closed) no longer listens; that is fine.
+        match self {
+            Reply::Unit(tx) => {
+                let _ = tx.send(failure.map_or(Ok(()), |_| Err(err())));
+            }
+            Reply::Recorded(tx, r) => {
+                let _ = tx.send(failure.map_or(Ok(r), |_| Err(err())));
+            }
+            Reply::Bool(tx, b) => {
+                let _ = tx.send(failure.map_or(Ok(b), |_| Err(err())));
+            }
+        }
+    }
+}
+
+impl Writer {
+    fn new(t: Tables, limits: StoreLimits) -> anyhow::Result<Writer> {
+        let seq = |kv: Option<fjall::Guard>| -> anyhow::Result<Option<u64>> {
+            Ok(match kv {
+                Some(g) => {
+                    let k = g.key()?;
+                    Some(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])))
+                }
+                None => None,
+            })
+        };
+        let last = seq(t.events.last_key_value())?;
+        let first = seq(t.events.first_key_value())?;
+        Ok(Writer { last_event: last.unwrap_or(0), first_event: first.unwrap_or(1), t, limits })
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut ops = Vec::with_capacity(MAX_BATCH);
+        while let Some(op) = rx.blocking_recv() {
+            ops.push(op);
+            while ops.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.apply(&mut ops);
+        }
+        if let Err(e) = self.t.db.persist(PersistMode::SyncAll) {
+            tracing::error!(error = %e, "final fsync of the store failed");
+        }
+    }
+
+    /// Applies a burst of requests as one atomic batch, then answers them all.
+    fn apply(&mut self, ops: &mut Vec<Op>) {
+        let mut batch = self.t.db.batch();
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut flushes = Vec::new();
+        let mut deltas: HashMap<(UnixHour, String), Counters> = HashMap::new();
+        let mut new_ids: HashSet<String> = HashSet::new();
+        let mut failure: Option<String> = None;
+        let event_mark = (self.first_event, self.last_event);
+
+        for op in ops.drain(..) {
+            match op {
+                Op::Click(click, tx) => {
+                    match self.t.clicks.contains_key(click.id.as_bytes()) {
+                        Ok(false) if new_ids.insert(click.id.clone()) => {
+                            deltas.entry((hour_of(click.at), click.link.clone())).or_default().add(&Counters::for_click(&click));
+                            batch.insert(&self.t.clicks, click.id.as_bytes(), encode(&click));
+                        }
+                        Ok(_) => {}
+                        Err(e) => failure = Some(e.to_string()),
+                    }
+                    replies.push(Reply::Unit(tx));
+                }
+                Op::Conversion(conv, tx) => {
+                    let outcome = match self.t.conversion_ids.contains_key(conv.id.as_bytes()) {
+                        Ok(false) if new_ids.insert(conv.id.clone()) => {
+                            let at = (conv.at.max(0) as u64).to_be_bytes();
+                            let mut key = at.to_vec();
+                            key.extend_from_slice(conv.id.as_bytes());
+                            deltas.entry((hour_of(conv.at), conv.click.link.clone())).or_default().add(&Counters::for_conversion(&conv));
+                            batch.insert(&self.t.conversions, key, encode(&*conv));
+                            batch.insert(&self.t.conversion_ids, conv.id.as_bytes(), at.to_vec());
+                            Recorded::New
+                        }
+                        Ok(_) => Recorded::Duplicate,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            Recorded::Duplicate
+                        }
+                    };
+                    replies.push(Reply::Recorded(tx, outcome));
+                }
+                Op::Event(event, tx) => {
+                    self.last_event += 1;
+                    batch.insert(&self.t.events, self.last_event.to_be_bytes(), encode(&event));
+                    while self.last_event + 1 - self.first_event > self.limits.event_log_max.max(1) as u64 {
+                        batch.remove(&self.t.events, self.first_event.to_be_bytes());
+                        self.first_event += 1;
+                    }
+                    replies.push(Reply::Unit(tx));
+                }
+                Op::PutLink(link, tx) => {
+                    batch.insert(&self.t.links, link.key().as_bytes(), encode(&link));
+                    replies.push(Reply::Unit(tx));
+                }
+                Op::DeleteLink(key, tx) => {
+                    let existed = match self.t.links.contains_key(key.as_bytes()) {
+                        Ok(existed) => existed,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            false
+                        }
+                    };
+                    batch.remove(&self.t.links, key.as_bytes());
+                    replies.push(Reply::Bool(tx, existed));
+                }
+                Op::Sweep => self.sweep(),
+                Op::Flush(tx) => flushes.push(tx),
+            }
+        }
+
+        for ((hour, link), delta) in deltas {
+            let mut key = hour.to_be_bytes().to_vec();
+            key.extend_from_slice(link.as_bytes());
+            let mut total = match self.t.counters.get(&key) {
+                Ok(Some(v)) => decode::<Counters>(&v).unwrap_or_default(),
+                Ok(None) => Counters::default(),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    Counters::default()
+                }
+            };
+            total.add(&delta);
+            batch.insert(&self.t.counters, key, encode(&total));
+        }
+
+        if failure.is_none() {
+            if let Err(e) = batch.commit() {
+                failure = Some(e.to_string());
+            }
+        }
+        if let Some(f) = &failure {
+            tracing::error!(error = %f, "store batch failed; its requests are answered with an error");
+            (self.first_event, self.last_event) = event_mark;
+        }
+        for reply in replies {
+            reply.send(failure.as_deref());
+        }
+        for tx in flushes {
+            let _ = tx.send(self.t.db.persist(PersistMode::SyncAll).map_err(unavailable));
+        }
+    }
+
+    /// Drops clicks past their lifetime: they are the key range below the id bound of
+    /// the cut-off time, so only expired keys are visited.
+    fn sweep(&mut self) {
+        let cutoff = now_secs().saturating_sub(self.limits.click_ttl.as_secs());
+        let bound = ClickId::lower_bound(cutoff);
+        let mut dropped = 0usize;
+        loop {
+            let mut batch = self.t.db.batch();
+            let mut n = 0;
+            for kv in self.t.clicks.range(..bound.as_str().as_bytes()).take(MAX_BATCH) {
+                match kv.key() {
+                    Ok(k) => {
+                        batch.remove(&self.t.clicks, k);
+                        n += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "expiry sweep stopped");
+                        return;
+                    }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = batch.commit() {
+                tracing::warn!(error = %e, "expiry sweep failed");
+                return;
+            }
+            dropped += n;
+        }
+        if dropped > 0 {
+            tracing::info!(dropped, "expired clicks dropped");
+        }
+    }
+}
