@@ -1,0 +1,630 @@
+//! Configuration: one TOML file, then `CAKELINK_*` environment overrides for secrets and
+//! the listen address.
+//!
+//! The file is read into a TOML tree and checked key by key, so that `check-config`
+//! (and `serve`, before it binds anything) reports every error at once with the key that
+//! holds it, including unknown keys: a typo must not silently fall back to a default.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::links::validate_link;
+use crate::model::{Link, LinkSource, LinkStatus};
+use crate::networks::Network;
+use crate::store::Backend;
+
+/// A secret value: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `[server]`
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Base URL the outside world reaches cakelink at; used to print postback URLs.
+    pub public_url: String,
+    /// A connection that has not sent a complete request head by then is closed.
+    pub header_read_timeout: Duration,
+    /// A request target (path and query) longer than this gets `414`.
+    pub max_target_bytes: usize,
+    /// Request headers larger than this in total get `431`.
+    pub max_header_bytes: usize,
+    /// A postback body larger than this gets `413`.
+    pub max_body_bytes: usize,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[store]`
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    pub attribution: Duration,
+    pub postback_grace: Duration,
+    pub event_log_max: usize,
+}
+
+impl StoreConfig {
+    /// How long a click stays resolvable.
+    pub fn click_ttl(&self) -> Duration {
+        self.attribution + self.postback_grace
+    }
+}
+
+/// `[security]`
+#[derive(Clone, Debug)]
+pub struct SecurityConfig {
+    pub secret: Secret,
+    pub previous_secrets: Vec<Secret>,
+    pub admin_token: Secret,
+    pub postback_key: Secret,
+}
+
+/// The whole, checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub security: SecurityConfig,
+    pub networks: BTreeMap<String, Network>,
+    pub links: Vec<Link>,
+    /// Things that work but should be fixed (example secrets, say).
+    pub warnings: Vec<String>,
+}
+
+/// One problem, with the key that holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} error(s) in the configuration:", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Values that mark an unchanged example config.
+const EXAMPLE_SECRETS: &[&str] = &["change-me", "change-me-too", "change-me-three"];
+
+impl Config {
+    /// Reads `path` and applies overrides from `env` (a lookup, so tests never touch the
+    /// process environment).
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError { key: path.display().to_string(), message: format!("cannot read: {e}") }])
+        })?;
+        Config::parse(&text, env)
+    }
+
+    /// Parses config text. Relative paths (the store's `path`) are taken from the
+    /// directory the process runs in.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError { key: "(file)".into(), message: e.to_string().trim().to_owned() }])
+        })?;
+        let mut errors = Vec::new();
+        let config = read(&root, &mut errors, &env);
+        if errors.is_empty() {
+            if let Some(config) = config {
+                return Ok(config);
+            }
+        }
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Reads one TOML table, recording errors and which keys it used.
+struct Section<'a> {
+    path: String,
+    table: Option<&'a toml::Table>,
+    used: HashSet<&'static str>,
+}
+
+impl<'a> Section<'a> {
+    fn new(path: impl Into<String>, value: Option<&'a toml::Value>, errors: &mut Vec<ConfigError>) -> Section<'a> {
+        let path = path.into();
+        let table = match value {
+            None => None,
+            Some(toml::Value::Table(t)) => Some(t),
+            Some(_) => {
+                errors.push(ConfigError { key: path.clone(), message: "must be a table".into() });
+                None
+            }
+        };
+        Section { path, table, used: HashSet::new() }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn raw(&mut self, key: &'static str) -> Option<&'a toml::Value> {
+        self.used.insert(key);
+        self.table?.get(key)
+    }
+
+    fn err(&self, errors: &mut Vec<ConfigError>, key: &str, message: impl Into<String>) {
+        errors.push(ConfigError { key: self.key(key), message: message.into() });
+    }
+
+    fn string(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<String> {
+        match self.raw(key)? {
+            toml::Value::String(s) => Some(s.clone()),
+            _ => {
+                self.err(errors, key, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, key: &'static str, min: u64, max: u64, errors: &mut Vec<ConfigError>) -> Option<u64> {
+        match self.raw(key)? {
+            toml::Value::Integer(n) if (*n as i128) >= min as i128 && (*n as i128) <= max as i128 => Some(*n as u64),
+            toml::Value::Integer(_) => {
+                self.err(errors, key, format!("must be between {min} and {max}"));
+                None
+            }
+            _ => {
+                self.err(errors, key, "must be a whole number");
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<Vec<String>> {
+        match self.raw(key)? {
+            toml::Value::Array(items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        toml::Value::String(s) => out.push(s.clone()),
+                        _ => self.err(errors, &format!("{key}[{i}]"), "must be a string"),
+                    }
+                }
+                Some(out)
+            }
+            _ => {
+                self.err(errors, key, "must be a list of strings");
+                None
+            }
+        }
+    }
+
+    /// Reports keys nobody asked for: they are typos or keys of another version.
+    fn finish(self, errors: &mut Vec<ConfigError>) {
+        let Some(table) = self.table else { return };
+        for key in table.keys() {
+            if !self.used.contains(key.as_str()) {
+                self.err(errors, key, "unknown key");
+            }
+        }
+    }
+}
+
+fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
+    let mut warnings = Vec::new();
+    let known: HashSet<&str> = ["server", "store", "security", "networks", "links"].into();
+    for key in root.keys() {
+        if !known.contains(key.as_str()) {
+            errors.push(ConfigError { key: key.clone(), message: "unknown section".into() });
+        }
+    }
+
+    // [server]
+    let mut s = Section::new("server", root.get("server"), errors);
+    let listen_file = s.string("listen", errors);
+    let listen_text = env("CAKELINK_LISTEN").or(listen_file).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen = match listen_text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            s.err(errors, "listen", format!("{listen_text:?} is not an address like 127.0.0.1:8080"));
+            None
+        }
+    };
+    let public_url = s.string("public_url", errors);
+    let public_url = match public_url {
+        Some(u) => match url::Url::parse(&u) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") && p.has_host() => Some(u.trim_end_matches('/').to_owned()),
+            _ => {
+                s.err(errors, "public_url", format!("{u:?} is not an absolute http(s) URL"));
+                None
+            }
+        },
+        None => listen.map(|a| format!("http://{a}")),
+    };
+    for key in ["tls_cert", "tls_key"] {
+        if s.raw(key).is_some() {
+            s.err(errors, key, "TLS is not supported yet; terminate TLS in front of cakelink for now");
+        }
+    }
+    let header_read_timeout = s.uint("header_read_timeout_secs", 1, 3600, errors).unwrap_or(10);
+    let max_target_bytes = s.uint("max_target_bytes", 256, 65_536, errors).unwrap_or(8 * 1024) as usize;
+    let max_header_bytes = s.uint("max_header_bytes", 1024, 1 << 20, errors).unwrap_or(16 * 1024) as usize;
+    let max_body_bytes = s.uint("max_body_bytes", 1024, 16 << 20, errors).unwrap_or(64 * 1024) as usize;
+    let max_connections = s.uint("max_connections", 1, 1_000_000, errors).unwrap_or(10_000) as usize;
+    let shutdown_timeout = s.uint("shutdown_timeout_secs", 0, 3600, errors).unwrap_or(30);
+    s.finish(errors);
+
+    // [store]
+    let mut st = Section::new("store", root.get("store"), errors);
+    let backend_name = st.string("backend", errors).unwrap_or_else(|| "embedded".into());
+    let path = st.string("path", errors);
+    let url_file = st.string("url", errors);
+    let url = env("CAKELINK_STORE_URL").or(url_file);
+    let urls = st.strings("urls", errors);
+    let fsync_ms = st.uint("fsync_ms", 1, 60_000, errors).unwrap_or(1000);
+    let backend = match backend_name.as_str() {
+        "embedded" => Some(Backend::Embedded {
+            path: PathBuf::from(path.unwrap_or_else(|| "data/cakelink.db".into())),
+            fsync: Duration::from_millis(fsync_ms),
+        }),
+        "redis" => match (url, urls) {
+            (Some(_), Some(_)) => {
+                st.err(errors, "urls", "give either url (one Redis) or urls (a Redis Cluster), not both");
+                None
+            }
+            (Some(url), None) => check_redis_url(&st, "url", &url, errors).then_some(Backend::Redis { url }),
+            (None, Some(urls)) if !urls.is_empty() => {
+                let ok = urls.iter().all(|u| check_redis_url(&st, "urls", u, errors));
+                ok.then_some(Backend::RedisCluster { urls })
+            }
+            _ => {
+                st.err(errors, "url", "the redis backend needs url (or urls for a cluster)");
+                None
+            }
+        },
+        other => {
+            st.err(errors, "backend", format!("{other:?} is not a backend; use \"embedded\" or \"redis\""));
+            None
+        }
+    };
+    let attribution_days = st.uint("attribution_days", 1, 365, errors).unwrap_or(30);
+    let grace_days = st.uint("postback_grace_days", 0, 365, errors).unwrap_or(7);
+    let event_log_max = st.uint("event_log_max", 1, 10_000_000, errors).unwrap_or(10_000) as usize;
+    st.finish(errors);
+
+    // [security]
+    let mut sec = Section::new("security", root.get("security"), errors);
+    let mut secret = |sec: &mut Section, key: &'static str, var: &str, errors: &mut Vec<ConfigError>| {
+        let file = sec.string(key, errors);
+        let value = env(var).or(file);
+        match value {
+            Some(v) if v.trim().is_empty() => {
+                sec.err(errors, key, "must not be empty");
+                None
+            }
+            Some(v) => {
+                if EXAMPLE_SECRETS.contains(&v.as_str()) {
+                    warnings.push(format!("security.{key} is the example value; set {var} or edit the file before going live"));
+                } else if v.len() < 16 {
+                    warnings.push(format!("security.{key} is shorter than 16 characters; a longer random value is safer"));
+                }
+                Some(Secret::new(v))
+            }
+            None => {
+                sec.err(errors, key, format!("is required (or set {var})"));
+                None
+            }
+        }
+    };
+    let tag_secret = secret(&mut sec, "secret", "CAKELINK_SECRET", errors);
+    let admin_token = secret(&mut sec, "admin_token", "CAKELINK_ADMIN_TOKEN", errors);
+    let postback_key = secret(&mut sec, "postback_key", "CAKELINK_POSTBACK_KEY", errors);
+    if let Some(key) = &postback_key {
+        if !key.expose().bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+            sec.err(errors, "postback_key", "may hold only letters, digits and - _ . ~ (it is a URL path segment)");
+        }
+    }
+    let previous_secrets = sec.strings("previous_secrets", errors).unwrap_or_default().into_iter().map(Secret::new).collect();
+    sec.finish(errors);
+
+    // [networks.*]
+    let mut networks = BTreeMap::new();
+    networks.insert("cake".to_owned(), Network::cake());
+    match root.get("networks") {
+        None => {}
+        Some(toml::Value::Table(t)) => {
+            for (name, value) in t {
+                if let Some(n) = read_network(name, value, errors) {
+                    networks.insert(name.clone(), n);
+                }
+            }
+        }
+        Some(_) => errors.push(ConfigError { key: "networks".into(), message: "must be a table of networks".into() }),
+    }
+
+    // [[links]]
+    let mut links = Vec::new();
+    match root.get("links") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            let mut seen = HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("links[{i}]");
+                if let Some(link) = read_link(&key, item, &networks, errors) {
+                    if !seen.insert(link.key()) {
+                        errors.push(ConfigError { key: format!("{key}.slug"), message: format!("{} is defined twice", link.key()) });
+                    }
+                    links.push(link);
+                }
+            }
+        }
+        Some(_) => errors.push(ConfigError { key: "links".into(), message: "must be an array of tables ([[links]])".into() }),
+    }
+
+    Some(Config {
+        server: ServerConfig {
+            listen: listen?,
+            public_url: public_url?,
+            header_read_timeout: Duration::from_secs(header_read_timeout),
+            max_target_bytes,
+            max_header_bytes,
+            max_body_bytes,
+            max_connections,
+            shutdown_timeout: Duration::from_secs(shutdown_timeout),
+        },
+        store: StoreConfig {
+            backend: backend?,
+            attribution: Duration::from_secs(attribution_days * 86_400),
+            postback_grace: Duration::from_secs(grace_days * 86_400),
+            event_log_max,
+        },
+        security: SecurityConfig { secret: tag_secret?, previous_secrets, admin_token: admin_token?, postback_key: postback_key? },
+        networks,
+        links,
+        warnings,
+    })
+}
+
+fn check_redis_url(s: &Section, key: &str, url: &str, errors: &mut Vec<ConfigError>) -> bool {
+    let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"));
+    if !ok {
+        s.err(errors, key, format!("{url:?} is not a redis:// URL"));
+    }
+    ok
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn read_network(name: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Network> {
+    let mut s = Section::new(format!("networks.{name}"), Some(value), errors);
+    if !valid_name(name) {
+        errors.push(ConfigError { key: format!("networks.{name}"), message: "a network name may hold only letters, digits and - _ .".into() });
+    }
+    // `cake` starts from the built-in profile; a new network needs at least `subid`.
+    let base = if name == "cake" { Some(Network::cake()) } else { None };
+    let subid = s.string("subid", errors);
+    let subid = match (subid, &base) {
+        (Some(v), _) => v,
+        (None, Some(b)) => b.subid.clone(),
+        (None, None) => {
+            s.err(errors, "subid", "is required: the offer-URL parameter that carries the click id");
+            String::new()
+        }
+    };
+    let cake = Network::cake();
+    let field = |s: &mut Section, key: &'static str, default: String, errors: &mut Vec<ConfigError>| {
+        let v = s.string(key, errors).unwrap_or(default);
+        if v.trim().is_empty() {
+            s.err(errors, key, "must not be empty");
+        }
+        v.to_ascii_lowercase()
+    };
+    let click_id_field = field(&mut s, "click_id_field", base.as_ref().map_or(subid.clone(), |b| b.click_id_field.clone()), errors);
+    let transaction_field = field(&mut s, "transaction_field", cake.transaction_field.clone(), errors);
+    let value_field = field(&mut s, "value_field", cake.value_field.clone(), errors);
+    let item_field = field(&mut s, "item_field", cake.item_field.clone(), errors);
+    let event_field = s.string("event_field", errors).map(|v| v.to_ascii_lowercase());
+    let passthrough = s.strings("passthrough", errors).unwrap_or_else(|| base.as_ref().map(|b| b.passthrough.clone()).unwrap_or_default());
+    if passthrough.iter().any(|p| p == &subid) {
+        s.err(errors, "passthrough", format!("must not include the click-id parameter {subid:?}: it is reserved"));
+    }
+    let currency = s.string("currency", errors).unwrap_or_else(|| cake.currency.clone());
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        s.err(errors, "currency", format!("{currency:?} is not an ISO 4217 code like \"USD\""));
+    }
+    let postback_template = s.string("postback_template", errors).unwrap_or_else(|| match &base {
+        Some(b) => b.postback_template.clone(),
+        None => format!("{c}={{{c}}}&{t}={{{t}}}&{v}={{{v}}}", c = click_id_field, t = transaction_field, v = value_field),
+    });
+    s.finish(errors);
+    if subid.is_empty() {
+        return None;
+    }
+    Some(Network {
+        name: name.to_owned(),
+        subid,
+        passthrough,
+        currency,
+        click_id_field,
+        transaction_field,
+        value_field,
+        item_field,
+        event_field,
+        postback_template,
+    })
+}
+
+fn read_link(key: &str, value: &toml::Value, networks: &BTreeMap<String, Network>, errors: &mut Vec<ConfigError>) -> Option<Link> {
+    let mut s = Section::new(key, Some(value), errors);
+    let slug = s.string("slug", errors);
+    let network = s.string("network", errors).unwrap_or_else(|| "cake".into());
+    let offer = s.string("offer", errors);
+    let redirect = s.uint("redirect", 100, 999, errors).unwrap_or(302) as u16;
+    let status = match s.string("status", errors).as_deref() {
+        None | Some("active") => LinkStatus::Active,
+        Some("paused") => LinkStatus::Paused,
+        Some(other) => {
+            s.err(errors, "status", format!("{other:?} is not \"active\" or \"paused\""));
+            LinkStatus::Active
+        }
+    };
+    let fallback = s.string("fallback", errors);
+    let event = s.string("event", errors);
+    s.finish(errors);
+    let (Some(slug), Some(offer)) = (slug, offer) else {
+        s_missing(key, errors);
+        return None;
+    };
+    let link = Link { network, slug, offer, redirect, status, fallback, event, source: LinkSource::Config };
+    let problems = validate_link(&link, networks);
+    for (field, message) in &problems {
+        errors.push(ConfigError { key: format!("{key}.{field}"), message: message.clone() });
+    }
+    problems.is_empty().then_some(link)
+}
+
+fn s_missing(key: &str, errors: &mut Vec<ConfigError>) {
+    errors.push(ConfigError { key: key.to_owned(), message: "a link needs slug and offer".into() });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "x"
+[security]
+secret = "a-long-enough-secret-value"
+admin_token = "a-long-enough-admin-token"
+postback_key = "a-long-enough-postback-key"
+[[links]]
+slug = "demo"
+offer = "https://offers.example.com/?a=1&c=2"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, |_| None)
+    }
+
+    #[test]
+    fn a_minimal_file_is_complete() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.links.len(), 1);
+        assert_eq!(c.networks["cake"], Network::cake());
+        assert_eq!(c.store.click_ttl(), Duration::from_secs(37 * 86_400));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(format!("{:?}", c.security.secret), "[redacted]");
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let bad = r#"
+[server]
+listen = "nowhere"
+lisen = "typo"
+[store]
+backend = "postgres"
+attribution_days = 0
+[security]
+secret = ""
+[[links]]
+slug = "demo"
+network = "nope"
+offer = "javascript:alert(1)"
+redirect = 200
+"#;
+        let errors = parse(bad).unwrap_err().0;
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "server.listen",
+            "server.lisen",
+            "store.backend",
+            "store.attribution_days",
+            "security.secret",
+            "security.admin_token",
+            "security.postback_key",
+            "links[0].network",
+            "links[0].offer",
+            "links[0].redirect",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_secrets_and_listen() {
+        let c = Config::parse(GOOD, |k| match k {
+            "CAKELINK_SECRET" => Some("from-the-environment-123".into()),
+            "CAKELINK_LISTEN" => Some("0.0.0.0:9000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.security.secret.expose(), "from-the-environment-123");
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn networks_override_cake_or_add_new_ones() {
+        let text = format!(
+            "{GOOD}\n[networks.cake]\ncurrency = \"EUR\"\n[networks.tune]\nsubid = \"aff_sub\"\ntransaction_field = \"transaction_id\"\nvalue_field = \"payout\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.networks["cake"].currency, "EUR");
+        assert_eq!(c.networks["cake"].subid, "s2");
+        let tune = &c.networks["tune"];
+        assert_eq!((tune.subid.as_str(), tune.click_id_field.as_str(), tune.value_field.as_str()), ("aff_sub", "aff_sub", "payout"));
+        assert_eq!(tune.postback_template, "aff_sub={aff_sub}&transaction_id={transaction_id}&payout={payout}");
+    }
+
+    #[test]
+    fn tls_keys_are_refused_for_now() {
+        let text = GOOD.replace("[store]", "tls_cert = \"c.pem\"\n[store]");
+        let errors = parse(&text).unwrap_err().0;
+        assert_eq!(errors[0].key, "server.tls_cert");
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../config/cakelink.toml");
+        let c = parse(text).unwrap();
+        assert!(c.links.iter().any(|l| l.slug == "demo"));
+    }
+}

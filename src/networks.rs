@@ -1,0 +1,94 @@
+//! Affiliate networks as data: which offer-URL parameter carries the click id, which
+//! visitor parameters pass through, and what the postback fields are called.
+//!
+//! CAKE is built in; HasOffers/TUNE, Everflow or Impact differ only in names, so they are
+//! a `[networks.NAME]` table in the config rather than code.
+
+/// How cakelink talks to one network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    /// Offer-URL parameter that carries the click id (`s2` on CAKE). Reserved: a value
+    /// already in the offer URL or the visitor's query is replaced.
+    pub subid: String,
+    /// Visitor query parameters copied onto the offer URL.
+    pub passthrough: Vec<String>,
+    /// Currency of the payouts this network reports (CAKE sends none).
+    pub currency: String,
+    pub click_id_field: String,
+    pub transaction_field: String,
+    pub value_field: String,
+    pub item_field: String,
+    pub event_field: Option<String>,
+    /// Query string of the postback URL, with the network's own tokens.
+    pub postback_template: String,
+}
+
+impl Network {
+    /// CAKE, as its documentation describes it.
+    pub fn cake() -> Network {
+        Network {
+            name: "cake".into(),
+            subid: "s2".into(),
+            passthrough: ["s1", "s3", "s4", "s5"].map(String::from).to_vec(),
+            currency: "USD".into(),
+            click_id_field: "s2".into(),
+            transaction_field: "tid".into(),
+            value_field: "price".into(),
+            item_field: "oid".into(),
+            event_field: None,
+            postback_template: "s1=#s1#&s2=#s2#&s3=#s3#&s4=#s4#&s5=#s5#&oid=#oid#&affid=#affid#&campid=#campid#&cid=#cid#&tid=#tid#&price=#price#".into(),
+        }
+    }
+
+    /// Longest value CAKE accepts in a sub-id: `s1` holds 50 characters, `s2`–`s5` 100.
+    /// Longer values are dropped, not truncated: a cut value would attribute to the
+    /// wrong sub-affiliate.
+    pub fn max_subid_len(&self, param: &str) -> usize {
+        if param.eq_ignore_ascii_case("s1") {
+            50
+        } else {
+            100
+        }
+    }
+
+    /// The postback URL to paste into the network.
+    pub fn postback_url(&self, public_url: &str, key: &str) -> String {
+        let base = public_url.trim_end_matches('/');
+        format!("{base}/collect/{}/{key}?{}", self.name, self.postback_template)
+    }
+}
+
+/// Whether a postback value means "no value": empty, `null`, or a token the network
+/// left unreplaced (`#s3#` on CAKE, `{aff_sub}` on TUNE).
+pub fn is_absent(value: &str) -> bool {
+    let v = value.trim();
+    v.is_empty()
+        || v.eq_ignore_ascii_case("null")
+        || v.eq_ignore_ascii_case("undefined")
+        || (v.len() >= 2 && v.starts_with('#') && v.ends_with('#'))
+        || (v.len() >= 2 && v.starts_with('{') && v.ends_with('}'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_values() {
+        for v in ["", " ", "null", "NULL", "#s3#", "#tid#", "{aff_sub}", "undefined"] {
+            assert!(is_absent(v), "{v:?}");
+        }
+        for v in ["0", "abc", "#", "7.00", "a#b#"] {
+            assert!(!is_absent(v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn cake_postback_url_is_the_documented_one() {
+        assert_eq!(
+            Network::cake().postback_url("https://t.example.com/", "k3y"),
+            "https://t.example.com/collect/cake/k3y?s1=#s1#&s2=#s2#&s3=#s3#&s4=#s4#&s5=#s5#&oid=#oid#&affid=#affid#&campid=#campid#&cid=#cid#&tid=#tid#&price=#price#"
+        );
+    }
+}
