@@ -1,9 +1,37 @@
 //! cakelink: a self-hosted redirect and postback service for affiliates on CAKE.
+//!
+//! # Layout
+//!
+//! A request flows one way: [`server`] → [`routes`] → the domain → [`store`].
+//!
+//! - [`config`]: the TOML file and environment overrides, checked completely before binding.
+//! - [`app`]: shared state and `Application` (bind, serve, shut down).
+//! - [`server`]: the accept loop, HTTP/1.1 and HTTP/2, limits, graceful shutdown.
+//! - [`routes`]: redirect, postback, admin API, health and metrics.
+//! - [`clickid`]: minting and verifying the signed, time-ordered click ids.
+//! - [`links`]: link definitions, compiled for the redirect and cached in process.
+//! - [`networks`]: affiliate networks as data (CAKE built in).
+//! - [`bots`]: bot and prefetch classification.
+//! - [`postback`]: reading a postback, deciding the event, recording the conversion.
+//! - [`reports`]: per-link and per-day figures from hourly counters.
+//! - [`money`]: exact decimal money.
+//! - [`model`]: the records the store keeps.
+//! - [`store`]: one trait; the embedded (fjall) and Redis backends.
+//! - [`telemetry`]: Prometheus metrics and logging.
+//! - [`cli`]: the command-line verbs.
+
+pub mod app;
 pub mod bots;
+pub mod cli;
 pub mod clickid;
 pub mod config;
 pub mod links;
 pub mod model;
 pub mod money;
 pub mod networks;
+pub mod postback;
+pub mod reports;
+pub mod routes;
+pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -1,0 +1,609 @@
+//! The store contract: the same checks run against every backend, so the embedded store
+//! and the Redis store cannot drift apart. Each `check_*` takes a `&dyn Store`; the
+//! `contract!` macro turns each into one test per backend. Redis-only behaviour (TTLs,
+//! reconnecting, key layout) is tested at the end.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cakelink::clickid::Keyring;
+use cakelink::model::{
+    Click, Conversion, Counters, Event, HourCounters, Link, LinkSource, LinkStatus, Recorded,
+    UnixHour, UnixMillis,
+};
+use cakelink::money::Money;
+use cakelink::store::embedded::EmbeddedStore;
+use cakelink::store::redis::RedisStore;
+use cakelink::store::{Store, StoreLimits};
+
+use crate::redis_server::RedisServer;
+
+/// A UTC hour in November 2025; every check's records sit around it.
+const H: UnixHour = 490_000;
+const HOUR_MS: i64 = 3_600_000;
+/// The click lifetime of the tests: 37 days, as in production.
+const CLICK_TTL_SECS: u64 = 86_400 * 37;
+
+fn limits() -> StoreLimits {
+    StoreLimits {
+        click_ttl: Duration::from_secs(CLICK_TTL_SECS),
+        event_log_max: 5,
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Start of hour `hour`, in milliseconds.
+fn ms(hour: UnixHour) -> UnixMillis {
+    i64::from(hour) * HOUR_MS
+}
+
+/// A fresh, genuine click id, as the redirect mints them.
+fn new_id() -> String {
+    Keyring::new("s", &[], CLICK_TTL_SECS)
+        .mint(now_secs())
+        .to_string()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A click with every field filled in.
+fn click(link: &str, at: UnixMillis, bot: Option<&str>) -> Click {
+    Click {
+        id: new_id(),
+        link: link.to_owned(),
+        at,
+        bot: bot.map(str::to_owned),
+        ip: Some("203.0.113.7".to_owned()),
+        user_agent: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X)".to_owned()),
+        referer: Some("https://m.facebook.com/".to_owned()),
+        utm: pairs(&[("source", "facebook"), ("campaign", "spring sale")]),
+        ad_click_ids: pairs(&[("fbclid", "IwAR2xYz_0123")]),
+        subids: pairs(&[("s1", "adset-7"), ("s3", "créa/β")]),
+    }
+}
+
+fn conversion(click: &Click, event: &str, value: &str, at: UnixMillis, tid: &str) -> Conversion {
+    let fields = pairs(&[("price", value), ("tid", tid), ("s2", &click.id)]);
+    Conversion {
+        id: Conversion::derive_id(&click.id, Some(tid), &fields, event),
+        at,
+        network: "cake1".to_owned(),
+        event: event.to_owned(),
+        value: Money::parse(value).expect("test amount"),
+        currency: "USD".to_owned(),
+        transaction_id: Some(tid.to_owned()),
+        item_id: Some("sku-42".to_owned()),
+        fields,
+        click: click.clone(),
+    }
+}
+
+fn event(received_at: UnixMillis, status: &str) -> Event {
+    Event {
+        received_at,
+        network: "cake1".to_owned(),
+        status: status.to_owned(),
+        reason: format!("reason {received_at}"),
+        click_id: Some(new_id()),
+        conversion_id: None,
+        query: format!("s2=x&price=1&n={received_at}"),
+    }
+}
+
+fn link(network: &str, slug: &str) -> Link {
+    Link {
+        network: network.to_owned(),
+        slug: slug.to_owned(),
+        offer: format!("https://offers.example/{slug}?s2={{click_id}}"),
+        redirect: 302,
+        status: LinkStatus::Active,
+        fallback: Some("https://example.com/".to_owned()),
+        event: Some("Purchase".to_owned()),
+        source: LinkSource::Api,
+    }
+}
+
+fn counted(hour: UnixHour, link: &str, counters: Counters) -> HourCounters {
+    HourCounters {
+        hour,
+        link: link.to_owned(),
+        counters,
+    }
+}
+
+fn clicks(n: u64) -> Counters {
+    Counters {
+        clicks: n,
+        ..Counters::default()
+    }
+}
+
+async fn check_click_round_trip(store: &dyn Store) {
+    let c = click("cake1/spring", ms(H) + 1234, None);
+    store.record_click(&c).await.expect("record click");
+    assert_eq!(store.find_click(&c.id).await.expect("find click"), Some(c));
+
+    let mut minimal = click("cake1/spring", ms(H), Some("prefetch"));
+    minimal.ip = None;
+    minimal.user_agent = None;
+    minimal.referer = None;
+    minimal.utm.clear();
+    minimal.ad_click_ids.clear();
+    minimal.subids.clear();
+    store.record_click(&minimal).await.expect("record click");
+    assert_eq!(
+        store.find_click(&minimal.id).await.expect("find click"),
+        Some(minimal)
+    );
+}
+
+async fn check_unknown_click_is_none(store: &dyn Store) {
+    assert_eq!(store.find_click(&new_id()).await.expect("find click"), None);
+    assert_eq!(store.find_click("").await.expect("find click"), None);
+}
+
+async fn check_same_click_counts_once(store: &dyn Store) {
+    let c = click("cake1/spring", ms(H) + 10, None);
+    store.record_click(&c).await.expect("record click");
+    store.record_click(&c).await.expect("record click again");
+    // A replay with other details is still the same click.
+    let mut replay = c.clone();
+    replay.ip = Some("198.51.100.1".to_owned());
+    store.record_click(&replay).await.expect("record replay");
+
+    assert_eq!(
+        store.counters(H, H).await.expect("counters"),
+        vec![counted(H, "cake1/spring", clicks(1))]
+    );
+    assert_eq!(store.find_click(&c.id).await.expect("find click"), Some(c));
+}
+
+async fn check_bot_clicks_count_as_bot_hits(store: &dyn Store) {
+    store
+        .record_click(&click("cake1/spring", ms(H), Some("facebookexternalhit")))
+        .await
+        .expect("record bot click");
+    store
+        .record_click(&click("cake1/spring", ms(H) + 1, Some("prefetch")))
+        .await
+        .expect("record bot click");
+    store
+        .record_click(&click("cake1/spring", ms(H) + 2, None))
+        .await
+        .expect("record click");
+    let expected = Counters {
+        clicks: 1,
+        bot_hits: 2,
+        ..Counters::default()
+    };
+    assert_eq!(
+        store.counters(H, H).await.expect("counters"),
+        vec![counted(H, "cake1/spring", expected)]
+    );
+}
+
+async fn check_counters_by_hour_and_link(store: &dyn Store) {
+    let records = [
+        ("cake1/a", H, 0),
+        ("cake1/a", H, HOUR_MS - 1),
+        ("cake1/b", H, 5),
+        ("cake1/a", H + 1, 0),
+        // A day later: another day of counters.
+        ("cake1/a", H + 30, 7),
+        ("cake2/a", H + 30, 8),
+    ];
+    for (l, hour, offset) in records {
+        store
+            .record_click(&click(l, ms(hour) + offset, None))
+            .await
+            .expect("record click");
+    }
+
+    assert_eq!(
+        store.counters(H, H + 1).await.expect("counters"),
+        vec![
+            counted(H, "cake1/a", clicks(2)),
+            counted(H, "cake1/b", clicks(1)),
+            counted(H + 1, "cake1/a", clicks(1)),
+        ]
+    );
+    // `to` is inclusive, the hour after it is left out.
+    assert_eq!(
+        store.counters(H, H).await.expect("counters"),
+        vec![
+            counted(H, "cake1/a", clicks(2)),
+            counted(H, "cake1/b", clicks(1)),
+        ]
+    );
+    assert_eq!(
+        store.counters(H + 1, H + 30).await.expect("counters"),
+        vec![
+            counted(H + 1, "cake1/a", clicks(1)),
+            counted(H + 30, "cake1/a", clicks(1)),
+            counted(H + 30, "cake2/a", clicks(1)),
+        ]
+    );
+    assert_eq!(
+        store.counters(H + 2, H + 29).await.expect("counters"),
+        vec![]
+    );
+    assert_eq!(store.counters(0, u32::MAX).await.expect("counters").len(), 5);
+}
+
+async fn check_conversion_counts_once(store: &dyn Store) {
+    let c = click("cake1/spring", ms(H) + 1, None);
+    store.record_click(&c).await.expect("record click");
+    let purchase = conversion(&c, "Purchase", "12.345678", ms(H + 1) + 5, "tid-1");
+    let lead = conversion(&c, "Lead", "0.000001", ms(H + 1) + 6, "tid-2");
+    let other = conversion(&c, "Install", "0", ms(H + 1) + 7, "tid-3");
+
+    for conv in [&purchase, &lead, &other] {
+        assert_eq!(
+            store.record_conversion(conv).await.expect("record"),
+            Recorded::New
+        );
+    }
+    for conv in [&purchase, &lead, &other] {
+        assert_eq!(
+            store.record_conversion(conv).await.expect("record again"),
+            Recorded::Duplicate
+        );
+    }
+    let mut replay = purchase.clone();
+    replay.value = Money::parse("99").expect("amount");
+    assert_eq!(
+        store.record_conversion(&replay).await.expect("replay"),
+        Recorded::Duplicate
+    );
+
+    let expected = Counters {
+        conversions: 3,
+        leads: 1,
+        purchases: 1,
+        revenue: Money::parse("12.345679").expect("amount"),
+        ..Counters::default()
+    };
+    assert_eq!(expected.revenue.micros(), 12_345_679);
+    assert_eq!(
+        store.counters(H, H + 1).await.expect("counters"),
+        vec![
+            counted(H, "cake1/spring", clicks(1)),
+            counted(H + 1, "cake1/spring", expected),
+        ]
+    );
+    assert_eq!(
+        store
+            .conversions(ms(H), ms(H + 2))
+            .await
+            .expect("conversions"),
+        vec![purchase, lead, other]
+    );
+}
+
+async fn check_conversions_range_excludes_to(store: &dyn Store) {
+    let t0 = ms(H) + 500;
+    // Different clicks, so on the Redis store different shards.
+    let at = [t0, t0 + 1000, t0 + 2000, t0 + 2000, t0 + 2000];
+    let mut convs: Vec<Conversion> = at
+        .iter()
+        .enumerate()
+        .map(|(i, &at)| {
+            let c = click("cake1/spring", at - 100, None);
+            conversion(&c, "Purchase", "1.50", at, &format!("tid-{i}"))
+        })
+        .collect();
+    for conv in convs.iter().rev() {
+        assert_eq!(
+            store.record_conversion(conv).await.expect("record"),
+            Recorded::New
+        );
+    }
+    // Equal times come back ordered by id.
+    convs[2..].sort_by(|a, b| a.id.cmp(&b.id));
+
+    let range = |from, to| async move { store.conversions(from, to).await.expect("conversions") };
+    assert_eq!(range(t0, t0 + 2000).await, convs[..2].to_vec());
+    assert_eq!(range(t0 + 1, t0 + 2001).await, convs[1..].to_vec());
+    assert_eq!(range(t0 + 2000, t0 + 2001).await, convs[2..].to_vec());
+    assert_eq!(range(0, i64::MAX).await, convs.clone());
+    assert_eq!(range(t0 + 2001, t0 + 90_000_000).await, vec![]);
+    assert_eq!(range(t0, t0).await, vec![]);
+    assert_eq!(range(t0 + 1000, t0 + 1000 + 1).await, convs[1..2].to_vec());
+}
+
+async fn check_event_log(store: &dyn Store) {
+    // The cap is 5: of 8 events only the 5 newest stay.
+    for i in 0..8 {
+        let status = if i % 2 == 0 { "accepted" } else { "rejected" };
+        store
+            .log_event(&event(1_000 + i, status))
+            .await
+            .expect("log event");
+    }
+    let times = |events: Vec<Event>| events.iter().map(|e| e.received_at).collect::<Vec<_>>();
+
+    let all = store.events(None, 100).await.expect("events");
+    assert_eq!(all[0], event_like(&all[0], 1_007, "rejected"));
+    assert_eq!(times(all), vec![1_007, 1_006, 1_005, 1_004, 1_003]);
+    assert_eq!(
+        times(store.events(None, 2).await.expect("events")),
+        vec![1_007, 1_006]
+    );
+    assert_eq!(
+        times(store.events(Some("rejected"), 100).await.expect("events")),
+        vec![1_007, 1_005, 1_003]
+    );
+    assert_eq!(
+        times(store.events(Some("accepted"), 1).await.expect("events")),
+        vec![1_006]
+    );
+    assert_eq!(
+        times(store.events(Some("duplicate"), 100).await.expect("events")),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        times(store.events(None, 0).await.expect("events")),
+        Vec::<i64>::new()
+    );
+
+    // And the log keeps rolling.
+    store
+        .log_event(&event(2_000, "accepted"))
+        .await
+        .expect("log event");
+    assert_eq!(
+        times(store.events(None, 100).await.expect("events")),
+        vec![2_000, 1_007, 1_006, 1_005, 1_004]
+    );
+}
+
+/// `stored` must be exactly the event written with these values (all fields survive).
+fn event_like(stored: &Event, received_at: UnixMillis, status: &str) -> Event {
+    Event {
+        received_at,
+        network: "cake1".to_owned(),
+        status: status.to_owned(),
+        reason: format!("reason {received_at}"),
+        click_id: stored.click_id.clone(),
+        conversion_id: None,
+        query: format!("s2=x&price=1&n={received_at}"),
+    }
+}
+
+async fn check_links(store: &dyn Store) {
+    assert_eq!(store.links().await.expect("links"), vec![]);
+    assert_eq!(store.link("cake1", "a").await.expect("link"), None);
+
+    let a = link("cake1", "a");
+    let b = link("cake1", "b");
+    let c = link("cake2", "a");
+    for l in [&c, &b, &a] {
+        store.put_link(l).await.expect("put link");
+    }
+    assert_eq!(store.link("cake1", "a").await.expect("link"), Some(a.clone()));
+    assert_eq!(
+        store.links().await.expect("links"),
+        vec![a.clone(), b.clone(), c.clone()]
+    );
+
+    let mut paused = a.clone();
+    paused.status = LinkStatus::Paused;
+    paused.fallback = None;
+    store.put_link(&paused).await.expect("replace link");
+    assert_eq!(store.link("cake1", "a").await.expect("link"), Some(paused));
+
+    assert!(store.delete_link("cake1", "a").await.expect("delete"));
+    assert!(!store.delete_link("cake1", "a").await.expect("delete again"));
+    assert!(!store.delete_link("cake9", "zz").await.expect("delete unknown"));
+    assert_eq!(store.link("cake1", "a").await.expect("link"), None);
+    assert_eq!(store.links().await.expect("links"), vec![b, c]);
+}
+
+async fn check_ping_and_flush(store: &dyn Store) {
+    store.ping().await.expect("ping");
+    store.flush().await.expect("flush");
+}
+
+/// One test per check and backend: `store_contract::embedded::check_x` and
+/// `store_contract::on_redis::check_x`.
+macro_rules! contract {
+    ($($check:ident),* $(,)?) => {
+        mod embedded {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let dir = tempfile::tempdir().expect("temporary directory");
+                    let store = EmbeddedStore::open(dir.path(), Duration::from_millis(1000), limits())
+                        .expect("open embedded store");
+                    assert_eq!(store.backend(), "embedded");
+                    super::$check(&store).await;
+                }
+            )*
+        }
+
+        mod on_redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let server = RedisServer::start();
+                    let store = RedisStore::connect(&server.url(), limits())
+                        .await
+                        .expect("connect to redis");
+                    assert_eq!(store.backend(), "redis");
+                    super::$check(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    check_click_round_trip,
+    check_unknown_click_is_none,
+    check_same_click_counts_once,
+    check_bot_clicks_count_as_bot_hits,
+    check_counters_by_hour_and_link,
+    check_conversion_counts_once,
+    check_conversions_range_excludes_to,
+    check_event_log,
+    check_links,
+    check_ping_and_flush,
+);
+
+/// A plain connection for looking at what the store wrote.
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url().as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+#[tokio::test]
+async fn redis_click_keys_expire_after_the_click_lifetime() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), limits())
+        .await
+        .expect("connect");
+    let c = click("cake1/spring", ms(H), None);
+    store.record_click(&c).await.expect("record click");
+
+    let mut con = raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("cl:ck:*")
+        .query_async(&mut con)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].ends_with(&c.id), "{keys:?}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut con)
+        .await
+        .expect("TTL");
+    let expected = CLICK_TTL_SECS as i64;
+    assert!(
+        (expected - 5..=expected).contains(&ttl),
+        "TTL {ttl}, expected about {expected}"
+    );
+
+    // Counters and indexes never expire: reports outlive clicks.
+    let others: Vec<String> = redis::cmd("KEYS")
+        .arg("cl:ct*")
+        .query_async(&mut con)
+        .await
+        .expect("KEYS");
+    assert_eq!(others.len(), 2, "{others:?}");
+    for key in others {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .expect("TTL");
+        assert_eq!(ttl, -1, "{key}");
+    }
+}
+
+#[tokio::test]
+async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), limits())
+        .await
+        .expect("connect");
+    let c = click("cake1/spring", ms(H), None);
+    store.record_click(&c).await.expect("record click");
+    store
+        .record_conversion(&conversion(&c, "Lead", "2", ms(H) + 5, "t"))
+        .await
+        .expect("record conversion");
+    store
+        .log_event(&event(1, "accepted"))
+        .await
+        .expect("log event");
+    store.put_link(&link("cake1", "spring")).await.expect("put link");
+
+    let mut con = raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut con)
+        .await
+        .expect("KEYS");
+    assert!(keys.iter().all(|k| k.starts_with("cl:")), "{keys:?}");
+    let mut slots = std::collections::BTreeSet::new();
+    for key in keys.iter().filter(|k| k.contains("{") && !k.contains("{ev}")) {
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        slots.insert(slot);
+    }
+    // The click, its counters, its conversion and their indexes: one slot.
+    assert_eq!(slots.len(), 1, "{keys:?}");
+}
+
+#[tokio::test]
+async fn redis_store_survives_a_restart_of_redis() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let store = RedisStore::connect(&server.url(), limits())
+        .await
+        .expect("connect");
+    let c = click("cake1/spring", ms(H), None);
+    store.record_click(&c).await.expect("record click");
+
+    server.restart();
+
+    // The first request after the restart may see the dropped connection; the
+    // connection manager reconnects behind it.
+    let mut found = None;
+    for _ in 0..50 {
+        match store.find_click(&c.id).await {
+            Ok(click) => {
+                found = Some(click);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(found, Some(Some(c.clone())), "click lost or no reconnect");
+
+    // The restarted Redis has no scripts cached: EVALSHA must load them again, and the
+    // replayed click must still count once.
+    store.record_click(&c).await.expect("record click again");
+    assert_eq!(
+        store.counters(H, H).await.expect("counters"),
+        vec![counted(H, "cake1/spring", clicks(1))]
+    );
+}
+
+#[tokio::test]
+async fn redis_connect_names_the_url_when_nobody_answers() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.stop();
+    let err = match RedisStore::connect(&url, limits()).await {
+        Ok(_) => panic!("connected to a stopped redis"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&url), "{err}");
+
+    let err = match RedisStore::connect("redis://:hunter2@127.0.0.1:1/", limits()).await {
+        Ok(_) => panic!("connected to port 1"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(!err.contains("hunter2"), "password leaked: {err}");
+}

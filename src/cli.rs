@@ -1,0 +1,186 @@
+//! The command-line verbs: `serve` (the default), `postback-url`, `check-config`,
+//! `test-postback`.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+use crate::app::Application;
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "cakelink", version, about = "Redirects ad clicks to CAKE offers and records the conversions CAKE posts back")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Config file (for `serve` when no verb is given).
+    #[arg(long, global = true, env = "CAKELINK_CONFIG", default_value = "config/cakelink.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve redirects, postbacks and the API (the default).
+    Serve,
+    /// Print the postback URL to paste into the network.
+    PostbackUrl {
+        #[arg(long, default_value = "cake")]
+        network: String,
+    },
+    /// Check the config file and report every error with its key.
+    CheckConfig,
+    /// Click a link on the running server, post a conversion back for it, and show the
+    /// event-log entry: CAKE's test mode fires no affiliate postback, this does.
+    TestPostback {
+        /// The link to click, as network/slug (default: the first link in the config).
+        #[arg(long)]
+        link: Option<String>,
+        /// Base URL of the running server (default: the config's listen address).
+        #[arg(long)]
+        url: Option<String>,
+        /// Payout to report.
+        #[arg(long, default_value = "0.00")]
+        price: String,
+    },
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<Config> {
+    Config::load(path, |name| std::env::var(name).ok()).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = load(&cli.config)?;
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(config))
+        }
+        Command::PostbackUrl { network } => {
+            let config = load(&cli.config)?;
+            let Some(n) = config.networks.get(&network) else {
+                bail!("no network {network:?} in {} (known: {})", cli.config.display(), config.networks.keys().cloned().collect::<Vec<_>>().join(", "));
+            };
+            println!("{}", n.postback_url(&config.server.public_url, config.security.postback_key.expose()));
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let config = load(&cli.config)?;
+            for w in &config.warnings {
+                println!("warning: {w}");
+            }
+            println!("{}: ok ({} network(s), {} link(s))", cli.config.display(), config.networks.len(), config.links.len());
+            Ok(())
+        }
+        Command::TestPostback { link, url, price } => {
+            let config = load(&cli.config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(test_postback(config, link, url, price))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let state = app.state();
+    tracing::info!(
+        address = %app.local_addr(),
+        store = state.store.backend(),
+        links = state.config.links.len(),
+        "cakelink serving; postback URL: {}",
+        state.config.networks.get("cake").map(|n| n.postback_url(&state.config.server.public_url, "<postback_key>")).unwrap_or_default()
+    );
+    app.run_until(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn test_postback(config: Config, link: Option<String>, url: Option<String>, price: String) -> anyhow::Result<()> {
+    let (network, slug) = match &link {
+        Some(l) => l.split_once('/').map(|(n, s)| (n.to_owned(), s.to_owned())).context("--link takes network/slug, e.g. cake/demo")?,
+        None => {
+            let l = config.links.first().context("no link in the config; pass --link network/slug")?;
+            (l.network.clone(), l.slug.clone())
+        }
+    };
+    let net = config.networks.get(&network).with_context(|| format!("no network {network:?} in the config"))?;
+    let base = url.unwrap_or_else(|| {
+        let mut addr = config.server.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    });
+    let base = base.trim_end_matches('/');
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+
+    let click_url = format!("{base}/go/{network}/{slug}?utm_source=cakelink-test-postback");
+    let res = client
+        .get(&click_url)
+        .header("user-agent", "Mozilla/5.0 (cakelink test-postback)")
+        .send()
+        .await
+        .with_context(|| format!("is cakelink running at {base}? GET {click_url} failed"))?;
+    let location = res.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(location) = location else {
+        bail!("GET {click_url} answered {} without a redirect", res.status());
+    };
+    let offer = url::Url::parse(&location).context("the redirect's Location is not a URL")?;
+    let click_id = offer.query_pairs().find(|(k, _)| *k == net.subid).map(|(_, v)| v.into_owned()).context("no click id in the redirect")?;
+    println!("click:    {} → {location}", res.status());
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let postback_url = format!(
+        "{base}/collect/{network}/{}?{}={click_id}&{}=test-{now}&{}={price}",
+        config.security.postback_key.expose(),
+        net.click_id_field,
+        net.transaction_field,
+        net.value_field
+    );
+    let res = client.get(&postback_url).send().await.context("postback request failed")?;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    println!("postback: {status} {body}");
+
+    let events = client
+        .get(format!("{base}/api/events?limit=1"))
+        .bearer_auth(config.security.admin_token.expose())
+        .send()
+        .await
+        .context("reading the event log failed")?;
+    let log: serde_json::Value = events.json().await.context("the event log answer is not JSON")?;
+    let entry = log.get("events").and_then(|e| e.get(0)).cloned().unwrap_or_default();
+    println!("event log entry:\n{}", serde_json::to_string_pretty(&entry)?);
+    let ok = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
+    if ok.as_deref() != Some("ok") && ok.as_deref() != Some("duplicate") {
+        bail!("the postback was not recorded");
+    }
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! Postbacks: the network's server-to-server call that reports a conversion.
+//!
+//! [`Fields`] reads a postback from a query string, a form body or a JSON body (names
+//! matched case-insensitively, empty/`null`/unreplaced tokens taken as absent), and
+//! [`process`] turns it into an answer: resolve the click id, decide the event,
+//! de-duplicate, record, log. Nothing here knows HTTP beyond the status code it suggests.
+
+use std::sync::Arc;
+
+use crate::clickid::{ClickIdError, Keyring};
+use crate::links::LinkCatalog;
+use crate::model::{Conversion, Event, Recorded, UnixMillis};
+use crate::money::Money;
+use crate::networks::{is_absent, Network};
+use crate::store::Store;
+
+/// Field names whose values are credentials and never reach the event log.
+const REDACTED: &[&str] = &["key", "postback_key", "token", "access_token", "api_key", "password", "secret"];
+
+/// Why a postback's text could not be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldsError {
+    #[error("invalid percent-encoding in {0:?}")]
+    PercentEncoding(String),
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    #[error("JSON body must be an object of fields")]
+    JsonShape,
+    #[error("text is not valid UTF-8")]
+    Utf8,
+}
+
+/// Whether every `%` in `text` starts a two-digit hex escape.
+pub fn valid_percent_encoding(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+/// A postback's fields: names lower-cased, first occurrence wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// Fields that carry a value.
+    present: Vec<(String, String)>,
+    /// Fields that arrived empty, `null` or as an unreplaced token, with what arrived.
+    absent: Vec<(String, String)>,
+}
+
+impl Fields {
+    /// Reads `a=1&b=2` (a query string or a form body).
+    pub fn from_query(text: &str) -> Result<Fields, FieldsError> {
+        if !valid_percent_encoding(text) {
+            return Err(FieldsError::PercentEncoding(text.chars().take(80).collect()));
+        }
+        let mut fields = Fields::default();
+        for (name, value) in form_urlencoded::parse(text.as_bytes()) {
+            if name.contains('\u{FFFD}') || value.contains('\u{FFFD}') {
+                return Err(FieldsError::Utf8);
+            }
+            fields.push(&name, &value);
+        }
+        Ok(fields)
+    }
+
+    /// Reads a JSON object; numbers keep their exact text, `null` is absent.
+    pub fn from_json(body: &[u8]) -> Result<Fields, FieldsError> {
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| FieldsError::Json(e.to_string()))?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(FieldsError::JsonShape);
+        };
+        let mut fields = Fields::default();
+        for (name, value) in map {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => other.to_string(),
+            };
+            fields.push(&name, &text);
+        }
+        Ok(fields)
+    }
+
+    /// Adds the fields of `other` that this one lacks (a `POST` body plus its query).
+    pub fn merge(&mut self, other: Fields) {
+        for (name, value) in other.present.into_iter().chain(other.absent) {
+            self.push(&name, &value);
+        }
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        let name = name.trim().to_ascii_lowercase();
+        if name.is_empty() || self.present.iter().chain(&self.absent).any(|(n, _)| *n == name) {
+            return;
+        }
+        if is_absent(value) {
+            self.absent.push((name, value.to_owned()));
+        } else {
+            self.present.push((name, value.trim().to_owned()));
+        }
+    }
+
+    /// The value of `name`, if it carries one.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.present.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// What arrived for `name` when it carried no value (`""`, `null`, `#s2#`).
+    pub fn absent_value(&self, name: &str) -> Option<&str> {
+        self.absent.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Fields with a value, for the conversion record.
+    pub fn present(&self) -> &[(String, String)] {
+        &self.present
+    }
+
+    /// All fields as received, credentials redacted, for the event log.
+    pub fn to_log_query(&self) -> String {
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in self.present.iter().chain(&self.absent) {
+            let shown = if REDACTED.contains(&name.as_str()) { "[redacted]" } else { value.as_str() };
+            out.append_pair(name, shown);
+        }
+        out.finish()
+    }
+}
+
+/// Picks the event name: the postback's own event field wins, then the link's `event`
+/// (CPL offers pay for leads), then the payout: more than zero is a `Purchase`.
+pub fn decide_event(postback_event: Option<&str>, link_event: Option<&str>, value: Option<Money>) -> String {
+    if let Some(e) = postback_event {
+        return e.to_owned();
+    }
+    if let Some(e) = link_event {
+        return e.to_owned();
+    }
+    match value {
+        Some(v) if !v.is_zero() => "Purchase".to_owned(),
+        _ => "Lead".to_owned(),
+    }
+}
+
+/// The statuses of the event log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Duplicate,
+    NoMatch,
+    Rejected,
+    Queued,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Duplicate => "duplicate",
+            Status::NoMatch => "no_match",
+            Status::Rejected => "rejected",
+            Status::Queued => "queued",
+        }
+    }
+}
+
+/// What a postback came to; the route turns it into an HTTP answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: Status,
+    pub reason: String,
+    /// HTTP status code to answer with.
+    pub http: u16,
+    pub click_id: Option<String>,
+    pub conversion_id: Option<String>,
+}
+
+impl Answer {
+    fn new(status: Status, http: u16, reason: impl Into<String>) -> Answer {
+        Answer { status, reason: reason.into(), http, click_id: None, conversion_id: None }
+    }
+
+    /// A postback refused before its fields were looked at (bad key, unreadable body).
+    pub fn rejected(http: u16, reason: impl Into<String>) -> Answer {
+        Answer::new(Status::Rejected, http, reason)
+    }
+
+    pub fn no_match(reason: impl Into<String>) -> Answer {
+        Answer::new(Status::NoMatch, 200, reason)
+    }
+
+    /// The event-log entry recording this answer.
+    pub fn to_event(&self, network: &str, fields: &Fields, received_at: UnixMillis) -> Event {
+        Event {
+            received_at,
+            network: network.to_owned(),
+            status: self.status.as_str().to_owned(),
+            reason: self.reason.clone(),
+            click_id: self.click_id.clone(),
+            conversion_id: self.conversion_id.clone(),
+            query: fields.to_log_query(),
+        }
+    }
+}
+
+/// What processing a postback needs.
+pub struct Context<'a> {
+    pub store: &'a Arc<dyn Store>,
+    pub links: &'a LinkCatalog,
+    pub keyring: &'a Keyring,
+}
+
+/// Resolves, de-duplicates and records one authenticated postback.
+pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now: UnixMillis) -> Answer {
+    // A bad value is the network's mistake and worth a 400; everything else answers 200
+    // so that networks do not disable the postback URL.
+    let value = match fields.get(&network.value_field).map(Money::parse) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => return Answer::rejected(400, format!("{}: {e}", network.value_field)),
+    };
+
+    let Some(raw_id) = fields.get(&network.click_id_field) else {
+        return Answer::no_match(match fields.absent_value(&network.click_id_field) {
+            Some(v) if !v.trim().is_empty() && !v.eq_ignore_ascii_case("null") => {
+                format!("unreplaced_click_id_token: {} arrived as {v:?}, so the network had no click id", network.click_id_field)
+            }
+            _ => format!("missing_click_id: no {} field", network.click_id_field),
+        });
+    };
+    let now_secs = (now / 1000).max(0) as u64;
+    let click_id = match ctx.keyring.verify(raw_id, now_secs) {
+        Ok(id) => id,
+        Err(e) => {
+            let mut a = Answer::no_match(match e {
+                ClickIdError::Malformed => format!("{}: not a cakelink click id", e.reason()),
+                ClickIdError::Forged => format!("{}: the id's tag does not verify under any configured secret", e.reason()),
+                ClickIdError::Expired => format!("{}: older than attribution_days + postback_grace_days", e.reason()),
+            });
+            a.click_id = Some(raw_id.chars().take(64).collect());
+            return a;
+        }
+    };
+    let mut base = Answer::no_match("");
+    base.click_id = Some(click_id.to_string());
+
+    let click = match ctx.store.find_click(click_id.as_str()).await {
+        Ok(Some(click)) => click,
+        Ok(None) => {
+            base.reason = "unknown_click_id: genuine but not in the store".into();
+            return base;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while resolving a postback");
+            return Answer { status: Status::Rejected, http: 503, reason: "store_unavailable".into(), ..base };
+        }
+    };
+
+    let link_event = match click.link.split_once('/') {
+        Some((net, slug)) => ctx.links.find(net, slug).await.ok().flatten().and_then(|l| l.link.event.clone()),
+        None => None,
+    };
+    let postback_event = network.event_field.as_deref().and_then(|f| fields.get(f)).or_else(|| fields.get("event"));
+    let event = decide_event(postback_event, link_event.as_deref(), value);
+    let transaction_id = fields.get(&network.transaction_field).map(str::to_owned);
+    let id = Conversion::derive_id(click_id.as_str(), transaction_id.as_deref(), fields.present(), &event);
+    let conversion = Conversion {
+        id: id.clone(),
+        at: now,
+        network: network.name.clone(),
+        event: event.clone(),
+        value: value.unwrap_or(Money::ZERO),
+        currency: network.currency.clone(),
+        transaction_id,
+        item_id: fields.get(&network.item_field).map(str::to_owned),
+        fields: fields.present().to_vec(),
+        click,
+    };
+    base.conversion_id = Some(id);
+    match ctx.store.record_conversion(&conversion).await {
+        Ok(Recorded::New) => Answer { status: Status::Ok, http: 200, reason: format!("{event} recorded"), ..base },
+        Ok(Recorded::Duplicate) => Answer { status: Status::Duplicate, http: 200, reason: format!("{event} already recorded"), ..base },
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while recording a conversion");
+            Answer { status: Status::Rejected, http: 503, reason: "store_unavailable".into(), ..base }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_are_case_insensitive_and_absent_values_dropped() {
+        let f = Fields::from_query("S2=abc&Price=7.00&s3=%23s3%23&s4=null&s5=&tid=#tid#&TID=second").unwrap();
+        assert_eq!(f.get("s2"), Some("abc"));
+        assert_eq!(f.get("price"), Some("7.00"));
+        for absent in ["s3", "s4", "s5", "tid"] {
+            assert_eq!(f.get(absent), None, "{absent}");
+        }
+        assert_eq!(f.absent_value("s3"), Some("#s3#"));
+    }
+
+    #[test]
+    fn json_numbers_keep_their_exact_text() {
+        let f = Fields::from_json(br#"{"s2":"x","price":12.345678901234567,"s3":null,"n":1}"#).unwrap();
+        assert_eq!(f.get("price"), Some("12.345678901234567"));
+        assert_eq!(f.get("s3"), None);
+        assert_eq!(Fields::from_json(b"[1]"), Err(FieldsError::JsonShape));
+        assert!(matches!(Fields::from_json(b"{"), Err(FieldsError::Json(_))));
+    }
+
+    #[test]
+    fn percent_encoding_is_checked() {
+        assert!(valid_percent_encoding("a=%41%2f&b=c"));
+        for bad in ["a=%", "a=%4", "a=%zz", "%g1=1"] {
+            assert!(!valid_percent_encoding(bad), "{bad}");
+            assert!(Fields::from_query(bad).is_err());
+        }
+        assert_eq!(Fields::from_query("a=%FF"), Err(FieldsError::Utf8));
+    }
+
+    #[test]
+    fn event_precedence() {
+        let seven = Some(Money::from_micros(7_000_000));
+        assert_eq!(decide_event(Some("Signup"), Some("Lead"), seven), "Signup");
+        assert_eq!(decide_event(None, Some("Lead"), seven), "Lead");
+        assert_eq!(decide_event(None, None, seven), "Purchase");
+        assert_eq!(decide_event(None, None, Some(Money::ZERO)), "Lead");
+        assert_eq!(decide_event(None, None, None), "Lead");
+    }
+
+    #[test]
+    fn credentials_are_redacted_in_the_log() {
+        let f = Fields::from_query("s2=a&key=hunter2").unwrap();
+        assert_eq!(f.to_log_query(), "s2=a&key=%5Bredacted%5D");
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(text in ".{0,200}") {
+            let _ = Fields::from_query(&text);
+            let _ = Fields::from_json(text.as_bytes());
+        }
+    }
+}

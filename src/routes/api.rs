@@ -1,0 +1,431 @@
+//! The admin API: JSON under `/api`, behind `Authorization: Bearer <admin_token>`.
+
+use std::collections::HashMap;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{error, json, method_not_allowed, path_segment, secret_matches, text, Body};
+use crate::app::AppState;
+use crate::links::validate_link;
+use crate::model::{Click, Conversion, Event, Link, LinkSource, LinkStatus};
+use crate::postback::valid_percent_encoding;
+use crate::reports::{self, rfc3339, Group, Period};
+
+/// Most events one `/api/events` call returns.
+const MAX_EVENTS: usize = 1000;
+
+/// Serves `/api/...`.
+pub async fn api(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+    if !authorized(state, &req) {
+        let mut res = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        res.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return res;
+    }
+    let raw_query = req.uri().query().unwrap_or_default();
+    if !valid_percent_encoding(raw_query) {
+        return error(StatusCode::BAD_REQUEST, "invalid percent-encoding in the query");
+    }
+    let query: HashMap<String, String> = form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect();
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
+    let method = req.method().clone();
+    match (segments.as_slice(), method) {
+        (["links"], Method::GET) => list_links(state).await,
+        (["links"], Method::POST) => match read_link_body(state, req).await {
+            Ok(body) => create_link(state, body, None).await,
+            Err(res) => res,
+        },
+        (["links"], _) => method_not_allowed("GET, POST"),
+        (["links", network, slug], m) => {
+            let (network, slug) = match (path_segment(network), path_segment(slug)) {
+                (Ok(n), Ok(s)) => (n, s),
+                (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+            };
+            match m {
+                Method::GET => get_link(state, &network, &slug).await,
+                Method::PUT => match read_link_body(state, req).await {
+                    Ok(body) => create_link(state, body, Some((network, slug))).await,
+                    Err(res) => res,
+                },
+                Method::DELETE => delete_link(state, &network, &slug).await,
+                _ => method_not_allowed("GET, PUT, DELETE"),
+            }
+        }
+        (["stats"], Method::GET) => stats(state, &query).await,
+        (["conversions"], Method::GET) => conversions(state, &query).await,
+        (["clicks", id], Method::GET) => click(state, id).await,
+        (["events"], Method::GET) => events(state, &query).await,
+        (["stats"] | ["conversions"] | ["clicks", _] | ["events"], _) => method_not_allowed("GET"),
+        _ => error(StatusCode::NOT_FOUND, "no such API route"),
+    }
+}
+
+fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .unwrap_or_default();
+    secret_matches(given.trim().as_bytes(), state.config.security.admin_token.expose().as_bytes())
+}
+
+fn store_error(e: crate::store::StoreError) -> Response<Body> {
+    tracing::error!(error = %e, "store failed during an API call");
+    error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+}
+
+#[derive(Serialize)]
+struct Links<'a> {
+    links: Vec<&'a Link>,
+}
+
+async fn list_links(state: &AppState) -> Response<Body> {
+    let stored = match state.store.links().await {
+        Ok(l) => l,
+        Err(e) => return store_error(e),
+    };
+    let mut all: Vec<&Link> = state.links.config_links().chain(stored.iter()).collect();
+    all.sort_by(|a, b| (&a.network, &a.slug).cmp(&(&b.network, &b.slug)));
+    json(StatusCode::OK, &Links { links: all })
+}
+
+async fn get_link(state: &AppState, network: &str, slug: &str) -> Response<Body> {
+    if let Some(l) = state.links.config_links().find(|l| l.network == network && l.slug == slug) {
+        return json(StatusCode::OK, l);
+    }
+    match state.store.link(network, slug).await {
+        Ok(Some(link)) => json(StatusCode::OK, &link),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such link"),
+        Err(e) => store_error(e),
+    }
+}
+
+/// What `POST /api/links` and `PUT /api/links/{network}/{slug}` take.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkBody {
+    slug: Option<String>,
+    network: Option<String>,
+    offer: String,
+    redirect: Option<u16>,
+    status: Option<LinkStatus>,
+    fallback: Option<String>,
+    event: Option<String>,
+}
+
+async fn read_link_body(state: &AppState, req: Request<Incoming>) -> Result<LinkBody, Response<Body>> {
+    let limit = state.config.server.max_body_bytes;
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body missing or larger than {limit} bytes")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("link JSON: {e}")))
+}
+
+/// Creates (`POST`, path `None`) or replaces (`PUT`) an API link.
+async fn create_link(state: &AppState, body: LinkBody, path: Option<(String, String)>) -> Response<Body> {
+    let (network, slug) = match path.clone() {
+        Some((n, s)) => {
+            if body.network.as_ref().is_some_and(|b| *b != n) || body.slug.as_ref().is_some_and(|b| *b != s) {
+                return error(StatusCode::BAD_REQUEST, "network and slug in the body differ from the path");
+            }
+            (n, s)
+        }
+        None => match body.slug {
+            Some(s) => (body.network.unwrap_or_else(|| "cake".into()), s),
+            None => return error(StatusCode::BAD_REQUEST, "slug is required"),
+        },
+    };
+    let is_put = path.is_some();
+    let link = Link {
+        network,
+        slug,
+        offer: body.offer,
+        redirect: body.redirect.unwrap_or(302),
+        status: body.status.unwrap_or_default(),
+        fallback: body.fallback,
+        event: body.event,
+        source: LinkSource::Api,
+    };
+    if state.links.is_config_link(&link.network, &link.slug) {
+        return error(StatusCode::CONFLICT, "this link is defined in the config file and is read-only here");
+    }
+    let problems = validate_link(&link, state.links.networks());
+    if !problems.is_empty() {
+        let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        return error(StatusCode::BAD_REQUEST, &text.join("; "));
+    }
+    let existed = match state.store.link(&link.network, &link.slug).await {
+        Ok(found) => found.is_some(),
+        Err(e) => return store_error(e),
+    };
+    if existed && !is_put {
+        return error(StatusCode::CONFLICT, "a link with this network and slug exists; PUT /api/links/{network}/{slug} replaces it");
+    }
+    if let Err(e) = state.store.put_link(&link).await {
+        return store_error(e);
+    }
+    state.links.invalidate(&link.network, &link.slug);
+    json(if existed { StatusCode::OK } else { StatusCode::CREATED }, &link)
+}
+
+async fn delete_link(state: &AppState, network: &str, slug: &str) -> Response<Body> {
+    if state.links.is_config_link(network, slug) {
+        return error(StatusCode::CONFLICT, "this link is defined in the config file and is read-only here");
+    }
+    match state.store.delete_link(network, slug).await {
+        Ok(true) => {
+            state.links.invalidate(network, slug);
+            let mut res = text(StatusCode::NO_CONTENT, "");
+            res.headers_mut().remove(CONTENT_TYPE);
+            res
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such link"),
+        Err(e) => store_error(e),
+    }
+}
+
+fn period(query: &HashMap<String, String>) -> Result<Period, Response<Body>> {
+    Period::parse(query.get("from").map(String::as_str), query.get("to").map(String::as_str), query.get("tz").map(String::as_str))
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &e))
+}
+
+#[derive(Serialize)]
+struct Rows {
+    rows: Vec<reports::Row>,
+}
+
+async fn stats(state: &AppState, query: &HashMap<String, String>) -> Response<Body> {
+    let period = match period(query) {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    let group = match query.get("group").map(String::as_str) {
+        None | Some("link") => Group::Link,
+        Some("day") => Group::Day,
+        Some(other) => return error(StatusCode::BAD_REQUEST, &format!("group={other:?}: use link or day")),
+    };
+    let (from, to) = period.hours();
+    match state.store.counters(from, to).await {
+        Ok(hours) => json(StatusCode::OK, &Rows { rows: reports::aggregate(&period, group, &hours) }),
+        Err(e) => store_error(e),
+    }
+}
+
+/// One conversion as an affiliate reconciles it against the network.
+#[derive(Serialize)]
+struct ConversionRow<'a> {
+    conversion_id: &'a str,
+    converted_at: String,
+    network: &'a str,
+    event: &'a str,
+    value: String,
+    currency: &'a str,
+    transaction_id: Option<&'a str>,
+    item_id: Option<&'a str>,
+    click_id: &'a str,
+    link: &'a str,
+    clicked_at: String,
+    bot: Option<&'a str>,
+    subids: HashMap<&'a str, &'a str>,
+    utm: HashMap<&'a str, &'a str>,
+    ad_click_ids: HashMap<&'a str, &'a str>,
+}
+
+fn pairs(list: &[(String, String)]) -> HashMap<&str, &str> {
+    list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+impl<'a> ConversionRow<'a> {
+    fn new(c: &'a Conversion) -> ConversionRow<'a> {
+        ConversionRow {
+            conversion_id: &c.id,
+            converted_at: rfc3339(c.at),
+            network: &c.network,
+            event: &c.event,
+            value: c.value.to_string(),
+            currency: &c.currency,
+            transaction_id: c.transaction_id.as_deref(),
+            item_id: c.item_id.as_deref(),
+            click_id: &c.click.id,
+            link: &c.click.link,
+            clicked_at: rfc3339(c.click.at),
+            bot: c.click.bot.as_deref(),
+            subids: pairs(&c.click.subids),
+            utm: pairs(&c.click.utm),
+            ad_click_ids: pairs(&c.click.ad_click_ids),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Conversions<'a> {
+    conversions: Vec<ConversionRow<'a>>,
+}
+
+/// CSV columns; sub-ids, UTM and ad click ids get one column each.
+const CSV_SUBIDS: [&str; 5] = ["s1", "s2", "s3", "s4", "s5"];
+const CSV_UTM: [&str; 5] = ["source", "medium", "campaign", "term", "content"];
+const CSV_AD_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid", "msclkid"];
+
+async fn conversions(state: &AppState, query: &HashMap<String, String>) -> Response<Body> {
+    let period = match period(query) {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    let (from, to) = period.millis();
+    let list = match state.store.conversions(from, to).await {
+        Ok(l) => l,
+        Err(e) => return store_error(e),
+    };
+    match query.get("format").map(String::as_str) {
+        None | Some("json") => json(StatusCode::OK, &Conversions { conversions: list.iter().map(ConversionRow::new).collect() }),
+        Some("csv") => match to_csv(&list) {
+            Ok(body) => {
+                let mut res = text(StatusCode::OK, body);
+                res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+                res.headers_mut().insert(CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"conversions.csv\""));
+                res
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "CSV export failed");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "CSV export failed")
+            }
+        },
+        Some(other) => error(StatusCode::BAD_REQUEST, &format!("format={other:?}: use json or csv")),
+    }
+}
+
+fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec![
+        "conversion_id", "converted_at", "network", "event", "value", "currency", "transaction_id", "item_id", "click_id", "link",
+        "clicked_at", "bot",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    header.extend(CSV_SUBIDS.iter().map(|s| s.to_string()));
+    header.extend(CSV_UTM.iter().map(|s| format!("utm_{s}")));
+    header.extend(CSV_AD_IDS.iter().map(|s| s.to_string()));
+    w.write_record(&header)?;
+    let get = |list: &[(String, String)], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+    for c in list {
+        let mut row = vec![
+            c.id.clone(),
+            rfc3339(c.at),
+            c.network.clone(),
+            c.event.clone(),
+            c.value.to_string(),
+            c.currency.clone(),
+            c.transaction_id.clone().unwrap_or_default(),
+            c.item_id.clone().unwrap_or_default(),
+            c.click.id.clone(),
+            c.click.link.clone(),
+            rfc3339(c.click.at),
+            c.click.bot.clone().unwrap_or_default(),
+        ];
+        row.extend(CSV_SUBIDS.iter().map(|k| if *k == "s2" { c.click.id.clone() } else { get(&c.click.subids, k) }));
+        row.extend(CSV_UTM.iter().map(|k| get(&c.click.utm, k)));
+        row.extend(CSV_AD_IDS.iter().map(|k| get(&c.click.ad_click_ids, k)));
+        w.write_record(&row)?;
+    }
+    w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
+}
+
+/// A stored click as the API shows it.
+#[derive(Serialize)]
+struct ClickView<'a> {
+    click_id: &'a str,
+    link: &'a str,
+    clicked_at: String,
+    bot: Option<&'a str>,
+    ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    referer: Option<&'a str>,
+    subids: HashMap<&'a str, &'a str>,
+    utm: HashMap<&'a str, &'a str>,
+    ad_click_ids: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> ClickView<'a> {
+    fn new(c: &'a Click) -> ClickView<'a> {
+        ClickView {
+            click_id: &c.id,
+            link: &c.link,
+            clicked_at: rfc3339(c.at),
+            bot: c.bot.as_deref(),
+            ip: c.ip.as_deref(),
+            user_agent: c.user_agent.as_deref(),
+            referer: c.referer.as_deref(),
+            subids: pairs(&c.subids),
+            utm: pairs(&c.utm),
+            ad_click_ids: pairs(&c.ad_click_ids),
+        }
+    }
+}
+
+async fn click(state: &AppState, id: &str) -> Response<Body> {
+    let now = (state.now_ms() / 1000) as u64;
+    let id = match state.keyring.verify(id, now) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::NOT_FOUND, e.reason()),
+    };
+    match state.store.find_click(id.as_str()).await {
+        Ok(Some(c)) => json(StatusCode::OK, &ClickView::new(&c)),
+        Ok(None) => error(StatusCode::NOT_FOUND, "unknown_click_id"),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Serialize)]
+struct EventView<'a> {
+    received_at: String,
+    network: &'a str,
+    status: &'a str,
+    reason: &'a str,
+    click_id: Option<&'a str>,
+    conversion_id: Option<&'a str>,
+    query: &'a str,
+}
+
+#[derive(Serialize)]
+struct Events<'a> {
+    events: Vec<EventView<'a>>,
+}
+
+async fn events(state: &AppState, query: &HashMap<String, String>) -> Response<Body> {
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_EVENTS).contains(&n) => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, &format!("limit must be a number from 1 to {MAX_EVENTS}")),
+    };
+    let status = query.get("status").map(String::as_str);
+    if let Some(s) = status {
+        if !["ok", "duplicate", "no_match", "rejected", "queued"].contains(&s) {
+            return error(StatusCode::BAD_REQUEST, &format!("status={s:?}: use ok, duplicate, no_match, rejected or queued"));
+        }
+    }
+    match state.store.events(status, limit).await {
+        Ok(list) => json(StatusCode::OK, &Events { events: list.iter().map(event_view).collect() }),
+        Err(e) => store_error(e),
+    }
+}
+
+fn event_view(e: &Event) -> EventView<'_> {
+    EventView {
+        received_at: rfc3339(e.received_at),
+        network: &e.network,
+        status: &e.status,
+        reason: &e.reason,
+        click_id: e.click_id.as_deref(),
+        conversion_id: e.conversion_id.as_deref(),
+        query: &e.query,
+    }
+}

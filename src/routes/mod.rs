@@ -1,0 +1,110 @@
+//! HTTP routes: one dispatcher, one module per kind of caller.
+//!
+//! - [`redirect`]: visitors, `/go/{network}/{slug}`
+//! - [`postback`]: networks, `/collect/{network}/{key}`
+//! - [`api`]: the owner, `/api/...` with a bearer token
+//! - [`ops`]: load balancers and Prometheus, `/healthz`, `/readyz`, `/metrics`
+//!
+//! Every answer that is not a redirect is built by [`json`] or [`text`]; internal error
+//! text goes to the log, never to the client.
+
+pub mod api;
+pub mod ops;
+pub mod postback;
+pub mod redirect;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::app::AppState;
+
+pub type Body = Full<Bytes>;
+
+/// Routes one request. Never fails: every problem is an HTTP answer.
+pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let limits = &state.config.server;
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_target_bytes {
+        return error(StatusCode::URI_TOO_LONG, &format!("request target longer than {} bytes", limits.max_target_bytes));
+    }
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes > limits.max_header_bytes {
+        return error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &format!("request headers larger than {} bytes", limits.max_header_bytes));
+    }
+
+    let path = req.uri().path().to_owned();
+    let mut parts = path.trim_start_matches('/').splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("go"), Some(network), Some(slug)) => redirect::redirect(state, &req, network, slug, peer).await,
+        (Some("collect"), Some(network), Some(key)) => postback::postback(state, req, network, key).await,
+        (Some("api"), _, _) => api::api(state, req).await,
+        (Some("healthz"), None, None) => ops::healthz(&req),
+        (Some("readyz"), None, None) => ops::readyz(state, &req).await,
+        (Some("metrics"), None, None) => ops::metrics(state, &req).await,
+        _ => error(StatusCode::NOT_FOUND, "no such route"),
+    }
+}
+
+/// A JSON answer.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut res = Response::new(Full::new(Bytes::from(bytes)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// A plain-text answer.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    res
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+/// A JSON error: `{"error": reason}`.
+pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
+    json(status, &ErrorBody { error: reason })
+}
+
+/// `405` naming the methods the route takes.
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut res = error(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
+    res.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
+/// Percent-decodes one path segment, refusing bad escapes, invalid UTF-8 and control
+/// characters (NUL, CR, LF) that have no business in a slug or key.
+pub fn path_segment(raw: &str) -> Result<String, String> {
+    if !crate::postback::valid_percent_encoding(raw) {
+        return Err(format!("invalid percent-encoding in path segment {:?}", truncate(raw)));
+    }
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| format!("path segment {:?} is not valid UTF-8", truncate(raw)))?;
+    if decoded.chars().any(char::is_control) {
+        return Err("control characters (NUL, CR, LF…) are not allowed in the path".into());
+    }
+    Ok(decoded.into_owned())
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Bearer-token and key comparison in constant time.
+pub fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(given, expected).into()
+}

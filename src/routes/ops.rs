@@ -1,0 +1,58 @@
+//! `/healthz`, `/readyz`, `/metrics`.
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::{error, json, method_not_allowed, text, Body};
+use crate::app::AppState;
+use crate::telemetry;
+
+fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
+    (req.method() != Method::GET && req.method() != Method::HEAD).then(|| method_not_allowed("GET, HEAD"))
+}
+
+/// `200` while the process serves.
+pub fn healthz(req: &Request<Incoming>) -> Response<Body> {
+    only_get(req).unwrap_or_else(|| text(StatusCode::OK, "ok\n"))
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    status: &'static str,
+    store: &'static str,
+    store_up: bool,
+}
+
+/// `200` while redirects can be served and recorded; the body says the store's state.
+pub async fn readyz(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(r) = only_get(req) {
+        return r;
+    }
+    let up = store_up(state).await;
+    let body = Readiness { status: if up { "ready" } else { "store_down" }, store: state.store.backend(), store_up: up };
+    json(if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+}
+
+async fn store_up(state: &AppState) -> bool {
+    let up = matches!(tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await, Ok(Ok(())));
+    metrics::gauge!(telemetry::STORE_UP, "backend" => state.store.backend()).set(if up { 1.0 } else { 0.0 });
+    up
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(r) = only_get(req) {
+        return r;
+    }
+    store_up(state).await;
+    match &state.metrics {
+        Some(handle) => {
+            let mut res = text(StatusCode::OK, handle.render());
+            res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            res
+        }
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed"),
+    }
+}

@@ -1,0 +1,158 @@
+//! `GET`/`HEAD /go/{network}/{slug}`: the hot path.
+//!
+//! Reads top to bottom: find the link (in process, no store read), classify the request,
+//! mint a click id, build the offer URL, record the click, answer. The click is
+//! acknowledged by the store before the redirect leaves, so a `302` the visitor received
+//! is a click that survives a crash.
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::{error, method_not_allowed, path_segment, text, Body};
+use crate::app::AppState;
+use crate::bots::{self, RequestTraits};
+use crate::model::{Click, LinkStatus};
+use crate::telemetry;
+
+/// Ad-platform click ids kept with the click for the conversion APIs.
+const AD_CLICK_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid", "msclkid"];
+/// Longest header value kept in a click (user agent, referer).
+const MAX_KEPT_HEADER: usize = 1024;
+
+/// Redirects a visitor to the link's offer and records the click.
+pub async fn redirect(state: &AppState, req: &Request<Incoming>, network: &str, slug: &str, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let is_head = req.method() == Method::HEAD;
+    if !is_head && req.method() != Method::GET {
+        return method_not_allowed("GET, HEAD");
+    }
+    let (network_name, slug) = match (path_segment(network), path_segment(slug)) {
+        (Ok(n), Ok(s)) => (n, s),
+        (Err(e), _) | (_, Err(e)) => {
+            metrics::counter!(telemetry::REDIRECTS, "outcome" => "bad_request").increment(1);
+            return error(StatusCode::BAD_REQUEST, &e);
+        }
+    };
+
+    // 1. The link, from memory.
+    let Some(network) = state.links.network(&network_name) else {
+        return not_found(&format!("unknown network {network_name:?}"));
+    };
+    let link = match state.links.find(&network_name, &slug).await {
+        Ok(Some(link)) => link,
+        Ok(None) => return not_found("unknown link"),
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while loading a link");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "link store unavailable");
+        }
+    };
+    if link.link.status == LinkStatus::Paused {
+        metrics::counter!(telemetry::REDIRECTS, "outcome" => "paused").increment(1);
+        return match &link.link.fallback {
+            Some(fallback) => redirect_to(StatusCode::FOUND, fallback),
+            None => not_found("link paused"),
+        };
+    }
+
+    // 2. Person, bot or prefetch.
+    let headers = req.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let user_agent = header(USER_AGENT.as_str());
+    let bot = bots::classify(RequestTraits {
+        is_head,
+        purpose: header("sec-purpose").or_else(|| header("purpose")).or_else(|| header("x-purpose")),
+        user_agent,
+    });
+
+    // 3. A fresh click id.
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let click_id = state.keyring.mint((now_ms / 1000) as u64);
+
+    // 4. What the visitor's query carries: UTM, ad click ids, sub-ids to pass through.
+    let mut utm = Vec::new();
+    let mut ad_click_ids = Vec::new();
+    let mut subids: Vec<(String, String)> = Vec::new();
+    for (name, value) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
+        if value.is_empty() {
+            continue;
+        }
+        if let Some(key) = name.strip_prefix("utm_") {
+            if !utm.iter().any(|(k, _): &(String, String)| k == key) {
+                utm.push((key.to_owned(), value.into_owned()));
+            }
+        } else if let Some(id) = AD_CLICK_IDS.iter().find(|id| name.eq_ignore_ascii_case(id)) {
+            if !ad_click_ids.iter().any(|(k, _): &(String, String)| k == id) {
+                ad_click_ids.push(((*id).to_owned(), value.into_owned()));
+            }
+        } else if let Some(p) = network.passthrough.iter().find(|p| name.eq_ignore_ascii_case(p)) {
+            // The affiliate's own value in the offer URL wins; the first visitor value wins.
+            if link.offer_sets(p) || subids.iter().any(|(k, _)| k == p) {
+                continue;
+            }
+            if value.chars().count() > network.max_subid_len(p) {
+                metrics::counter!(telemetry::SUBIDS_DROPPED).increment(1);
+                continue;
+            }
+            subids.push((p.clone(), value.into_owned()));
+        }
+    }
+    let pass: Vec<(&str, &str)> = subids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let location = link.location(network, &pass, click_id.as_str());
+
+    // 5. Record, acknowledged before the answer leaves.
+    let click = Click {
+        id: click_id.to_string(),
+        link: link.key.clone(),
+        at: now_ms,
+        bot: bot.map(|b| b.to_string()),
+        ip: Some(peer.ip().to_string()),
+        user_agent: user_agent.map(|u| u.chars().take(MAX_KEPT_HEADER).collect()),
+        referer: header(REFERER.as_str()).map(|r| r.chars().take(MAX_KEPT_HEADER).collect()),
+        utm,
+        ad_click_ids,
+        subids,
+    };
+    match state.store.record_click(&click).await {
+        Ok(()) if click.is_bot() => metrics::counter!(telemetry::BOT_HITS).increment(1),
+        Ok(()) => metrics::counter!(telemetry::CLICKS).increment(1),
+        Err(e) => {
+            // The visitor is redirected all the same; the click is in the log line.
+            metrics::counter!(telemetry::CLICKS_UNSTORED).increment(1);
+            let record = serde_json::to_string(&click).unwrap_or_default();
+            tracing::error!(error = %e, click = %record, "click not acknowledged by the store");
+        }
+    }
+
+    // 6. Answer.
+    let status = StatusCode::from_u16(link.link.redirect).unwrap_or(StatusCode::FOUND);
+    let res = redirect_to(status, &location);
+    metrics::counter!(telemetry::REDIRECTS, "outcome" => if bot.is_some() { "bot" } else { "click" }).increment(1);
+    metrics::histogram!(telemetry::REDIRECT_SECONDS).record(started.elapsed().as_secs_f64());
+    res
+}
+
+/// A redirect that no cache may keep: a cached redirect would skip cakelink and reuse
+/// an old click id.
+fn redirect_to(status: StatusCode, location: &str) -> Response<Body> {
+    let mut res = Response::new(Body::default());
+    *res.status_mut() = status;
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            res.headers_mut().insert(LOCATION, v);
+        }
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "offer URL cannot be sent as a header"),
+    }
+    res.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store, private"));
+    res
+}
+
+fn not_found(why: &str) -> Response<Body> {
+    metrics::counter!(telemetry::REDIRECTS, "outcome" => "not_found").increment(1);
+    let mut res = text(StatusCode::NOT_FOUND, format!("Link not found: {why}.\n"));
+    res.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store, private"));
+    res
+}

@@ -1,0 +1,53 @@
+//! Metrics (Prometheus text on `/metrics`) and log set-up.
+//!
+//! The recorder is process-wide, installed once; every server in the process (tests
+//! start several) shares it, so counters are cumulative per process.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REDIRECTS: &str = "cakelink_redirects_total";
+pub const REDIRECT_SECONDS: &str = "cakelink_redirect_duration_seconds";
+pub const CLICKS: &str = "cakelink_clicks_total";
+pub const BOT_HITS: &str = "cakelink_bot_hits_total";
+pub const CLICKS_UNSTORED: &str = "cakelink_clicks_unstored_total";
+pub const SUBIDS_DROPPED: &str = "cakelink_subids_dropped_total";
+pub const POSTBACKS: &str = "cakelink_postbacks_total";
+pub const STORE_UP: &str = "cakelink_store_up";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once) and returns its handle.
+pub fn metrics() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REDIRECT_SECONDS.into()), &buckets)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(REDIRECTS, "Redirect answers by outcome (click, bot, not_found, paused, bad_request).");
+    metrics::describe_histogram!(REDIRECT_SECONDS, metrics::Unit::Seconds, "Time from request to redirect answer, click recording included.");
+    metrics::describe_counter!(CLICKS, "Clicks by people, recorded.");
+    metrics::describe_counter!(BOT_HITS, "Bot and prefetch hits, recorded, by reason kind.");
+    metrics::describe_counter!(CLICKS_UNSTORED, "Redirects whose click the store did not acknowledge.");
+    metrics::describe_counter!(SUBIDS_DROPPED, "Passed-through sub-ids dropped for exceeding the network's length limit.");
+    metrics::describe_counter!(POSTBACKS, "Postbacks by status.");
+    metrics::describe_gauge!(STORE_UP, "1 when the store answered the last readiness check.");
+}
+
+/// Logs to standard error; `RUST_LOG` sets the filter (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
