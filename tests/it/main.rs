@@ -1,5 +1,12 @@
 //! The integration suite: one test binary, real servers on port 0, real `redis-server`s.
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, dead_code)]
 
+mod helpers;
 mod redis_server;
+
+mod api;
+mod bad_input;
+mod durability;
+mod postback;
+mod redirect;
 mod store_contract;

@@ -20,6 +20,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     args: Vec<String>,
+    /// Cluster bus port, when the server runs as a one-node Redis Cluster.
+    bus_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -34,18 +36,34 @@ impl RedisServer {
     /// `["--appendonly", "yes", "--appendfsync", "always"]` for data that survives
     /// [`RedisServer::restart`].
     pub fn start_with(args: &[&str]) -> RedisServer {
+        RedisServer::launch(args, false)
+    }
+
+    /// Starts a one-node Redis Cluster owning all 16384 slots: real cluster semantics
+    /// (routing by slot, `CROSSSLOT` refusals) without a six-node setup.
+    pub fn start_cluster() -> RedisServer {
+        RedisServer::launch(&[], true)
+    }
+
+    fn launch(args: &[&str], cluster: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory for redis-server");
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            let mut child = spawn(port, &args, dir.path());
-            match wait_ready(&mut child, port) {
+            let bus_port = cluster.then(free_port);
+            let mut child = spawn(port, bus_port, &args, dir.path());
+            let ready = wait_ready(&mut child, port).and_then(|()| match bus_port {
+                Some(_) => form_cluster(port),
+                None => Ok(()),
+            });
+            match ready {
                 Ok(()) => {
                     return RedisServer {
                         child: Some(child),
                         port,
                         args,
+                        bus_port,
                         dir,
                     }
                 }
@@ -79,8 +97,13 @@ impl RedisServer {
     /// so an append-only file written before comes back.
     pub fn restart(&mut self) {
         self.stop();
-        let mut child = spawn(self.port, &self.args, self.dir.path());
-        if let Err(e) = wait_ready(&mut child, self.port) {
+        let mut child = spawn(self.port, self.bus_port, &self.args, self.dir.path());
+        let ready = wait_ready(&mut child, self.port).and_then(|()| match self.bus_port {
+            // The node keeps its slots in nodes.conf; it only has to come back up.
+            Some(_) => wait_cluster_ok(self.port),
+            None => Ok(()),
+        });
+        if let Err(e) = ready {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -105,7 +128,7 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-fn spawn(port: u16, extra: &[String], dir: &Path) -> Child {
+fn spawn(port: u16, bus_port: Option<u16>, extra: &[String], dir: &Path) -> Child {
     let log = dir.join("redis.log");
     let mut cmd = Command::new("redis-server");
     cmd.arg("--port")
@@ -116,8 +139,15 @@ fn spawn(port: u16, extra: &[String], dir: &Path) -> Child {
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")
-        .arg(&log)
-        .args(extra)
+        .arg(&log);
+    if let Some(bus) = bus_port {
+        cmd.args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .arg("--cluster-port")
+            .arg(bus.to_string())
+            .args(["--cluster-announce-ip", "127.0.0.1"]);
+    }
+    cmd.args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -142,7 +172,11 @@ fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
         }
         match ping_pid(&client) {
             Ok(pid) if pid == child.id() => return Ok(()),
-            Ok(pid) => return Err(format!("port {port} is served by another redis-server (pid {pid})")),
+            Ok(pid) => {
+                return Err(format!(
+                    "port {port} is served by another redis-server (pid {pid})"
+                ))
+            }
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -152,12 +186,52 @@ fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
     ))
 }
 
+/// Gives the lone node every slot and waits until it says the cluster is up.
+fn form_cluster(port: u16) -> Result<(), String> {
+    let client =
+        redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(1))
+        .map_err(|e| e.to_string())?;
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query(&mut con)
+        .map_err(|e| format!("CLUSTER ADDSLOTSRANGE: {e}"))?;
+    wait_cluster_ok(port)
+}
+
+/// Waits until `CLUSTER INFO` reports `cluster_state:ok`.
+fn wait_cluster_ok(port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let client =
+        redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        let info = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .and_then(|mut con| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut con));
+        match info {
+            Ok(info) if info.contains("cluster_state:ok") => return Ok(()),
+            Ok(info) => last = info.lines().next().unwrap_or_default().to_owned(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "cluster on port {port} not ok within {STARTUP_TIMEOUT:?}: {last}"
+    ))
+}
+
 /// PINGs the server and returns its process id.
 fn ping_pid(client: &redis::Client) -> Result<u32, String> {
     let mut con = client
         .get_connection_with_timeout(Duration::from_millis(200))
         .map_err(|e| e.to_string())?;
-    let pong: String = redis::cmd("PING").query(&mut con).map_err(|e| e.to_string())?;
+    let pong: String = redis::cmd("PING")
+        .query(&mut con)
+        .map_err(|e| e.to_string())?;
     if pong != "PONG" {
         return Err(format!("PING answered {pong:?}"));
     }

@@ -237,7 +237,10 @@ async fn check_counters_by_hour_and_link(store: &dyn Store) {
         store.counters(H + 2, H + 29).await.expect("counters"),
         vec![]
     );
-    assert_eq!(store.counters(0, u32::MAX).await.expect("counters").len(), 5);
+    assert_eq!(
+        store.counters(0, u32::MAX).await.expect("counters").len(),
+        5
+    );
 }
 
 async fn check_conversion_counts_once(store: &dyn Store) {
@@ -390,7 +393,10 @@ async fn check_links(store: &dyn Store) {
     for l in [&c, &b, &a] {
         store.put_link(l).await.expect("put link");
     }
-    assert_eq!(store.link("cake1", "a").await.expect("link"), Some(a.clone()));
+    assert_eq!(
+        store.link("cake1", "a").await.expect("link"),
+        Some(a.clone())
+    );
     assert_eq!(
         store.links().await.expect("links"),
         vec![a.clone(), b.clone(), c.clone()]
@@ -404,7 +410,10 @@ async fn check_links(store: &dyn Store) {
 
     assert!(store.delete_link("cake1", "a").await.expect("delete"));
     assert!(!store.delete_link("cake1", "a").await.expect("delete again"));
-    assert!(!store.delete_link("cake9", "zz").await.expect("delete unknown"));
+    assert!(!store
+        .delete_link("cake9", "zz")
+        .await
+        .expect("delete unknown"));
     assert_eq!(store.link("cake1", "a").await.expect("link"), None);
     assert_eq!(store.links().await.expect("links"), vec![b, c]);
 }
@@ -414,8 +423,9 @@ async fn check_ping_and_flush(store: &dyn Store) {
     store.flush().await.expect("flush");
 }
 
-/// One test per check and backend: `store_contract::embedded::check_x` and
-/// `store_contract::on_redis::check_x`.
+/// One test per check and backend: `store_contract::embedded::check_x`,
+/// `store_contract::on_redis::check_x` and `store_contract::on_redis_cluster::check_x`
+/// (a one-node cluster, which refuses any command or script that spans slots).
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
         mod embedded {
@@ -441,6 +451,21 @@ macro_rules! contract {
                     let store = RedisStore::connect(&server.url(), limits())
                         .await
                         .expect("connect to redis");
+                    assert_eq!(store.backend(), "redis");
+                    super::$check(&store).await;
+                }
+            )*
+        }
+
+        mod on_redis_cluster {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let server = RedisServer::start_cluster();
+                    let store = RedisStore::connect_cluster(&[server.url()], limits())
+                        .await
+                        .expect("connect to redis cluster");
                     assert_eq!(store.backend(), "redis");
                     super::$check(&store).await;
                 }
@@ -532,7 +557,10 @@ async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
         .log_event(&event(1, "accepted"))
         .await
         .expect("log event");
-    store.put_link(&link("cake1", "spring")).await.expect("put link");
+    store
+        .put_link(&link("cake1", "spring"))
+        .await
+        .expect("put link");
 
     let mut con = raw(&server).await;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -541,16 +569,11 @@ async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
         .await
         .expect("KEYS");
     assert!(keys.iter().all(|k| k.starts_with("cl:")), "{keys:?}");
-    let mut slots = std::collections::BTreeSet::new();
-    for key in keys.iter().filter(|k| k.contains("{") && !k.contains("{ev}")) {
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query_async(&mut con)
-            .await
-            .expect("CLUSTER KEYSLOT");
-        slots.insert(slot);
-    }
+    let slots: std::collections::HashSet<_> = keys
+        .iter()
+        .filter(|k| k.contains('{') && !k.contains("{ev}"))
+        .map(|k| redis::cluster_routing::Slot::for_key(k))
+        .collect();
     // The click, its counters, its conversion and their indexes: one slot.
     assert_eq!(slots.len(), 1, "{keys:?}");
 }
