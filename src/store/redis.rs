@@ -52,7 +52,9 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -261,10 +263,27 @@ fn redact(url: &str) -> String {
 impl RedisStore {
     /// Connects to one Redis server through an auto-reconnecting, multiplexed
     /// connection, and checks that it answers.
+    ///
+    /// A plain connection probes the server first: the connection manager retries a
+    /// refused connection for several seconds, which is right once running but only
+    /// delays the message an operator needs at startup.
     pub async fn connect(url: &str, limits: StoreLimits) -> anyhow::Result<RedisStore> {
         let shown = redact(url);
         let client = redis::Client::open(url)
             .map_err(|e| anyhow::anyhow!("invalid Redis URL {shown}: {e}"))?;
+        let probe_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let mut probe = client
+            .get_multiplexed_async_connection_with_config(&probe_config)
+            .await
+            .map_err(|e| anyhow::anyhow!("Redis at {shown} does not answer PING: {e}"))?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut probe)
+            .await
+            .map_err(|e| anyhow::anyhow!("Redis at {shown} does not answer PING: {e}"))?;
+        drop(probe);
+
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));

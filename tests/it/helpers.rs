@@ -253,3 +253,24 @@ pub fn today() -> String {
 pub fn count(row: &Value, field: &str) -> u64 {
     row.get(field).and_then(Value::as_u64).unwrap_or(0)
 }
+
+/// A cakelink over an existing store (which the caller keeps alive), tagging click ids
+/// with `secret` and still accepting `previous`: a secret rotation across a restart.
+/// The returned app's own `store` is an empty stand-in, so stopping it leaves `store`.
+pub async fn spawn_app_on(store: &StoreHandle, secret: &str, previous: &[&str]) -> TestApp {
+    let text = config_text("127.0.0.1:0", &store.toml, "", "");
+    let previous: Vec<String> = previous.iter().map(|s| format!("{s:?}")).collect();
+    let text = text
+        .replace(&format!("secret = \"{SECRET}\"\n"), &format!("secret = {secret:?}\n"))
+        .replace("previous_secrets = [\"an-older-secret-0123456789\"]", &format!("previous_secrets = [{}]", previous.join(", ")));
+    assert!(text.contains(&format!("secret = {secret:?}\n")), "the secret line was replaced");
+    let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
+    let app = Application::build(config).await.expect("app builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let stand_in = StoreHandle { toml: store.toml.clone(), dir: tempfile::tempdir().expect("temp dir"), redis: None };
+    TestApp { addr, base: format!("http://{addr}"), client: client(), store: stand_in, shutdown: Some(tx), task: Some(task) }
+}

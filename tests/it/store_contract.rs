@@ -629,4 +629,10 @@ async fn redis_connect_names_the_url_when_nobody_answers() {
     };
     assert!(err.contains("127.0.0.1:1"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
+
+    let err = match RedisStore::connect_cluster(&[url.clone()], limits()).await {
+        Ok(_) => panic!("connected to a stopped redis cluster"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&url), "{err}");
 }
