@@ -44,7 +44,9 @@ fn links(c: &mut Criterion) {
     let cake = Network::cake();
     let compiled = CompiledLink::compile(demo_link(), &cake).expect("link compiles");
     c.bench_function("offer_url/build", |b| {
-        b.iter(|| black_box(compiled.location(&cake, black_box(&[("s3", "creative7")]), "3FwnU5zqsOp2D0cXN9jcYI2NWulyjXFk")))
+        b.iter(|| {
+            black_box(compiled.location(&cake, black_box(&[("s3", "creative7")]), "3FwnU5zqsOp2D0cXN9jcYI2NWulyjXFk"))
+        })
     });
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -55,7 +57,9 @@ fn links(c: &mut Criterion) {
     nets.insert("cake".to_owned(), cake);
     let catalog = LinkCatalog::new(&[demo_link()], Arc::new(nets), store).expect("catalog");
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    c.bench_function("link/lookup", |b| b.iter(|| rt.block_on(async { black_box(catalog.find("cake", "demo").await) })));
+    c.bench_function("link/lookup", |b| {
+        b.iter(|| rt.block_on(async { black_box(catalog.find("cake", "demo").await) }))
+    });
 }
 
 fn classify_and_parse(c: &mut Criterion) {

@@ -67,9 +67,8 @@ const CRAWLERS: &[&str] = &[
     "spider",
 ];
 
-static MATCHER: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
-    AhoCorasick::builder().ascii_case_insensitive(true).build(CRAWLERS).ok()
-});
+static MATCHER: LazyLock<Option<AhoCorasick>> =
+    LazyLock::new(|| AhoCorasick::builder().ascii_case_insensitive(true).build(CRAWLERS).ok());
 
 /// Why a request counts as a bot hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,9 +142,18 @@ mod tests {
 
     #[test]
     fn crawlers_and_previews_are_bots() {
-        assert_eq!(ua("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)"), Some(BotReason::Crawler("facebookexternalhit")));
-        assert_eq!(ua("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"), Some(BotReason::Crawler("Slackbot")));
-        assert_eq!(ua("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"), Some(BotReason::Crawler("Googlebot")));
+        assert_eq!(
+            ua("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)"),
+            Some(BotReason::Crawler("facebookexternalhit"))
+        );
+        assert_eq!(
+            ua("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"),
+            Some(BotReason::Crawler("Slackbot"))
+        );
+        assert_eq!(
+            ua("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
+            Some(BotReason::Crawler("Googlebot"))
+        );
         assert_eq!(ua("AdsBot-Google (+http://www.google.com/adsbot.html)"), Some(BotReason::Crawler("AdsBot-Google")));
         assert_eq!(ua("WhatsApp/2.23.20.0"), Some(BotReason::Crawler("WhatsApp")));
         assert_eq!(ua("   "), Some(BotReason::EmptyUserAgent));
@@ -156,7 +164,10 @@ mod tests {
     fn head_and_prefetch_win_over_a_browser_agent() {
         let chrome = Some("Mozilla/5.0 Chrome/131.0");
         assert_eq!(classify(RequestTraits { is_head: true, purpose: None, user_agent: chrome }), Some(BotReason::Head));
-        assert_eq!(classify(RequestTraits { is_head: false, purpose: Some("prefetch;prerender"), user_agent: chrome }), Some(BotReason::Prefetch));
+        assert_eq!(
+            classify(RequestTraits { is_head: false, purpose: Some("prefetch;prerender"), user_agent: chrome }),
+            Some(BotReason::Prefetch)
+        );
         assert_eq!(BotReason::Crawler("Twitterbot").to_string(), "crawler:Twitterbot");
     }
 }

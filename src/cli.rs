@@ -11,7 +11,11 @@ use crate::app::Application;
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "cakelink", version, about = "Redirects ad clicks to CAKE offers and records the conversions CAKE posts back")]
+#[command(
+    name = "cakelink",
+    version,
+    about = "Redirects ad clicks to CAKE offers and records the conversions CAKE posts back"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -46,7 +50,7 @@ pub enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Config> {
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path, |name| std::env::var(name).ok()).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))
 }
 
@@ -64,7 +68,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PostbackUrl { network } => {
             let config = load(&cli.config)?;
             let Some(n) = config.networks.get(&network) else {
-                bail!("no network {network:?} in {} (known: {})", cli.config.display(), config.networks.keys().cloned().collect::<Vec<_>>().join(", "));
+                bail!(
+                    "no network {network:?} in {} (known: {})",
+                    cli.config.display(),
+                    config.networks.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
             };
             println!("{}", n.postback_url(&config.server.public_url, config.security.postback_key.expose()));
             Ok(())
@@ -74,7 +82,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             for w in &config.warnings {
                 println!("warning: {w}");
             }
-            println!("{}: ok ({} network(s), {} link(s))", cli.config.display(), config.networks.len(), config.links.len());
+            println!(
+                "{}: ok ({} network(s), {} link(s))",
+                cli.config.display(),
+                config.networks.len(),
+                config.links.len()
+            );
             Ok(())
         }
         Command::TestPostback { link, url, price } => {
@@ -124,7 +137,10 @@ async fn shutdown_signal() {
 
 async fn test_postback(config: Config, link: Option<String>, url: Option<String>, price: String) -> anyhow::Result<()> {
     let (network, slug) = match &link {
-        Some(l) => l.split_once('/').map(|(n, s)| (n.to_owned(), s.to_owned())).context("--link takes network/slug, e.g. cake/demo")?,
+        Some(l) => l
+            .split_once('/')
+            .map(|(n, s)| (n.to_owned(), s.to_owned()))
+            .context("--link takes network/slug, e.g. cake/demo")?,
         None => {
             let l = config.links.first().context("no link in the config; pass --link network/slug")?;
             (l.network.clone(), l.slug.clone())
@@ -153,7 +169,11 @@ async fn test_postback(config: Config, link: Option<String>, url: Option<String>
         bail!("GET {click_url} answered {} without a redirect", res.status());
     };
     let offer = url::Url::parse(&location).context("the redirect's Location is not a URL")?;
-    let click_id = offer.query_pairs().find(|(k, _)| *k == net.subid).map(|(_, v)| v.into_owned()).context("no click id in the redirect")?;
+    let click_id = offer
+        .query_pairs()
+        .find(|(k, _)| *k == net.subid)
+        .map(|(_, v)| v.into_owned())
+        .context("no click id in the redirect")?;
     println!("click:    {} → {location}", res.status());
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -178,7 +198,9 @@ async fn test_postback(config: Config, link: Option<String>, url: Option<String>
     let log: serde_json::Value = events.json().await.context("the event log answer is not JSON")?;
     let entry = log.get("events").and_then(|e| e.get(0)).cloned().unwrap_or_default();
     println!("event log entry:\n{}", serde_json::to_string_pretty(&entry)?);
-    let ok = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
+    let ok = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
     if ok.as_deref() != Some("ok") && ok.as_deref() != Some("duplicate") {
         bail!("the postback was not recorded");
     }

@@ -337,9 +337,12 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             }
             Some(v) => {
                 if EXAMPLE_SECRETS.contains(&v.as_str()) {
-                    warnings.push(format!("security.{key} is the example value; set {var} or edit the file before going live"));
+                    warnings.push(format!(
+                        "security.{key} is the example value; set {var} or edit the file before going live"
+                    ));
                 } else if v.len() < 16 {
-                    warnings.push(format!("security.{key} is shorter than 16 characters; a longer random value is safer"));
+                    warnings
+                        .push(format!("security.{key} is shorter than 16 characters; a longer random value is safer"));
                 }
                 Some(Secret::new(v))
             }
@@ -357,7 +360,8 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             sec.err(errors, "postback_key", "may hold only letters, digits and - _ . ~ (it is a URL path segment)");
         }
     }
-    let previous_secrets = sec.strings("previous_secrets", errors).unwrap_or_default().into_iter().map(Secret::new).collect();
+    let previous_secrets =
+        sec.strings("previous_secrets", errors).unwrap_or_default().into_iter().map(Secret::new).collect();
     sec.finish(errors);
 
     // [networks.*]
@@ -385,13 +389,18 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
                 let key = format!("links[{i}]");
                 if let Some(link) = read_link(&key, item, &networks, errors) {
                     if !seen.insert(link.key()) {
-                        errors.push(ConfigError { key: format!("{key}.slug"), message: format!("{} is defined twice", link.key()) });
+                        errors.push(ConfigError {
+                            key: format!("{key}.slug"),
+                            message: format!("{} is defined twice", link.key()),
+                        });
                     }
                     links.push(link);
                 }
             }
         }
-        Some(_) => errors.push(ConfigError { key: "links".into(), message: "must be an array of tables ([[links]])".into() }),
+        Some(_) => {
+            errors.push(ConfigError { key: "links".into(), message: "must be an array of tables ([[links]])".into() })
+        }
     }
 
     Some(Config {
@@ -411,7 +420,12 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             postback_grace: Duration::from_secs(grace_days * 86_400),
             event_log_max,
         },
-        security: SecurityConfig { secret: tag_secret?, previous_secrets, admin_token: admin_token?, postback_key: postback_key? },
+        security: SecurityConfig {
+            secret: tag_secret?,
+            previous_secrets,
+            admin_token: admin_token?,
+            postback_key: postback_key?,
+        },
         networks,
         links,
         warnings,
@@ -433,7 +447,10 @@ fn valid_name(name: &str) -> bool {
 fn read_network(name: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Network> {
     let mut s = Section::new(format!("networks.{name}"), Some(value), errors);
     if !valid_name(name) {
-        errors.push(ConfigError { key: format!("networks.{name}"), message: "a network name may hold only letters, digits and - _ .".into() });
+        errors.push(ConfigError {
+            key: format!("networks.{name}"),
+            message: "a network name may hold only letters, digits and - _ .".into(),
+        });
     }
     // `cake` starts from the built-in profile; a new network needs at least `subid`.
     let base = if name == "cake" { Some(Network::cake()) } else { None };
@@ -454,12 +471,15 @@ fn read_network(name: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) 
         }
         v.to_ascii_lowercase()
     };
-    let click_id_field = field(&mut s, "click_id_field", base.as_ref().map_or(subid.clone(), |b| b.click_id_field.clone()), errors);
+    let click_id_field =
+        field(&mut s, "click_id_field", base.as_ref().map_or(subid.clone(), |b| b.click_id_field.clone()), errors);
     let transaction_field = field(&mut s, "transaction_field", cake.transaction_field.clone(), errors);
     let value_field = field(&mut s, "value_field", cake.value_field.clone(), errors);
     let item_field = field(&mut s, "item_field", cake.item_field.clone(), errors);
     let event_field = s.string("event_field", errors).map(|v| v.to_ascii_lowercase());
-    let passthrough = s.strings("passthrough", errors).unwrap_or_else(|| base.as_ref().map(|b| b.passthrough.clone()).unwrap_or_default());
+    let passthrough = s
+        .strings("passthrough", errors)
+        .unwrap_or_else(|| base.as_ref().map(|b| b.passthrough.clone()).unwrap_or_default());
     if passthrough.iter().any(|p| p == &subid) {
         s.err(errors, "passthrough", format!("must not include the click-id parameter {subid:?}: it is reserved"));
     }
@@ -469,7 +489,9 @@ fn read_network(name: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) 
     }
     let postback_template = s.string("postback_template", errors).unwrap_or_else(|| match &base {
         Some(b) => b.postback_template.clone(),
-        None => format!("{c}={{{c}}}&{t}={{{t}}}&{v}={{{v}}}", c = click_id_field, t = transaction_field, v = value_field),
+        None => {
+            format!("{c}={{{c}}}&{t}={{{t}}}&{v}={{{v}}}", c = click_id_field, t = transaction_field, v = value_field)
+        }
     });
     s.finish(errors);
     if subid.is_empty() {
@@ -489,7 +511,12 @@ fn read_network(name: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) 
     })
 }
 
-fn read_link(key: &str, value: &toml::Value, networks: &BTreeMap<String, Network>, errors: &mut Vec<ConfigError>) -> Option<Link> {
+fn read_link(
+    key: &str,
+    value: &toml::Value,
+    networks: &BTreeMap<String, Network>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Link> {
     let mut s = Section::new(key, Some(value), errors);
     let slug = s.string("slug", errors);
     let network = s.string("network", errors).unwrap_or_else(|| "cake".into());
@@ -610,7 +637,10 @@ redirect = 200
         assert_eq!(c.networks["cake"].currency, "EUR");
         assert_eq!(c.networks["cake"].subid, "s2");
         let tune = &c.networks["tune"];
-        assert_eq!((tune.subid.as_str(), tune.click_id_field.as_str(), tune.value_field.as_str()), ("aff_sub", "aff_sub", "payout"));
+        assert_eq!(
+            (tune.subid.as_str(), tune.click_id_field.as_str(), tune.value_field.as_str()),
+            ("aff_sub", "aff_sub", "payout")
+        );
         assert_eq!(tune.postback_template, "aff_sub={aff_sub}&transaction_id={transaction_id}&payout={payout}");
     }
 

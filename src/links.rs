@@ -26,12 +26,16 @@ pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
 /// Checks a link's fields; returns `(field, problem)` pairs, empty when it is valid.
 pub fn validate_link(link: &Link, networks: &BTreeMap<String, Network>) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
-    if link.slug.is_empty() || link.slug.len() > 128 || !link.slug.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+    if link.slug.is_empty()
+        || link.slug.len() > 128
+        || !link.slug.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+    {
         problems.push(("slug", format!("{:?}: use 1 to 128 letters, digits and - _ . ~", link.slug)));
     }
     if !networks.contains_key(&link.network) {
         let known: Vec<_> = networks.keys().map(String::as_str).collect();
-        problems.push(("network", format!("{:?} is not a configured network (known: {})", link.network, known.join(", "))));
+        problems
+            .push(("network", format!("{:?} is not a configured network (known: {})", link.network, known.join(", "))));
     }
     if let Err(e) = absolute_url(&link.offer) {
         problems.push(("offer", e));
@@ -86,7 +90,8 @@ impl CompiledLink {
             .filter(|pair| !pair.is_empty())
             .filter(|pair| {
                 let name = pair.split('=').next().unwrap_or_default();
-                let name: String = form_urlencoded::parse(name.as_bytes()).map(|(k, _)| k.into_owned()).next().unwrap_or_default();
+                let name: String =
+                    form_urlencoded::parse(name.as_bytes()).map(|(k, _)| k.into_owned()).next().unwrap_or_default();
                 let reserved = name.eq_ignore_ascii_case(&network.subid);
                 if !reserved {
                     offer_params.insert(name.to_ascii_lowercase());
@@ -114,7 +119,9 @@ impl CompiledLink {
     /// The redirect target: the offer, then passed-through `(name, value)` pairs, then the
     /// click id. Values are percent-encoded here.
     pub fn location(&self, network: &Network, passthrough: &[(&str, &str)], click_id: &str) -> String {
-        let mut out = String::with_capacity(self.base.len() + 48 + passthrough.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>());
+        let mut out = String::with_capacity(
+            self.base.len() + 48 + passthrough.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>(),
+        );
         out.push_str(&self.base);
         let mut sep = if self.has_query { '&' } else { '?' };
         for (name, value) in passthrough {
@@ -145,7 +152,11 @@ pub struct LinkCatalog {
 }
 
 impl LinkCatalog {
-    pub fn new(config_links: &[Link], networks: Arc<BTreeMap<String, Network>>, store: Arc<dyn Store>) -> Result<LinkCatalog, String> {
+    pub fn new(
+        config_links: &[Link],
+        networks: Arc<BTreeMap<String, Network>>,
+        store: Arc<dyn Store>,
+    ) -> Result<LinkCatalog, String> {
         let mut config = HashMap::new();
         for link in config_links {
             let network = networks.get(&link.network).ok_or_else(|| format!("link {}: unknown network", link.key()))?;
@@ -227,7 +238,10 @@ mod tests {
     fn passthrough_values_are_encoded_and_fragments_kept() {
         let cake = Network::cake();
         let c = CompiledLink::compile(link("https://o.example.com/path#frag"), &cake).unwrap();
-        assert_eq!(c.location(&cake, &[("s3", "a b&c=d")], "CID"), "https://o.example.com/path?s3=a+b%26c%3Dd&s2=CID#frag");
+        assert_eq!(
+            c.location(&cake, &[("s3", "a b&c=d")], "CID"),
+            "https://o.example.com/path?s3=a+b%26c%3Dd&s2=CID#frag"
+        );
     }
 
     #[test]

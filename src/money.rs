@@ -59,18 +59,15 @@ impl Money {
         // digits with at most one point are money here.
         let digits_ok = !plain.is_empty()
             && plain.bytes().filter(|b| *b == b'.').count() <= 1
-            && plain
-                .strip_prefix('-')
-                .unwrap_or(plain)
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b == b'.')
+            && plain.strip_prefix('-').unwrap_or(plain).bytes().all(|b| b.is_ascii_digit() || b == b'.')
             && plain.bytes().any(|b| b.is_ascii_digit());
         if !digits_ok {
             return Err(MoneyError::NotDecimal);
         }
         let value = Decimal::from_str_exact(plain).map_err(|e| match e {
-            rust_decimal::Error::ExceedsMaximumPossibleValue
-            | rust_decimal::Error::LessThanMinimumPossibleValue => MoneyError::TooLarge,
+            rust_decimal::Error::ExceedsMaximumPossibleValue | rust_decimal::Error::LessThanMinimumPossibleValue => {
+                MoneyError::TooLarge
+            }
             rust_decimal::Error::Underflow => MoneyError::TooPrecise,
             _ => MoneyError::NotDecimal,
         })?;
@@ -81,10 +78,8 @@ impl Money {
         if value.scale() > 6 {
             return Err(MoneyError::TooPrecise);
         }
-        let micros = value
-            .checked_mul(Decimal::from(SCALE))
-            .and_then(|m| i64::try_from(m).ok())
-            .ok_or(MoneyError::TooLarge)?;
+        let micros =
+            value.checked_mul(Decimal::from(SCALE)).and_then(|m| i64::try_from(m).ok()).ok_or(MoneyError::TooLarge)?;
         Ok(Money(micros))
     }
 

@@ -233,7 +233,10 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
     let Some(raw_id) = fields.get(&network.click_id_field) else {
         return Answer::no_match(match fields.absent_value(&network.click_id_field) {
             Some(v) if !v.trim().is_empty() && !v.eq_ignore_ascii_case("null") => {
-                format!("unreplaced_click_id_token: {} arrived as {v:?}, so the network had no click id", network.click_id_field)
+                format!(
+                    "unreplaced_click_id_token: {} arrived as {v:?}, so the network had no click id",
+                    network.click_id_field
+                )
             }
             _ => format!("missing_click_id: no {} field", network.click_id_field),
         });
@@ -244,7 +247,9 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
         Err(e) => {
             let mut a = Answer::no_match(match e {
                 ClickIdError::Malformed => format!("{}: not a cakelink click id", e.reason()),
-                ClickIdError::Forged => format!("{}: the id's tag does not verify under any configured secret", e.reason()),
+                ClickIdError::Forged => {
+                    format!("{}: the id's tag does not verify under any configured secret", e.reason())
+                }
                 ClickIdError::Expired => format!("{}: older than attribution_days + postback_grace_days", e.reason()),
             });
             a.click_id = Some(raw_id.chars().take(64).collect());
@@ -289,7 +294,9 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
     base.conversion_id = Some(id);
     match ctx.store.record_conversion(&conversion).await {
         Ok(Recorded::New) => Answer { status: Status::Ok, http: 200, reason: format!("{event} recorded"), ..base },
-        Ok(Recorded::Duplicate) => Answer { status: Status::Duplicate, http: 200, reason: format!("{event} already recorded"), ..base },
+        Ok(Recorded::Duplicate) => {
+            Answer { status: Status::Duplicate, http: 200, reason: format!("{event} already recorded"), ..base }
+        }
         Err(e) => {
             tracing::error!(error = %e, "store failed while recording a conversion");
             Answer { status: Status::Rejected, http: 503, reason: "store_unavailable".into(), ..base }

@@ -29,7 +29,8 @@ pub struct Period {
     pub offset: UtcOffset,
 }
 
-const DATE: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!("[year]-[month]-[day]");
+const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
 
 impl Period {
     /// Reads `from`, `to` (`YYYY-MM-DD`) and `tz` (`±HH:MM`, whole hours; default UTC).
@@ -142,16 +143,28 @@ mod tests {
     use crate::money::Money;
 
     fn hc(hour: UnixHour, link: &str, clicks: u64, revenue: i64) -> HourCounters {
-        HourCounters { hour, link: link.into(), counters: Counters { clicks, revenue: Money::from_micros(revenue), ..Default::default() } }
+        HourCounters {
+            hour,
+            link: link.into(),
+            counters: Counters { clicks, revenue: Money::from_micros(revenue), ..Default::default() },
+        }
     }
 
     #[test]
     fn days_follow_the_offset() {
         // 2026-11-24 00:00 UTC is hour 491_544.
-        let h0 = (Date::from_calendar_date(2026, time::Month::November, 24).unwrap().midnight().assume_utc().unix_timestamp() / 3600) as u32;
+        let h0 = (Date::from_calendar_date(2026, time::Month::November, 24)
+            .unwrap()
+            .midnight()
+            .assume_utc()
+            .unix_timestamp()
+            / 3600) as u32;
         let p = Period::parse(Some("2026-11-23"), Some("2026-11-24"), Some("-05:00")).unwrap();
         let rows = aggregate(&p, Group::Day, &[hc(h0 + 3, "cake/a", 1, 0), hc(h0 + 6, "cake/a", 2, 1_500_000)]);
-        assert_eq!(rows.iter().map(|r| (r.key.as_str(), r.clicks)).collect::<Vec<_>>(), [("2026-11-23", 1), ("2026-11-24", 2)]);
+        assert_eq!(
+            rows.iter().map(|r| (r.key.as_str(), r.clicks)).collect::<Vec<_>>(),
+            [("2026-11-23", 1), ("2026-11-24", 2)]
+        );
         assert_eq!(rows[1].revenue, "1.50");
         let utc = Period::parse(Some("2026-11-24"), Some("2026-11-24"), None).unwrap();
         assert_eq!(utc.hours(), (h0, h0 + 23));
@@ -162,7 +175,9 @@ mod tests {
         assert!(Period::parse(None, Some("2026-01-01"), None).unwrap_err().contains("from"));
         assert!(Period::parse(Some("2026-13-01"), Some("2026-01-01"), None).is_err());
         assert!(Period::parse(Some("2026-01-02"), Some("2026-01-01"), None).unwrap_err().contains("before"));
-        assert!(Period::parse(Some("2026-01-01"), Some("2026-01-01"), Some("+05:30")).unwrap_err().contains("whole-hour"));
+        assert!(Period::parse(Some("2026-01-01"), Some("2026-01-01"), Some("+05:30"))
+            .unwrap_err()
+            .contains("whole-hour"));
         assert!(Period::parse(Some("2026-01-01"), Some("2026-01-01"), Some("EST")).is_err());
     }
 }

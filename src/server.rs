@@ -41,6 +41,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
     let shutdown_timeout = cfg.shutdown_timeout;
+    let header_read_timeout = cfg.header_read_timeout;
     tokio::pin!(shutdown);
 
     loop {
@@ -68,9 +69,18 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
             let state = state.clone();
             async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
+            // hyper-util reads the first bytes (HTTP/1.1, or an HTTP/2 preface?) with no
+            // deadline and hyper's header timeout starts only after that: bound it too, or
+            // a client that connects and sends nothing holds the connection forever.
+            if tokio::time::timeout(header_read_timeout, first_bytes(&stream)).await.is_err() {
+                tracing::debug!(%peer, "no request within the header read timeout; closing");
+                drop(permit);
+                return;
+            }
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
@@ -82,5 +92,21 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     tracing::info!("shutting down: finishing in-flight requests");
     if tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(timeout = ?shutdown_timeout, "connections still open at the shutdown deadline were dropped");
+    }
+}
+
+/// Waits until a connection has sent enough for hyper-util to tell HTTP/1.1 from
+/// HTTP/2 (the first byte, or the whole preface when it starts like one), or closed.
+async fn first_bytes(stream: &tokio::net::TcpStream) {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(n) if n > 0 && n < PREFACE.len() && buf[..n] == PREFACE[..n] => {
+                // Part of a preface: peek again shortly rather than spin on readiness.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => return,
+        }
     }
 }

@@ -22,7 +22,8 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn metrics() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+            let buckets =
+                [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REDIRECT_SECONDS.into()), &buckets)
                 .ok()?
@@ -37,17 +38,25 @@ pub fn metrics() -> Option<PrometheusHandle> {
 
 fn describe() {
     metrics::describe_counter!(REDIRECTS, "Redirect answers by outcome (click, bot, not_found, paused, bad_request).");
-    metrics::describe_histogram!(REDIRECT_SECONDS, metrics::Unit::Seconds, "Time from request to redirect answer, click recording included.");
+    metrics::describe_histogram!(
+        REDIRECT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from request to redirect answer, click recording included."
+    );
     metrics::describe_counter!(CLICKS, "Clicks by people, recorded.");
     metrics::describe_counter!(BOT_HITS, "Bot and prefetch hits, recorded, by reason kind.");
     metrics::describe_counter!(CLICKS_UNSTORED, "Redirects whose click the store did not acknowledge.");
-    metrics::describe_counter!(SUBIDS_DROPPED, "Passed-through sub-ids dropped for exceeding the network's length limit.");
+    metrics::describe_counter!(
+        SUBIDS_DROPPED,
+        "Passed-through sub-ids dropped for exceeding the network's length limit."
+    );
     metrics::describe_counter!(POSTBACKS, "Postbacks by status.");
     metrics::describe_gauge!(STORE_UP, "1 when the store answered the last readiness check.");
 }
 
 /// Logs to standard error; `RUST_LOG` sets the filter (default `info`).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -166,7 +166,10 @@ async fn create_link(state: &AppState, body: LinkBody, path: Option<(String, Str
         Err(e) => return store_error(e),
     };
     if existed && !is_put {
-        return error(StatusCode::CONFLICT, "a link with this network and slug exists; PUT /api/links/{network}/{slug} replaces it");
+        return error(
+            StatusCode::CONFLICT,
+            "a link with this network and slug exists; PUT /api/links/{network}/{slug} replaces it",
+        );
     }
     if let Err(e) = state.store.put_link(&link).await {
         return store_error(e);
@@ -191,9 +194,15 @@ async fn delete_link(state: &AppState, network: &str, slug: &str) -> Response<Bo
     }
 }
 
+// An early answer is the error arm here; boxing it would only add an allocation.
+#[allow(clippy::result_large_err)]
 fn period(query: &HashMap<String, String>) -> Result<Period, Response<Body>> {
-    Period::parse(query.get("from").map(String::as_str), query.get("to").map(String::as_str), query.get("tz").map(String::as_str))
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &e))
+    Period::parse(
+        query.get("from").map(String::as_str),
+        query.get("to").map(String::as_str),
+        query.get("tz").map(String::as_str),
+    )
+    .map_err(|e| error(StatusCode::BAD_REQUEST, &e))
 }
 
 #[derive(Serialize)]
@@ -285,12 +294,15 @@ async fn conversions(state: &AppState, query: &HashMap<String, String>) -> Respo
         Err(e) => return store_error(e),
     };
     match query.get("format").map(String::as_str) {
-        None | Some("json") => json(StatusCode::OK, &Conversions { conversions: list.iter().map(ConversionRow::new).collect() }),
+        None | Some("json") => {
+            json(StatusCode::OK, &Conversions { conversions: list.iter().map(ConversionRow::new).collect() })
+        }
         Some("csv") => match to_csv(&list) {
             Ok(body) => {
                 let mut res = text(StatusCode::OK, body);
                 res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
-                res.headers_mut().insert(CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"conversions.csv\""));
+                res.headers_mut()
+                    .insert(CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"conversions.csv\""));
                 res
             }
             Err(e) => {
@@ -305,8 +317,18 @@ async fn conversions(state: &AppState, query: &HashMap<String, String>) -> Respo
 fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec![
-        "conversion_id", "converted_at", "network", "event", "value", "currency", "transaction_id", "item_id", "click_id", "link",
-        "clicked_at", "bot",
+        "conversion_id",
+        "converted_at",
+        "network",
+        "event",
+        "value",
+        "currency",
+        "transaction_id",
+        "item_id",
+        "click_id",
+        "link",
+        "clicked_at",
+        "bot",
     ]
     .into_iter()
     .map(String::from)
@@ -315,7 +337,9 @@ fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
     header.extend(CSV_UTM.iter().map(|s| format!("utm_{s}")));
     header.extend(CSV_AD_IDS.iter().map(|s| s.to_string()));
     w.write_record(&header)?;
-    let get = |list: &[(String, String)], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |list: &[(String, String)], key: &str| {
+        list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default()
+    };
     for c in list {
         let mut row = vec![
             c.id.clone(),
@@ -409,7 +433,10 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response<B
     let status = query.get("status").map(String::as_str);
     if let Some(s) = status {
         if !["ok", "duplicate", "no_match", "rejected", "queued"].contains(&s) {
-            return error(StatusCode::BAD_REQUEST, &format!("status={s:?}: use ok, duplicate, no_match, rejected or queued"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("status={s:?}: use ok, duplicate, no_match, rejected or queued"),
+            );
         }
     }
     match state.store.events(status, limit).await {

@@ -31,11 +31,17 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
     let limits = &state.config.server;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_target_bytes {
-        return error(StatusCode::URI_TOO_LONG, &format!("request target longer than {} bytes", limits.max_target_bytes));
+        return error(
+            StatusCode::URI_TOO_LONG,
+            &format!("request target longer than {} bytes", limits.max_target_bytes),
+        );
     }
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if header_bytes > limits.max_header_bytes {
-        return error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &format!("request headers larger than {} bytes", limits.max_header_bytes));
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("request headers larger than {} bytes", limits.max_header_bytes),
+        );
     }
 
     let path = req.uri().path().to_owned();

@@ -31,7 +31,8 @@ pub async fn readyz(state: &AppState, req: &Request<Incoming>) -> Response<Body>
         return r;
     }
     let up = store_up(state).await;
-    let body = Readiness { status: if up { "ready" } else { "store_down" }, store: state.store.backend(), store_up: up };
+    let body =
+        Readiness { status: if up { "ready" } else { "store_down" }, store: state.store.backend(), store_up: up };
     json(if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }
 

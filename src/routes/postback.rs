@@ -25,7 +25,14 @@ struct AnswerBody<'a> {
 fn respond(answer: &Answer) -> Response<Body> {
     metrics::counter!(telemetry::POSTBACKS, "status" => answer.status.as_str()).increment(1);
     let status = StatusCode::from_u16(answer.http).unwrap_or(StatusCode::OK);
-    json(status, &AnswerBody { status: answer.status.as_str(), reason: &answer.reason, conversion_id: answer.conversion_id.as_deref() })
+    json(
+        status,
+        &AnswerBody {
+            status: answer.status.as_str(),
+            reason: &answer.reason,
+            conversion_id: answer.conversion_id.as_deref(),
+        },
+    )
 }
 
 /// Handles one postback.

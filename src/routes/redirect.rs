@@ -24,7 +24,13 @@ const AD_CLICK_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid"
 const MAX_KEPT_HEADER: usize = 1024;
 
 /// Redirects a visitor to the link's offer and records the click.
-pub async fn redirect(state: &AppState, req: &Request<Incoming>, network: &str, slug: &str, peer: SocketAddr) -> Response<Body> {
+pub async fn redirect(
+    state: &AppState,
+    req: &Request<Incoming>,
+    network: &str,
+    slug: &str,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let is_head = req.method() == Method::HEAD;
     if !is_head && req.method() != Method::GET {

@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError, StoreLimits, StoreResult};
 use crate::clickid::ClickId;
-use crate::model::{hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis};
+use crate::model::{
+    hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis,
+};
 
 /// Most requests one batch takes; bounds the latency one commit adds.
 const MAX_BATCH: usize = 4096;
@@ -145,7 +147,10 @@ impl EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Tables) -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Tables) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
         let tables = self.tables.clone();
         tokio::task::spawn_blocking(move || f(&tables)).await.map_err(unavailable)?
     }
@@ -356,7 +361,10 @@ impl Writer {
                 Op::Click(click, tx) => {
                     match self.t.clicks.contains_key(click.id.as_bytes()) {
                         Ok(false) if new_ids.insert(click.id.clone()) => {
-                            deltas.entry((hour_of(click.at), click.link.clone())).or_default().add(&Counters::for_click(&click));
+                            deltas
+                                .entry((hour_of(click.at), click.link.clone()))
+                                .or_default()
+                                .add(&Counters::for_click(&click));
                             batch.insert(&self.t.clicks, click.id.as_bytes(), encode(&click));
                         }
                         Ok(_) => {}
@@ -370,7 +378,10 @@ impl Writer {
                             let at = (conv.at.max(0) as u64).to_be_bytes();
                             let mut key = at.to_vec();
                             key.extend_from_slice(conv.id.as_bytes());
-                            deltas.entry((hour_of(conv.at), conv.click.link.clone())).or_default().add(&Counters::for_conversion(&conv));
+                            deltas
+                                .entry((hour_of(conv.at), conv.click.link.clone()))
+                                .or_default()
+                                .add(&Counters::for_conversion(&conv));
                             batch.insert(&self.t.conversions, key, encode(&*conv));
                             batch.insert(&self.t.conversion_ids, conv.id.as_bytes(), at.to_vec());
                             Recorded::New

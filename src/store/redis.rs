@@ -52,17 +52,14 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{
-    AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value,
-};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::{Store, StoreError, StoreLimits, StoreResult};
 use crate::model::{
-    hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour,
-    UnixMillis,
+    hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis,
 };
 
 /// Number of shards (hash tags). Fixed forever: changing it would orphan stored keys.
@@ -207,12 +204,7 @@ fn counter_field(hour: UnixHour, name: &str, link: &str) -> String {
 
 /// Appends the `field, delta` pairs a recording script adds to the counters hash; only
 /// non-zero counters, so a hash holds no field that never moved.
-fn add_counter_args(
-    invocation: &mut ScriptInvocation<'_>,
-    hour: UnixHour,
-    link: &str,
-    delta: &Counters,
-) {
+fn add_counter_args(invocation: &mut ScriptInvocation<'_>, hour: UnixHour, link: &str, delta: &Counters) {
     for (name, value) in delta.fields() {
         if value != 0 {
             invocation.arg(counter_field(hour, name, link)).arg(value);
@@ -228,10 +220,7 @@ fn day_of_hour(hour: UnixHour) -> u32 {
 fn parse_counter_field(field: &str) -> StoreResult<(UnixHour, &str, &str)> {
     let corrupt = || StoreError::Corrupt(format!("counter field {field:?}"));
     let mut parts = field.splitn(3, '|');
-    let hour = parts
-        .next()
-        .and_then(|h| h.parse().ok())
-        .ok_or_else(corrupt)?;
+    let hour = parts.next().and_then(|h| h.parse().ok()).ok_or_else(corrupt)?;
     let name = parts.next().ok_or_else(corrupt)?;
     let link = parts.next().ok_or_else(corrupt)?;
     Ok((hour, name, link))
@@ -241,10 +230,7 @@ fn parse_counter_field(field: &str) -> StoreResult<(UnixHour, &str, &str)> {
 fn parse_event_entry(entry: &[u8]) -> StoreResult<(u64, Event)> {
     let corrupt = || StoreError::Corrupt("event-log entry without a sequence number".to_owned());
     let bar = entry.iter().position(|&b| b == b'|').ok_or_else(corrupt)?;
-    let seq = std::str::from_utf8(&entry[..bar])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(corrupt)?;
+    let seq = std::str::from_utf8(&entry[..bar]).ok().and_then(|s| s.parse().ok()).ok_or_else(corrupt)?;
     Ok((seq, decode(&entry[bar + 1..])?))
 }
 
@@ -269,8 +255,7 @@ impl RedisStore {
     /// delays the message an operator needs at startup.
     pub async fn connect(url: &str, limits: StoreLimits) -> anyhow::Result<RedisStore> {
         let shown = redact(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("invalid Redis URL {shown}: {e}"))?;
+        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis URL {shown}: {e}"))?;
         let probe_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -294,15 +279,8 @@ impl RedisStore {
     }
 
     /// Connects to a Redis Cluster through any of its nodes, and checks that it answers.
-    pub async fn connect_cluster(
-        urls: &[String],
-        limits: StoreLimits,
-    ) -> anyhow::Result<RedisStore> {
-        let shown = urls
-            .iter()
-            .map(|u| redact(u))
-            .collect::<Vec<_>>()
-            .join(", ");
+    pub async fn connect_cluster(urls: &[String], limits: StoreLimits) -> anyhow::Result<RedisStore> {
+        let shown = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ");
         if urls.is_empty() {
             anyhow::bail!("no Redis Cluster node URL configured");
         }
@@ -326,10 +304,7 @@ impl RedisStore {
             record_conversion: Script::new(RECORD_CONVERSION),
             log_event: Script::new(LOG_EVENT),
         };
-        store
-            .ping()
-            .await
-            .map_err(|e| anyhow::anyhow!("Redis at {shown} does not answer PING: {e}"))?;
+        store.ping().await.map_err(|e| anyhow::anyhow!("Redis at {shown} does not answer PING: {e}"))?;
         Ok(store)
     }
 
@@ -360,12 +335,7 @@ impl RedisStore {
 
 /// Every `(field, value)` of the counter hashes of `shard` for the days covering
 /// `from..=to` hours.
-async fn shard_counters(
-    mut con: Conn,
-    shard: u8,
-    from: UnixHour,
-    to: UnixHour,
-) -> StoreResult<Vec<(String, i64)>> {
+async fn shard_counters(mut con: Conn, shard: u8, from: UnixHour, to: UnixHour) -> StoreResult<Vec<(String, i64)>> {
     let days: Vec<u32> = redis::cmd("ZRANGEBYSCORE")
         .arg(counter_days_key(shard))
         .arg(day_of_hour(from))
@@ -380,18 +350,12 @@ async fn shard_counters(
     for day in days {
         pipe.cmd("HGETALL").arg(counters_key(shard, day));
     }
-    let hashes: Vec<HashMap<String, i64>> =
-        pipe.query_async(&mut con).await.map_err(unavailable)?;
+    let hashes: Vec<HashMap<String, i64>> = pipe.query_async(&mut con).await.map_err(unavailable)?;
     Ok(hashes.into_iter().flatten().collect())
 }
 
 /// The stored bytes of the conversions of `shard` with `from <= at < to`.
-async fn shard_conversions(
-    mut con: Conn,
-    shard: u8,
-    from: i64,
-    to: i64,
-) -> StoreResult<Vec<Vec<u8>>> {
+async fn shard_conversions(mut con: Conn, shard: u8, from: i64, to: i64) -> StoreResult<Vec<Vec<u8>>> {
     let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(conversion_times_key(shard))
         .arg(from)
@@ -403,11 +367,8 @@ async fn shard_conversions(
         return Ok(Vec::new());
     }
     let keys: Vec<String> = ids.iter().map(|id| conversion_key(shard, id)).collect();
-    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-        .arg(&keys)
-        .query_async(&mut con)
-        .await
-        .map_err(unavailable)?;
+    let values: Vec<Option<Vec<u8>>> =
+        redis::cmd("MGET").arg(&keys).query_async(&mut con).await.map_err(unavailable)?;
     Ok(values.into_iter().flatten().collect())
 }
 
@@ -425,16 +386,8 @@ impl Store for RedisStore {
             .arg(encode(click))
             .arg(self.limits.click_ttl.as_secs().max(1))
             .arg(day);
-        add_counter_args(
-            &mut invocation,
-            hour,
-            &click.link,
-            &Counters::for_click(click),
-        );
-        let _new: i64 = invocation
-            .invoke_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
+        add_counter_args(&mut invocation, hour, &click.link, &Counters::for_click(click));
+        let _new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -464,15 +417,8 @@ impl Store for RedisStore {
             .arg(day);
         let delta = Counters::for_conversion(conversion);
         add_counter_args(&mut invocation, hour, &conversion.click.link, &delta);
-        let new: i64 = invocation
-            .invoke_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
-        Ok(if new == 1 {
-            Recorded::New
-        } else {
-            Recorded::Duplicate
-        })
+        let new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
+        Ok(if new == 1 { Recorded::New } else { Recorded::Duplicate })
     }
 
     async fn log_event(&self, event: &Event) -> StoreResult<()> {
@@ -534,9 +480,7 @@ impl Store for RedisStore {
         if to < from {
             return Ok(Vec::new());
         }
-        let fields = self
-            .all_shards(move |con, n| shard_counters(con, n, from, to))
-            .await?;
+        let fields = self.all_shards(move |con, n| shard_counters(con, n, from, to)).await?;
         let mut totals: BTreeMap<(UnixHour, String), Counters> = BTreeMap::new();
         for (field, value) in &fields {
             let (hour, name, link) = parse_counter_field(field)?;
@@ -545,19 +489,9 @@ impl Store for RedisStore {
             }
             let mut delta = Counters::default();
             delta.set_field(name, *value);
-            totals
-                .entry((hour, link.to_owned()))
-                .or_default()
-                .add(&delta);
+            totals.entry((hour, link.to_owned())).or_default().add(&delta);
         }
-        Ok(totals
-            .into_iter()
-            .map(|((hour, link), counters)| HourCounters {
-                hour,
-                link,
-                counters,
-            })
-            .collect())
+        Ok(totals.into_iter().map(|((hour, link), counters)| HourCounters { hour, link, counters }).collect())
     }
 
     async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>> {
@@ -565,24 +499,16 @@ impl Store for RedisStore {
         if to <= from {
             return Ok(Vec::new());
         }
-        let stored = self
-            .all_shards(move |con, n| shard_conversions(con, n, from, to))
-            .await?;
-        let mut out = stored
-            .iter()
-            .map(|bytes| decode::<Conversion>(bytes))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let stored = self.all_shards(move |con, n| shard_conversions(con, n, from, to)).await?;
+        let mut out = stored.iter().map(|bytes| decode::<Conversion>(bytes)).collect::<StoreResult<Vec<_>>>()?;
         out.sort_by(|a, b| (a.at.max(0), &a.id).cmp(&(b.at.max(0), &b.id)));
         Ok(out)
     }
 
     async fn links(&self) -> StoreResult<Vec<Link>> {
         // A BTreeMap orders by `network/slug`, as the embedded store lists them.
-        let stored: BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(LINKS_KEY)
-            .query_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
+        let stored: BTreeMap<String, Vec<u8>> =
+            redis::cmd("HGETALL").arg(LINKS_KEY).query_async(&mut self.con()).await.map_err(unavailable)?;
         stored.values().map(|bytes| decode(bytes)).collect()
     }
 
@@ -618,10 +544,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
+        let _: String = redis::cmd("PING").query_async(&mut self.con()).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -659,19 +582,13 @@ mod tests {
     #[test]
     fn counter_fields_round_trip_with_bars_in_the_link() {
         let field = counter_field(490_000, "clicks", "net/a|b");
-        assert_eq!(
-            parse_counter_field(&field).ok(),
-            Some((490_000, "clicks", "net/a|b"))
-        );
+        assert_eq!(parse_counter_field(&field).ok(), Some((490_000, "clicks", "net/a|b")));
         assert!(parse_counter_field("x|clicks|l").is_err());
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://:hunter2@10.0.0.1:6379/0"),
-            "redis://:***@10.0.0.1:6379/0"
-        );
+        assert_eq!(redact("redis://:hunter2@10.0.0.1:6379/0"), "redis://:***@10.0.0.1:6379/0");
         assert_eq!(redact("redis://127.0.0.1/"), "redis://127.0.0.1/");
     }
 }

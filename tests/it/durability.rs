@@ -1,1 +1,493 @@
-//! (being written)
+//! Durability (DESIGN §10): the real `cakelink` binary is killed (SIGKILL) or stopped
+//! (SIGTERM) while clicks flow, restarted over the same store, and every click whose
+//! `302` the visitor received still resolves, with the counters intact, on both stores.
+//! Clicks expire after attribution_days + postback_grace_days, without a scan.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cakelink::clickid::Keyring;
+use cakelink::model::{hour_of, Click};
+use cakelink::store::embedded::EmbeddedStore;
+use cakelink::store::{Store, StoreLimits};
+use reqwest::StatusCode;
+use tokio::sync::mpsc;
+
+use crate::helpers::{
+    attach, click_id_in, config_text, count, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp, CHROME, SECRET,
+};
+use crate::on_both_stores;
+
+const DAY: u64 = 86_400;
+/// How long the binary gets to answer `/healthz` after it starts.
+const STARTUP_BOUND: Duration = Duration::from_secs(10);
+/// How long a SIGTERM'd process gets to exit on its own.
+const EXIT_BOUND: Duration = Duration::from_secs(30);
+/// Clicks sent and completed before the process is stopped.
+const SETTLED_CLICKS: usize = 300;
+/// Concurrent clients.
+const CLIENTS: usize = 6;
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// The real binary, serving over `store`.
+struct Process {
+    child: Child,
+    app: TestApp,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `cakelink serve` over `store` and waits (bounded) until `/healthz` answers.
+    async fn start(store: &StoreHandle, run: usize) -> Process {
+        let mut last = String::new();
+        for attempt in 0..3 {
+            let port = free_port();
+            let config = store.dir.path().join("cakelink.toml");
+            std::fs::write(&config, config_text(&format!("127.0.0.1:{port}"), &store.toml, "", ""))
+                .expect("write config");
+            let log = store.dir.path().join(format!("cakelink-{run}-{attempt}.log"));
+            let child = Command::new(env!("CARGO_BIN_EXE_cakelink"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .env_remove("CAKELINK_CONFIG")
+                .env_remove("CAKELINK_LISTEN")
+                .env_remove("CAKELINK_STORE_URL")
+                .env_remove("CAKELINK_SECRET")
+                .env_remove("CAKELINK_ADMIN_TOKEN")
+                .env_remove("CAKELINK_POSTBACK_KEY")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&log).expect("log file"))
+                .spawn()
+                .expect("start the cakelink binary");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+            let mut process = Process { child, app: attach(addr, store), log };
+            match process.wait_healthy().await {
+                Ok(()) => return process,
+                Err(e) => {
+                    let _ = process.child.kill();
+                    let _ = process.child.wait();
+                    last = format!("{e}\n{}", process.log_text());
+                    // Another test may have taken the port between our probe and the bind.
+                    if !last.contains("binding") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("cakelink did not start: {last}");
+    }
+
+    async fn wait_healthy(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + STARTUP_BOUND;
+        let url = format!("{}/healthz", self.app.base);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("cakelink exited before serving: {status}"));
+            }
+            if let Ok(res) = self.app.client.get(&url).timeout(Duration::from_secs(1)).send().await {
+                if res.status() == StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no 200 from {url} within {STARTUP_BOUND:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap the killed process");
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    async fn wait_exit(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + EXIT_BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, self.log_text());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("cakelink did not exit within {EXIT_BOUND:?} of SIGTERM:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One click as a person; the click id when the `302` arrived.
+async fn click_once(client: &reqwest::Client, base: &str) -> Result<String, String> {
+    let res = client
+        .get(format!("{base}/go/cake/demo"))
+        .header("user-agent", CHROME)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if res.status() != StatusCode::FOUND {
+        return Err(format!("answered {}", res.status()));
+    }
+    Ok(click_id_in(&res, "s2"))
+}
+
+/// `total` clicks from [`CLIENTS`] concurrent clients, all of which must succeed.
+async fn settled_clicks(app: &TestApp, total: usize) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        let n = total / CLIENTS + usize::from(c < total % CLIENTS);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                ids.push(click_once(&client, &base).await.expect("a click while the server is up"));
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.expect("click task"));
+    }
+    assert_eq!(ids.len(), total);
+    ids
+}
+
+/// Clicks flowing from [`CLIENTS`] clients until the server goes away: ids whose `302`
+/// arrived come through the channel; `attempts` counts requests sent.
+struct Flow {
+    ids: mpsc::UnboundedReceiver<String>,
+    attempts: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn start_flow(app: &TestApp) -> Flow {
+    let (tx, ids) = mpsc::unbounded_channel();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, base, tx, attempts) = (app.client.clone(), app.base.clone(), tx.clone(), attempts.clone());
+        tasks.push(tokio::spawn(async move {
+            // Bounded: the server is stopped long before this many.
+            for _ in 0..2_000 {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                match click_once(&client, &base).await {
+                    Ok(id) => {
+                        if tx.send(id).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    Flow { ids, attempts, tasks }
+}
+
+impl Flow {
+    /// Waits until `n` clicks of the flow were answered.
+    async fn until(&mut self, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.push(self.ids.recv().await.expect("the flow is running"));
+        }
+        got
+    }
+
+    /// After the server is gone: every id that still arrived, and the attempt count.
+    async fn finish(mut self, mut got: Vec<String>) -> (Vec<String>, usize) {
+        for t in self.tasks {
+            t.await.expect("click task");
+        }
+        while let Ok(id) = self.ids.try_recv() {
+            got.push(id);
+        }
+        (got, self.attempts.load(Ordering::SeqCst))
+    }
+}
+
+/// Before the stop: settled clicks, and one conversion on the first of them.
+async fn before_stop(app: &TestApp) -> (Vec<String>, serde_json::Value) {
+    let ids = settled_clicks(app, SETTLED_CLICKS).await;
+    let (status, body) = app.postback(&format!("s2={}&tid=DUR1&price=7", ids[0])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    let row = app.stats_for("cake/demo").await;
+    assert_eq!(count(&row, "clicks"), SETTLED_CLICKS as u64, "{row}");
+    (ids, body["conversion_id"].clone())
+}
+
+/// After the restart: every id resolves, the conversion is still there once, and the
+/// store takes new writes.
+async fn after_restart(app: &TestApp, ids: &[String], conversion_id: &serde_json::Value) -> u64 {
+    for id in ids {
+        let res = app
+            .client
+            .get(format!("{}/api/clicks/{id}", app.base))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), StatusCode::OK, "click {id}, whose 302 was received, resolves after the restart");
+        let click: serde_json::Value = res.json().await.expect("JSON");
+        assert_eq!(click["link"], "cake/demo", "{click}");
+    }
+    let row = app.stats_for("cake/demo").await;
+    assert_eq!(count(&row, "conversions"), 1, "{row}");
+    assert_eq!(row["revenue"], "7.00", "{row}");
+
+    // The conversion recorded before the stop still de-duplicates.
+    let (status, body) = app.postback(&format!("s2={}&tid=DUR1&price=7", ids[0])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "duplicate", "{body}");
+    assert_eq!(body["conversion_id"], *conversion_id);
+    // A click from the last moments before the stop converts.
+    let last = ids.last().expect("ids");
+    let (_, body) = app.postback(&format!("s2={last}&tid=DUR2&price=0")).await;
+    assert_eq!(body["status"], "ok", "{body}");
+    let clicks = count(&row, "clicks");
+    // New clicks count on top.
+    app.click("demo").await;
+    let row = app.stats_for("cake/demo").await;
+    assert_eq!(count(&row, "clicks"), clicks + 1, "{row}");
+    assert_eq!(count(&row, "conversions"), 2, "{row}");
+    assert_eq!(count(&row, "leads"), 1, "{row}");
+    clicks
+}
+
+async fn sigkill_loses_no_acknowledged_click(backend: Backend) {
+    let store = StoreHandle::new(backend);
+
+    // Settled clicks, then a kill with nothing in flight: the counters are exact.
+    let process = Process::start(&store, 0).await;
+    let (ids, conversion_id) = before_stop(&process.app).await;
+    process.kill();
+    let process = Process::start(&store, 1).await;
+    let clicks = after_restart(&process.app, &ids, &conversion_id).await;
+    assert_eq!(clicks, SETTLED_CLICKS as u64, "nothing lost, nothing counted twice");
+    let mut all = ids;
+    all.push(process.app.click("demo").await);
+    let before = count(&process.app.stats_for("cake/demo").await, "clicks");
+
+    // Now a kill while clicks are in flight: every 302 received resolves; a click
+    // recorded whose answer was cut off may count, and nothing counts twice.
+    let mut flow = start_flow(&process.app);
+    let early = flow.until(150).await;
+    process.kill();
+    let (received, attempts) = flow.finish(early).await;
+    assert!(received.len() >= 150 && attempts >= received.len(), "{} of {attempts}", received.len());
+    let process = Process::start(&store, 2).await;
+    all.extend(received.iter().cloned());
+    let clicks = after_restart_flow(&process.app, &all, &received).await;
+    let low = before + received.len() as u64;
+    let high = before + attempts as u64;
+    assert!((low..=high).contains(&clicks), "clicks {clicks} within [{low}, {high}]");
+    process.kill();
+}
+
+/// Checks the in-flight clicks after a restart; returns the click count.
+async fn after_restart_flow(app: &TestApp, all: &[String], received: &[String]) -> u64 {
+    let unique: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "click ids are unique");
+    for id in received {
+        let res = app
+            .client
+            .get(format!("{}/api/clicks/{id}", app.base))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), StatusCode::OK, "click {id}, whose 302 was received, resolves after the restart");
+    }
+    // A conversion on the last click received before the stop.
+    let last = received.last().expect("received");
+    let (_, body) = app.postback(&format!("s2={last}&tid=FLOW&price=1")).await;
+    assert_eq!(body["status"], "ok", "{body}");
+    count(&app.stats_for("cake/demo").await, "clicks")
+}
+
+async fn sigterm_drains_and_loses_nothing(backend: Backend) {
+    let store = StoreHandle::new(backend);
+
+    let process = Process::start(&store, 0).await;
+    let (ids, conversion_id) = before_stop(&process.app).await;
+    process.terminate();
+    let (status, log) = process.wait_exit().await;
+    assert!(status.success(), "SIGTERM ends cakelink with success, not {status}:\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+
+    let process = Process::start(&store, 1).await;
+    let clicks = after_restart(&process.app, &ids, &conversion_id).await;
+    assert_eq!(clicks, SETTLED_CLICKS as u64, "nothing lost, nothing counted twice");
+    let before = count(&process.app.stats_for("cake/demo").await, "clicks");
+
+    // SIGTERM while clicks are in flight: in-flight requests finish, so the count is
+    // exactly the 302s received.
+    let mut flow = start_flow(&process.app);
+    let early = flow.until(150).await;
+    process.terminate();
+    let (received, attempts) = flow.finish(early).await;
+    let (status, log) = process.wait_exit().await;
+    assert!(status.success(), "SIGTERM under load ends with success, not {status}:\n{log}");
+    assert!(received.len() >= 150 && attempts >= received.len(), "{} of {attempts}", received.len());
+
+    let process = Process::start(&store, 2).await;
+    let mut all = ids;
+    all.extend(received.iter().cloned());
+    let clicks = after_restart_flow(&process.app, &all, &received).await;
+    assert_eq!(clicks, before + received.len() as u64, "a drained shutdown answers every click it recorded");
+    process.kill();
+}
+
+on_both_stores!(sigkill_loses_no_acknowledged_click, sigterm_drains_and_loses_nothing);
+
+/// Redis keeps a click for attribution_days + postback_grace_days through its own TTL.
+async fn redis_ttl_of(app: &TestApp, id: &str) -> i64 {
+    let url = app.store.redis.as_ref().expect("a redis store").url();
+    let client = redis::Client::open(url).expect("redis url");
+    let mut con = client.get_multiplexed_async_connection().await.expect("redis connection");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("cl:ck:*{id}")).query_async(&mut con).await.expect("KEYS");
+    assert_eq!(keys.len(), 1, "one key holds click {id}: {keys:?}");
+    redis::cmd("TTL").arg(&keys[0]).query_async(&mut con).await.expect("TTL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_clicks_expire_after_attribution_plus_grace() {
+    let app = spawn_app(Backend::Redis).await;
+    let ttl = redis_ttl_of(&app, &app.click("demo").await).await;
+    let want = (37 * DAY) as i64;
+    assert!((want - 300..=want).contains(&ttl), "default 30 + 7 days: TTL {ttl}");
+    app.stop().await;
+
+    let app = spawn_app_with(Backend::Redis, "attribution_days = 3\npostback_grace_days = 2\n", "").await;
+    let ttl = redis_ttl_of(&app, &app.click("demo").await).await;
+    let want = (5 * DAY) as i64;
+    assert!((want - 300..=want).contains(&ttl), "3 + 2 days: TTL {ttl}");
+    app.stop().await;
+}
+
+fn click_at(id: &str, secs: u64) -> Click {
+    Click {
+        id: id.to_owned(),
+        link: "cake/demo".into(),
+        at: (secs * 1000) as i64,
+        bot: None,
+        ip: Some("203.0.113.7".into()),
+        user_agent: Some(CHROME.into()),
+        referer: None,
+        utm: Vec::new(),
+        ad_click_ids: Vec::new(),
+        subids: Vec::new(),
+    }
+}
+
+/// The embedded store drops expired clicks as the key range below the cut-off id (ids
+/// sort by creation time), keeping younger clicks and the report counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_sweep_drops_expired_clicks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ttl = Duration::from_secs(60);
+    let store = EmbeddedStore::open(
+        &dir.path().join("db"),
+        Duration::from_millis(100),
+        StoreLimits { click_ttl: ttl, event_log_max: 100 },
+    )
+    .expect("open the store");
+    let ring = Keyring::new(SECRET, &[], ttl.as_secs());
+    let now = now_secs();
+    let ages = [DAY, 3600, 120, 0];
+    let mut ids = Vec::new();
+    for age in ages {
+        let id = ring.mint(now - age).to_string();
+        store.record_click(&click_at(&id, now - age)).await.expect("record");
+        assert!(store.find_click(&id).await.expect("read").is_some());
+        ids.push(id);
+    }
+    // A fresh id that sorts last, with a 60 s margin against a slow machine.
+    let fresh = ring.mint(now + 60).to_string();
+    store.record_click(&click_at(&fresh, now)).await.expect("record");
+
+    store.sweep_now().await.expect("sweep");
+
+    for (id, age) in ids.iter().zip(ages) {
+        let found = store.find_click(id).await.expect("read");
+        if age > ttl.as_secs() {
+            assert!(found.is_none(), "a click {age} s old is past the {ttl:?} lifetime and dropped");
+        }
+    }
+    assert!(store.find_click(&fresh).await.expect("read").is_some(), "a young click stays");
+    // Expiry drops raw clicks, not the figures they made.
+    let hours =
+        store.counters(hour_of(((now - DAY) * 1000) as i64), hour_of((now * 1000) as i64)).await.expect("counters");
+    let clicks: u64 = hours.iter().map(|h| h.counters.clicks).sum();
+    assert_eq!(clicks, 5, "{hours:?}");
+    // Sweeping again finds nothing more to do.
+    store.sweep_now().await.expect("sweep");
+    assert!(store.find_click(&fresh).await.expect("read").is_some());
+}
+
+/// A postback for an id past its lifetime is `no_match` with an `expired` reason, told
+/// apart from an unknown id.
+async fn expired_ids_are_no_match_expired(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ring = Keyring::new(SECRET, &[], 37 * DAY);
+    let now = now_secs();
+
+    let expired = ring.mint(now - 40 * DAY);
+    let (status, body) = app.postback(&format!("s2={expired}&tid=E1&price=7")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "no_match", "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("expired")), "{body}");
+
+    let unknown = ring.mint(now - DAY);
+    let (status, body) = app.postback(&format!("s2={unknown}&tid=E2&price=7")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "no_match", "{body}");
+    let reason = body["reason"].as_str().expect("reason");
+    assert!(reason.contains("unknown") && !reason.contains("expired"), "{body}");
+
+    let event = app.last_event().await;
+    assert_eq!(event["status"], "no_match", "{event}");
+    let res = app
+        .client
+        .get(format!("{}/api/clicks/{expired}", app.base))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.text().await.expect("body").contains("expired"));
+    assert_eq!(count(&app.stats_for("cake/demo").await, "conversions"), 0);
+    app.stop().await;
+}
+
+on_both_stores!(expired_ids_are_no_match_expired);

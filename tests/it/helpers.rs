@@ -17,7 +17,8 @@ use crate::redis_server::RedisServer;
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const POSTBACK_KEY: &str = "test-postback-key-0123456789";
-pub const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+pub const CHROME: &str =
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
 /// Which store a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +59,11 @@ impl StoreHandle {
         match backend {
             Backend::Embedded => {
                 let path = dir.path().join("db");
-                StoreHandle { toml: format!("backend = \"embedded\"\npath = {:?}\nfsync_ms = 200\n", path.display().to_string()), dir, redis: None }
+                StoreHandle {
+                    toml: format!("backend = \"embedded\"\npath = {:?}\nfsync_ms = 200\n", path.display().to_string()),
+                    dir,
+                    redis: None,
+                }
             }
             Backend::Redis => {
                 let redis = RedisServer::start();
@@ -170,7 +175,10 @@ pub fn client() -> reqwest::Client {
 pub fn click_id_in(res: &reqwest::Response, param: &str) -> String {
     let location = res.headers().get("location").expect("a Location header").to_str().expect("ascii");
     let url = url::Url::parse(location).expect("absolute Location");
-    url.query_pairs().find(|(k, _)| k == param).map(|(_, v)| v.into_owned()).unwrap_or_else(|| panic!("no {param} in {location}"))
+    url.query_pairs()
+        .find(|(k, _)| k == param)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no {param} in {location}"))
 }
 
 pub fn location(res: &reqwest::Response) -> String {
@@ -207,7 +215,13 @@ impl TestApp {
 
     /// `GET /api/...` with the admin token; the answer must be `200` JSON.
     pub async fn api(&self, path: &str) -> Value {
-        let res = self.client.get(format!("{}/api/{path}", self.base)).bearer_auth(ADMIN_TOKEN).send().await.expect("request");
+        let res = self
+            .client
+            .get(format!("{}/api/{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
         assert_eq!(res.status(), StatusCode::OK, "GET /api/{path}");
         res.json().await.expect("JSON")
     }
@@ -259,18 +273,45 @@ pub fn count(row: &Value, field: &str) -> u64 {
 /// The returned app's own `store` is an empty stand-in, so stopping it leaves `store`.
 pub async fn spawn_app_on(store: &StoreHandle, secret: &str, previous: &[&str]) -> TestApp {
     let text = config_text("127.0.0.1:0", &store.toml, "", "");
-    let previous: Vec<String> = previous.iter().map(|s| format!("{s:?}")).collect();
-    let text = text
-        .replace(&format!("secret = \"{SECRET}\"\n"), &format!("secret = {secret:?}\n"))
-        .replace("previous_secrets = [\"an-older-secret-0123456789\"]", &format!("previous_secrets = [{}]", previous.join(", ")));
-    assert!(text.contains(&format!("secret = {secret:?}\n")), "the secret line was replaced");
-    let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
-    let app = Application::build(config).await.expect("app builds");
+    let quoted: Vec<String> = previous.iter().map(|s| format!("{s:?}")).collect();
+    let secret_line = format!("secret = {secret:?}\n");
+    let previous_line = format!("previous_secrets = [{}]", quoted.join(", "));
+    let text = text.replace(&format!("secret = \"{SECRET}\"\n"), &secret_line);
+    let text = text.replace("previous_secrets = [\"an-older-secret-0123456789\"]", &previous_line);
+    assert!(text.contains(&secret_line) && text.contains(&previous_line), "the secret lines were replaced");
+    // A stopped embedded store lets go of its directory lock when its background threads
+    // notice (up to ~0.5 s after the stop in-process; at once when a process exits), so a
+    // restart over the same directory retries while the lock is still held.
+    let started = std::time::Instant::now();
+    let app = loop {
+        let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
+        match Application::build(config).await {
+            Ok(app) => break app,
+            Err(e) if format!("{e:#}").contains("Locked") && started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("app builds: {e:#}"),
+        }
+    };
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
     let stand_in = StoreHandle { toml: store.toml.clone(), dir: tempfile::tempdir().expect("temp dir"), redis: None };
-    TestApp { addr, base: format!("http://{addr}"), client: client(), store: stand_in, shutdown: Some(tx), task: Some(task) }
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: client(),
+        store: stand_in,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// A `TestApp` view of a cakelink served by another process at `addr` over `store`
+/// (which the caller keeps alive): the same client methods, and `stop` does nothing.
+pub fn attach(addr: SocketAddr, store: &StoreHandle) -> TestApp {
+    let stand_in = StoreHandle { toml: store.toml.clone(), dir: tempfile::tempdir().expect("temp dir"), redis: None };
+    TestApp { addr, base: format!("http://{addr}"), client: client(), store: stand_in, shutdown: None, task: None }
 }

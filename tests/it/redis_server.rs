@@ -58,15 +58,7 @@ impl RedisServer {
                 None => Ok(()),
             });
             match ready {
-                Ok(()) => {
-                    return RedisServer {
-                        child: Some(child),
-                        port,
-                        args,
-                        bus_port,
-                        dir,
-                    }
-                }
+                Ok(()) => return RedisServer { child: Some(child), port, args, bus_port, dir },
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -106,11 +98,7 @@ impl RedisServer {
         if let Err(e) = ready {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "redis-server did not restart on port {}: {e}\n{}",
-                self.port,
-                log_tail(self.dir.path())
-            );
+            panic!("redis-server did not restart on port {}: {e}\n{}", self.port, log_tail(self.dir.path()));
         }
         self.child = Some(child);
     }
@@ -147,10 +135,7 @@ fn spawn(port: u16, bus_port: Option<u16>, extra: &[String], dir: &Path) -> Chil
             .arg(bus.to_string())
             .args(["--cluster-announce-ip", "127.0.0.1"]);
     }
-    cmd.args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     match cmd.spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == ErrorKind::NotFound => panic!("{NOT_FOUND}"),
@@ -172,27 +157,18 @@ fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
         }
         match ping_pid(&client) {
             Ok(pid) if pid == child.id() => return Ok(()),
-            Ok(pid) => {
-                return Err(format!(
-                    "port {port} is served by another redis-server (pid {pid})"
-                ))
-            }
+            Ok(pid) => return Err(format!("port {port} is served by another redis-server (pid {pid})")),
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!(
-        "redis-server on port {port} did not answer PING within {STARTUP_TIMEOUT:?}: {last}"
-    ))
+    Err(format!("redis-server on port {port} did not answer PING within {STARTUP_TIMEOUT:?}: {last}"))
 }
 
 /// Gives the lone node every slot and waits until it says the cluster is up.
 fn form_cluster(port: u16) -> Result<(), String> {
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(1))
-        .map_err(|e| e.to_string())?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(1)).map_err(|e| e.to_string())?;
     let _: () = redis::cmd("CLUSTER")
         .arg("ADDSLOTSRANGE")
         .arg(0)
@@ -205,8 +181,7 @@ fn form_cluster(port: u16) -> Result<(), String> {
 /// Waits until `CLUSTER INFO` reports `cluster_state:ok`.
 fn wait_cluster_ok(port: u16) -> Result<(), String> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
         let info = client
@@ -219,26 +194,17 @@ fn wait_cluster_ok(port: u16) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!(
-        "cluster on port {port} not ok within {STARTUP_TIMEOUT:?}: {last}"
-    ))
+    Err(format!("cluster on port {port} not ok within {STARTUP_TIMEOUT:?}: {last}"))
 }
 
 /// PINGs the server and returns its process id.
 fn ping_pid(client: &redis::Client) -> Result<u32, String> {
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_millis(200))
-        .map_err(|e| e.to_string())?;
-    let pong: String = redis::cmd("PING")
-        .query(&mut con)
-        .map_err(|e| e.to_string())?;
+    let mut con = client.get_connection_with_timeout(Duration::from_millis(200)).map_err(|e| e.to_string())?;
+    let pong: String = redis::cmd("PING").query(&mut con).map_err(|e| e.to_string())?;
     if pong != "PONG" {
         return Err(format!("PING answered {pong:?}"));
     }
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query(&mut con)
-        .map_err(|e| e.to_string())?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut con).map_err(|e| e.to_string())?;
     info.lines()
         .find_map(|line| line.strip_prefix("process_id:"))
         .and_then(|pid| pid.trim().parse().ok())

@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cakelink::clickid::Keyring;
 use cakelink::model::{
-    Click, Conversion, Counters, Event, HourCounters, Link, LinkSource, LinkStatus, Recorded,
-    UnixHour, UnixMillis,
+    Click, Conversion, Counters, Event, HourCounters, Link, LinkSource, LinkStatus, Recorded, UnixHour, UnixMillis,
 };
 use cakelink::money::Money;
 use cakelink::store::embedded::EmbeddedStore;
@@ -24,17 +23,11 @@ const HOUR_MS: i64 = 3_600_000;
 const CLICK_TTL_SECS: u64 = 86_400 * 37;
 
 fn limits() -> StoreLimits {
-    StoreLimits {
-        click_ttl: Duration::from_secs(CLICK_TTL_SECS),
-        event_log_max: 5,
-    }
+    StoreLimits { click_ttl: Duration::from_secs(CLICK_TTL_SECS), event_log_max: 5 }
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Start of hour `hour`, in milliseconds.
@@ -44,16 +37,11 @@ fn ms(hour: UnixHour) -> UnixMillis {
 
 /// A fresh, genuine click id, as the redirect mints them.
 fn new_id() -> String {
-    Keyring::new("s", &[], CLICK_TTL_SECS)
-        .mint(now_secs())
-        .to_string()
+    Keyring::new("s", &[], CLICK_TTL_SECS).mint(now_secs()).to_string()
 }
 
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-    items
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 /// A click with every field filled in.
@@ -114,18 +102,11 @@ fn link(network: &str, slug: &str) -> Link {
 }
 
 fn counted(hour: UnixHour, link: &str, counters: Counters) -> HourCounters {
-    HourCounters {
-        hour,
-        link: link.to_owned(),
-        counters,
-    }
+    HourCounters { hour, link: link.to_owned(), counters }
 }
 
 fn clicks(n: u64) -> Counters {
-    Counters {
-        clicks: n,
-        ..Counters::default()
-    }
+    Counters { clicks: n, ..Counters::default() }
 }
 
 async fn check_click_round_trip(store: &dyn Store) {
@@ -141,10 +122,7 @@ async fn check_click_round_trip(store: &dyn Store) {
     minimal.ad_click_ids.clear();
     minimal.subids.clear();
     store.record_click(&minimal).await.expect("record click");
-    assert_eq!(
-        store.find_click(&minimal.id).await.expect("find click"),
-        Some(minimal)
-    );
+    assert_eq!(store.find_click(&minimal.id).await.expect("find click"), Some(minimal));
 }
 
 async fn check_unknown_click_is_none(store: &dyn Store) {
@@ -161,35 +139,16 @@ async fn check_same_click_counts_once(store: &dyn Store) {
     replay.ip = Some("198.51.100.1".to_owned());
     store.record_click(&replay).await.expect("record replay");
 
-    assert_eq!(
-        store.counters(H, H).await.expect("counters"),
-        vec![counted(H, "cake1/spring", clicks(1))]
-    );
+    assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", clicks(1))]);
     assert_eq!(store.find_click(&c.id).await.expect("find click"), Some(c));
 }
 
 async fn check_bot_clicks_count_as_bot_hits(store: &dyn Store) {
-    store
-        .record_click(&click("cake1/spring", ms(H), Some("facebookexternalhit")))
-        .await
-        .expect("record bot click");
-    store
-        .record_click(&click("cake1/spring", ms(H) + 1, Some("prefetch")))
-        .await
-        .expect("record bot click");
-    store
-        .record_click(&click("cake1/spring", ms(H) + 2, None))
-        .await
-        .expect("record click");
-    let expected = Counters {
-        clicks: 1,
-        bot_hits: 2,
-        ..Counters::default()
-    };
-    assert_eq!(
-        store.counters(H, H).await.expect("counters"),
-        vec![counted(H, "cake1/spring", expected)]
-    );
+    store.record_click(&click("cake1/spring", ms(H), Some("facebookexternalhit"))).await.expect("record bot click");
+    store.record_click(&click("cake1/spring", ms(H) + 1, Some("prefetch"))).await.expect("record bot click");
+    store.record_click(&click("cake1/spring", ms(H) + 2, None)).await.expect("record click");
+    let expected = Counters { clicks: 1, bot_hits: 2, ..Counters::default() };
+    assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", expected)]);
 }
 
 async fn check_counters_by_hour_and_link(store: &dyn Store) {
@@ -203,27 +162,17 @@ async fn check_counters_by_hour_and_link(store: &dyn Store) {
         ("cake2/a", H + 30, 8),
     ];
     for (l, hour, offset) in records {
-        store
-            .record_click(&click(l, ms(hour) + offset, None))
-            .await
-            .expect("record click");
+        store.record_click(&click(l, ms(hour) + offset, None)).await.expect("record click");
     }
 
     assert_eq!(
         store.counters(H, H + 1).await.expect("counters"),
-        vec![
-            counted(H, "cake1/a", clicks(2)),
-            counted(H, "cake1/b", clicks(1)),
-            counted(H + 1, "cake1/a", clicks(1)),
-        ]
+        vec![counted(H, "cake1/a", clicks(2)), counted(H, "cake1/b", clicks(1)), counted(H + 1, "cake1/a", clicks(1)),]
     );
     // `to` is inclusive, the hour after it is left out.
     assert_eq!(
         store.counters(H, H).await.expect("counters"),
-        vec![
-            counted(H, "cake1/a", clicks(2)),
-            counted(H, "cake1/b", clicks(1)),
-        ]
+        vec![counted(H, "cake1/a", clicks(2)), counted(H, "cake1/b", clicks(1)),]
     );
     assert_eq!(
         store.counters(H + 1, H + 30).await.expect("counters"),
@@ -233,14 +182,8 @@ async fn check_counters_by_hour_and_link(store: &dyn Store) {
             counted(H + 30, "cake2/a", clicks(1)),
         ]
     );
-    assert_eq!(
-        store.counters(H + 2, H + 29).await.expect("counters"),
-        vec![]
-    );
-    assert_eq!(
-        store.counters(0, u32::MAX).await.expect("counters").len(),
-        5
-    );
+    assert_eq!(store.counters(H + 2, H + 29).await.expect("counters"), vec![]);
+    assert_eq!(store.counters(0, u32::MAX).await.expect("counters").len(), 5);
 }
 
 async fn check_conversion_counts_once(store: &dyn Store) {
@@ -251,23 +194,14 @@ async fn check_conversion_counts_once(store: &dyn Store) {
     let other = conversion(&c, "Install", "0", ms(H + 1) + 7, "tid-3");
 
     for conv in [&purchase, &lead, &other] {
-        assert_eq!(
-            store.record_conversion(conv).await.expect("record"),
-            Recorded::New
-        );
+        assert_eq!(store.record_conversion(conv).await.expect("record"), Recorded::New);
     }
     for conv in [&purchase, &lead, &other] {
-        assert_eq!(
-            store.record_conversion(conv).await.expect("record again"),
-            Recorded::Duplicate
-        );
+        assert_eq!(store.record_conversion(conv).await.expect("record again"), Recorded::Duplicate);
     }
     let mut replay = purchase.clone();
     replay.value = Money::parse("99").expect("amount");
-    assert_eq!(
-        store.record_conversion(&replay).await.expect("replay"),
-        Recorded::Duplicate
-    );
+    assert_eq!(store.record_conversion(&replay).await.expect("replay"), Recorded::Duplicate);
 
     let expected = Counters {
         conversions: 3,
@@ -279,18 +213,9 @@ async fn check_conversion_counts_once(store: &dyn Store) {
     assert_eq!(expected.revenue.micros(), 12_345_679);
     assert_eq!(
         store.counters(H, H + 1).await.expect("counters"),
-        vec![
-            counted(H, "cake1/spring", clicks(1)),
-            counted(H + 1, "cake1/spring", expected),
-        ]
+        vec![counted(H, "cake1/spring", clicks(1)), counted(H + 1, "cake1/spring", expected),]
     );
-    assert_eq!(
-        store
-            .conversions(ms(H), ms(H + 2))
-            .await
-            .expect("conversions"),
-        vec![purchase, lead, other]
-    );
+    assert_eq!(store.conversions(ms(H), ms(H + 2)).await.expect("conversions"), vec![purchase, lead, other]);
 }
 
 async fn check_conversions_range_excludes_to(store: &dyn Store) {
@@ -306,10 +231,7 @@ async fn check_conversions_range_excludes_to(store: &dyn Store) {
         })
         .collect();
     for conv in convs.iter().rev() {
-        assert_eq!(
-            store.record_conversion(conv).await.expect("record"),
-            Recorded::New
-        );
+        assert_eq!(store.record_conversion(conv).await.expect("record"), Recorded::New);
     }
     // Equal times come back ordered by id.
     convs[2..].sort_by(|a, b| a.id.cmp(&b.id));
@@ -328,46 +250,22 @@ async fn check_event_log(store: &dyn Store) {
     // The cap is 5: of 8 events only the 5 newest stay.
     for i in 0..8 {
         let status = if i % 2 == 0 { "accepted" } else { "rejected" };
-        store
-            .log_event(&event(1_000 + i, status))
-            .await
-            .expect("log event");
+        store.log_event(&event(1_000 + i, status)).await.expect("log event");
     }
     let times = |events: Vec<Event>| events.iter().map(|e| e.received_at).collect::<Vec<_>>();
 
     let all = store.events(None, 100).await.expect("events");
     assert_eq!(all[0], event_like(&all[0], 1_007, "rejected"));
     assert_eq!(times(all), vec![1_007, 1_006, 1_005, 1_004, 1_003]);
-    assert_eq!(
-        times(store.events(None, 2).await.expect("events")),
-        vec![1_007, 1_006]
-    );
-    assert_eq!(
-        times(store.events(Some("rejected"), 100).await.expect("events")),
-        vec![1_007, 1_005, 1_003]
-    );
-    assert_eq!(
-        times(store.events(Some("accepted"), 1).await.expect("events")),
-        vec![1_006]
-    );
-    assert_eq!(
-        times(store.events(Some("duplicate"), 100).await.expect("events")),
-        Vec::<i64>::new()
-    );
-    assert_eq!(
-        times(store.events(None, 0).await.expect("events")),
-        Vec::<i64>::new()
-    );
+    assert_eq!(times(store.events(None, 2).await.expect("events")), vec![1_007, 1_006]);
+    assert_eq!(times(store.events(Some("rejected"), 100).await.expect("events")), vec![1_007, 1_005, 1_003]);
+    assert_eq!(times(store.events(Some("accepted"), 1).await.expect("events")), vec![1_006]);
+    assert_eq!(times(store.events(Some("duplicate"), 100).await.expect("events")), Vec::<i64>::new());
+    assert_eq!(times(store.events(None, 0).await.expect("events")), Vec::<i64>::new());
 
     // And the log keeps rolling.
-    store
-        .log_event(&event(2_000, "accepted"))
-        .await
-        .expect("log event");
-    assert_eq!(
-        times(store.events(None, 100).await.expect("events")),
-        vec![2_000, 1_007, 1_006, 1_005, 1_004]
-    );
+    store.log_event(&event(2_000, "accepted")).await.expect("log event");
+    assert_eq!(times(store.events(None, 100).await.expect("events")), vec![2_000, 1_007, 1_006, 1_005, 1_004]);
 }
 
 /// `stored` must be exactly the event written with these values (all fields survive).
@@ -393,14 +291,8 @@ async fn check_links(store: &dyn Store) {
     for l in [&c, &b, &a] {
         store.put_link(l).await.expect("put link");
     }
-    assert_eq!(
-        store.link("cake1", "a").await.expect("link"),
-        Some(a.clone())
-    );
-    assert_eq!(
-        store.links().await.expect("links"),
-        vec![a.clone(), b.clone(), c.clone()]
-    );
+    assert_eq!(store.link("cake1", "a").await.expect("link"), Some(a.clone()));
+    assert_eq!(store.links().await.expect("links"), vec![a.clone(), b.clone(), c.clone()]);
 
     let mut paused = a.clone();
     paused.status = LinkStatus::Paused;
@@ -410,10 +302,7 @@ async fn check_links(store: &dyn Store) {
 
     assert!(store.delete_link("cake1", "a").await.expect("delete"));
     assert!(!store.delete_link("cake1", "a").await.expect("delete again"));
-    assert!(!store
-        .delete_link("cake9", "zz")
-        .await
-        .expect("delete unknown"));
+    assert!(!store.delete_link("cake9", "zz").await.expect("delete unknown"));
     assert_eq!(store.link("cake1", "a").await.expect("link"), None);
     assert_eq!(store.links().await.expect("links"), vec![b, c]);
 }
@@ -499,44 +388,23 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 #[tokio::test]
 async fn redis_click_keys_expire_after_the_click_lifetime() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), limits())
-        .await
-        .expect("connect");
+    let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
     store.record_click(&c).await.expect("record click");
 
     let mut con = raw(&server).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("cl:ck:*")
-        .query_async(&mut con)
-        .await
-        .expect("KEYS");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("cl:ck:*").query_async(&mut con).await.expect("KEYS");
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(keys[0].ends_with(&c.id), "{keys:?}");
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(&keys[0])
-        .query_async(&mut con)
-        .await
-        .expect("TTL");
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query_async(&mut con).await.expect("TTL");
     let expected = CLICK_TTL_SECS as i64;
-    assert!(
-        (expected - 5..=expected).contains(&ttl),
-        "TTL {ttl}, expected about {expected}"
-    );
+    assert!((expected - 5..=expected).contains(&ttl), "TTL {ttl}, expected about {expected}");
 
     // Counters and indexes never expire: reports outlive clicks.
-    let others: Vec<String> = redis::cmd("KEYS")
-        .arg("cl:ct*")
-        .query_async(&mut con)
-        .await
-        .expect("KEYS");
+    let others: Vec<String> = redis::cmd("KEYS").arg("cl:ct*").query_async(&mut con).await.expect("KEYS");
     assert_eq!(others.len(), 2, "{others:?}");
     for key in others {
-        let ttl: i64 = redis::cmd("TTL")
-            .arg(&key)
-            .query_async(&mut con)
-            .await
-            .expect("TTL");
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut con).await.expect("TTL");
         assert_eq!(ttl, -1, "{key}");
     }
 }
@@ -544,35 +412,20 @@ async fn redis_click_keys_expire_after_the_click_lifetime() {
 #[tokio::test]
 async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), limits())
-        .await
-        .expect("connect");
+    let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
     store.record_click(&c).await.expect("record click");
-    store
-        .record_conversion(&conversion(&c, "Lead", "2", ms(H) + 5, "t"))
-        .await
-        .expect("record conversion");
-    store
-        .log_event(&event(1, "accepted"))
-        .await
-        .expect("log event");
-    store
-        .put_link(&link("cake1", "spring"))
-        .await
-        .expect("put link");
+    store.record_conversion(&conversion(&c, "Lead", "2", ms(H) + 5, "t")).await.expect("record conversion");
+    store.log_event(&event(1, "accepted")).await.expect("log event");
+    store.put_link(&link("cake1", "spring")).await.expect("put link");
 
     let mut con = raw(&server).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut con)
-        .await
-        .expect("KEYS");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut con).await.expect("KEYS");
     assert!(keys.iter().all(|k| k.starts_with("cl:")), "{keys:?}");
     let slots: std::collections::HashSet<_> = keys
         .iter()
         .filter(|k| k.contains('{') && !k.contains("{ev}"))
-        .map(|k| redis::cluster_routing::Slot::for_key(k))
+        .map(redis::cluster_routing::Slot::for_key)
         .collect();
     // The click, its counters, its conversion and their indexes: one slot.
     assert_eq!(slots.len(), 1, "{keys:?}");
@@ -581,9 +434,7 @@ async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
 #[tokio::test]
 async fn redis_store_survives_a_restart_of_redis() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let store = RedisStore::connect(&server.url(), limits())
-        .await
-        .expect("connect");
+    let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
     store.record_click(&c).await.expect("record click");
 
@@ -606,10 +457,7 @@ async fn redis_store_survives_a_restart_of_redis() {
     // The restarted Redis has no scripts cached: EVALSHA must load them again, and the
     // replayed click must still count once.
     store.record_click(&c).await.expect("record click again");
-    assert_eq!(
-        store.counters(H, H).await.expect("counters"),
-        vec![counted(H, "cake1/spring", clicks(1))]
-    );
+    assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", clicks(1))]);
 }
 
 #[tokio::test]
@@ -630,7 +478,7 @@ async fn redis_connect_names_the_url_when_nobody_answers() {
     assert!(err.contains("127.0.0.1:1"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 
-    let err = match RedisStore::connect_cluster(&[url.clone()], limits()).await {
+    let err = match RedisStore::connect_cluster(std::slice::from_ref(&url), limits()).await {
         Ok(_) => panic!("connected to a stopped redis cluster"),
         Err(e) => e.to_string(),
     };
