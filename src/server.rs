@@ -31,7 +31,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         .keep_alive(true)
         // Room for the largest target and headers we accept, so that our own checks
         // answer 414/431 with a reason before hyper's buffer limit is reached.
-        .max_buf_size((cfg.max_target_bytes + cfg.max_header_bytes + 4096).max(8192));
+        .max_buf_size((cfg.max_target_bytes + cfg.max_header_bytes + 4096).max(64 * 1024 + cfg.max_header_bytes));
     builder
         .http2()
         .timer(TokioTimer::new())

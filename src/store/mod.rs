@@ -4,7 +4,7 @@
 //! - [`redis`]: one Redis or a Redis Cluster, shared by several cakelink processes.
 //!
 //! Every write that changes a figure (a click, a conversion) also updates the per-link,
-//! per-UTC-hour [`Counters`] in the same atomic operation, so reports read only counters
+//! per-UTC-hour [`Counters`](crate::model::Counters) in the same atomic operation, so reports read only counters
 //! and never disagree with the raw records. Recording is idempotent: replaying a click
 //! or a conversion never counts twice.
 
