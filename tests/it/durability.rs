@@ -246,19 +246,24 @@ async fn before_stop(app: &TestApp) -> (Vec<String>, serde_json::Value) {
     (ids, body["conversion_id"].clone())
 }
 
+/// The stored click of `id`, whose 302 was received before the restart: it must resolve.
+async fn resolved_click(app: &TestApp, id: &str) -> serde_json::Value {
+    let res = app
+        .client
+        .get(format!("{}/api/clicks/{id}", app.base))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::OK, "click {id}, whose 302 was received, resolves after the restart");
+    res.json().await.expect("JSON")
+}
+
 /// After the restart: every id resolves, the conversion is still there once, and the
 /// store takes new writes.
 async fn after_restart(app: &TestApp, ids: &[String], conversion_id: &serde_json::Value) -> u64 {
     for id in ids {
-        let res = app
-            .client
-            .get(format!("{}/api/clicks/{id}", app.base))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(res.status(), StatusCode::OK, "click {id}, whose 302 was received, resolves after the restart");
-        let click: serde_json::Value = res.json().await.expect("JSON");
+        let click = resolved_click(app, id).await;
         assert_eq!(click["link"], "cake/demo", "{click}");
     }
     let row = app.stats_for("cake/demo").await;
@@ -319,14 +324,7 @@ async fn after_restart_flow(app: &TestApp, all: &[String], received: &[String]) 
     let unique: std::collections::HashSet<&String> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "click ids are unique");
     for id in received {
-        let res = app
-            .client
-            .get(format!("{}/api/clicks/{id}", app.base))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(res.status(), StatusCode::OK, "click {id}, whose 302 was received, resolves after the restart");
+        resolved_click(app, id).await;
     }
     // A conversion on the last click received before the stop.
     let last = received.last().expect("received");
