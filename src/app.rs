@@ -23,6 +23,8 @@ pub struct AppState {
     pub links: LinkCatalog,
     pub keyring: Keyring,
     pub metrics: Option<PrometheusHandle>,
+    /// Metric handles of the redirect path.
+    pub hot: telemetry::HotMetrics,
 }
 
 impl AppState {
@@ -32,7 +34,8 @@ impl AppState {
         let links = LinkCatalog::new(&config.links, networks, store.clone()).map_err(anyhow::Error::msg)?;
         let previous: Vec<String> = config.security.previous_secrets.iter().map(|s| s.expose().to_owned()).collect();
         let keyring = Keyring::new(config.security.secret.expose(), &previous, config.store.click_ttl().as_secs());
-        Ok(AppState { config, store, links, keyring, metrics: telemetry::metrics() })
+        let metrics = telemetry::metrics();
+        Ok(AppState { config, store, links, keyring, metrics, hot: telemetry::HotMetrics::new() })
     }
 
     /// Now, in milliseconds since the epoch.
@@ -50,7 +53,11 @@ pub struct Application {
 impl Application {
     /// Opens the store and binds the configured address (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let limits = StoreLimits { click_ttl: config.store.click_ttl(), event_log_max: config.store.event_log_max };
+        let limits = StoreLimits {
+            click_ttl: config.store.click_ttl(),
+            event_log_max: config.store.event_log_max,
+            personal_ttl: store::PERSONAL_DATA_TTL,
+        };
         let store = store::open(&config.store.backend, limits).await.context("opening the store")?;
         let listener = TcpListener::bind(config.server.listen)
             .await

@@ -16,6 +16,36 @@ pub const SUBIDS_DROPPED: &str = "cakelink_subids_dropped_total";
 pub const POSTBACKS: &str = "cakelink_postbacks_total";
 pub const STORE_UP: &str = "cakelink_store_up";
 
+/// Handles of the metrics every redirect touches, looked up once instead of per request.
+pub struct HotMetrics {
+    pub redirects_click: metrics::Counter,
+    pub redirects_bot: metrics::Counter,
+    pub clicks: metrics::Counter,
+    pub bot_hits: metrics::Counter,
+    pub clicks_unstored: metrics::Counter,
+    pub redirect_seconds: metrics::Histogram,
+}
+
+impl HotMetrics {
+    /// Registers the handles with the installed recorder (call after [`metrics`]).
+    pub fn new() -> HotMetrics {
+        HotMetrics {
+            redirects_click: metrics::counter!(REDIRECTS, "outcome" => "click"),
+            redirects_bot: metrics::counter!(REDIRECTS, "outcome" => "bot"),
+            clicks: metrics::counter!(CLICKS),
+            bot_hits: metrics::counter!(BOT_HITS),
+            clicks_unstored: metrics::counter!(CLICKS_UNSTORED),
+            redirect_seconds: metrics::histogram!(REDIRECT_SECONDS),
+        }
+    }
+}
+
+impl Default for HotMetrics {
+    fn default() -> HotMetrics {
+        HotMetrics::new()
+    }
+}
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once) and returns its handle.

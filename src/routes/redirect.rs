@@ -20,7 +20,7 @@ use crate::telemetry;
 
 /// Ad-platform click ids kept with the click for the conversion APIs.
 const AD_CLICK_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid", "msclkid"];
-/// Longest header value kept in a click (user agent, referer).
+/// Longest header value kept in a click (user agent, referer), in bytes.
 const MAX_KEPT_HEADER: usize = 1024;
 
 /// Redirects a visitor to the link's offer and records the click.
@@ -116,18 +116,19 @@ pub async fn redirect(
         at: now_ms,
         bot: bot.map(|b| b.to_string()),
         ip: Some(peer.ip().to_string()),
-        user_agent: user_agent.map(|u| u.chars().take(MAX_KEPT_HEADER).collect()),
-        referer: header(REFERER.as_str()).map(|r| r.chars().take(MAX_KEPT_HEADER).collect()),
+        user_agent: user_agent.map(|u| clip(u).to_owned()),
+        referer: header(REFERER.as_str()).map(|r| clip(r).to_owned()),
         utm,
         ad_click_ids,
         subids,
     };
-    match state.store.record_click(&click).await {
-        Ok(()) if click.is_bot() => metrics::counter!(telemetry::BOT_HITS).increment(1),
-        Ok(()) => metrics::counter!(telemetry::CLICKS).increment(1),
+    let hot = &state.hot;
+    match state.store.record_new_click(&click).await {
+        Ok(()) if click.is_bot() => hot.bot_hits.increment(1),
+        Ok(()) => hot.clicks.increment(1),
         Err(e) => {
             // The visitor is redirected all the same; the click is in the log line.
-            metrics::counter!(telemetry::CLICKS_UNSTORED).increment(1);
+            hot.clicks_unstored.increment(1);
             let record = serde_json::to_string(&click).unwrap_or_default();
             tracing::error!(error = %e, click = %record, "click not acknowledged by the store");
         }
@@ -136,9 +137,21 @@ pub async fn redirect(
     // 6. Answer.
     let status = StatusCode::from_u16(link.link.redirect).unwrap_or(StatusCode::FOUND);
     let res = redirect_to(status, &location);
-    metrics::counter!(telemetry::REDIRECTS, "outcome" => if bot.is_some() { "bot" } else { "click" }).increment(1);
-    metrics::histogram!(telemetry::REDIRECT_SECONDS).record(started.elapsed().as_secs_f64());
+    if bot.is_some() { &hot.redirects_bot } else { &hot.redirects_click }.increment(1);
+    hot.redirect_seconds.record(started.elapsed().as_secs_f64());
     res
+}
+
+/// At most [`MAX_KEPT_HEADER`] bytes of `value`, cut at a character boundary.
+fn clip(value: &str) -> &str {
+    if value.len() <= MAX_KEPT_HEADER {
+        return value;
+    }
+    let mut end = MAX_KEPT_HEADER;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
 }
 
 /// A redirect that no cache may keep: a cached redirect would skip cakelink and reuse

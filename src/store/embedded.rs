@@ -8,8 +8,9 @@
 //! Because one thread applies every write, "insert unless present" and counter updates
 //! are atomic without locks. Reads go straight to fjall on the blocking pool.
 //!
-//! Keyspaces: `clicks` (id → click; ids sort by creation time, so expired clicks are a
-//! key range), `conversions` (time ‖ id → conversion), `conversion_ids` (id → time),
+//! Keyspaces: `clicks` (id → compact click record, see [`super::record`]; ids sort by
+//! creation time, so expired clicks are a key range), `interns` (content hash → a value
+//! many clicks share), `meta` (how far personal data has been dropped), `conversions` (time ‖ id → conversion), `conversion_ids` (id → time),
 //! `counters` (hour ‖ link → counters), `events` (sequence → event), `links`.
 
 use std::collections::{HashMap, HashSet};
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::record::{self, EncodedClick, InternKey};
 use super::{Store, StoreError, StoreLimits, StoreResult};
 use crate::clickid::ClickId;
 use crate::model::{
@@ -46,6 +48,8 @@ struct Tables {
     counters: Keyspace,
     events: Keyspace,
     links: Keyspace,
+    interns: Keyspace,
+    meta: Keyspace,
 }
 
 impl Tables {
@@ -59,13 +63,26 @@ impl Tables {
             counters: ks("counters")?,
             events: ks("events")?,
             links: ks("links")?,
+            interns: ks("interns")?,
+            meta: ks("meta")?,
             db,
         })
     }
 }
 
+/// A click on its way to the writer: encoded by the caller, which may run on another core.
+struct NewClick {
+    id: String,
+    hour: UnixHour,
+    link: String,
+    counters: Counters,
+    encoded: EncodedClick,
+    /// Minted for this request, so certainly not stored yet: no need to look.
+    fresh: bool,
+}
+
 enum Op {
-    Click(Click, oneshot::Sender<StoreResult<()>>),
+    Click(Box<NewClick>, oneshot::Sender<StoreResult<()>>),
     Conversion(Box<Conversion>, oneshot::Sender<StoreResult<Recorded>>),
     Event(Event, oneshot::Sender<StoreResult<()>>),
     PutLink(Link, oneshot::Sender<StoreResult<()>>),
@@ -154,11 +171,18 @@ impl EmbeddedStore {
         let tables = self.tables.clone();
         tokio::task::spawn_blocking(move || f(&tables)).await.map_err(unavailable)?
     }
+}
 
-    /// Drops clicks older than the click lifetime now, instead of waiting for the timer.
-    pub async fn sweep_now(&self) -> StoreResult<()> {
-        self.ops.send(Op::Sweep).await.map_err(|_| StoreError::Closed)?;
-        self.flush().await
+impl NewClick {
+    fn of(click: &Click, fresh: bool) -> NewClick {
+        NewClick {
+            id: click.id.clone(),
+            hour: hour_of(click.at),
+            link: click.link.clone(),
+            counters: Counters::for_click(click),
+            encoded: record::encode(click),
+            fresh,
+        }
     }
 }
 
@@ -171,14 +195,27 @@ impl Drop for EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn record_click(&self, click: &Click) -> StoreResult<()> {
-        self.submit(|tx| Op::Click(click.clone(), tx)).await
+        self.submit(|tx| Op::Click(Box::new(NewClick::of(click, false)), tx)).await
+    }
+
+    async fn record_new_click(&self, click: &Click) -> StoreResult<()> {
+        self.submit(|tx| Op::Click(Box::new(NewClick::of(click, true)), tx)).await
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
         let id = click_id.to_owned();
-        self.read(move |t| match t.clicks.get(id.as_bytes()).map_err(unavailable)? {
-            Some(bytes) => decode(&bytes).map(Some),
-            None => Ok(None),
+        self.read(move |t| {
+            let Some(bytes) = t.clicks.get(id.as_bytes()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let parsed = record::parse(&bytes)?;
+            let interned = |key: InternKey| t.interns.get(key).map_err(unavailable);
+            let context = interned(parsed.context)?.ok_or_else(|| StoreError::Corrupt("click context".into()))?;
+            let user_agent = match parsed.user_agent {
+                Some(key) => interned(key)?,
+                None => None,
+            };
+            parsed.into_click(id, &context, user_agent.as_deref()).map(Some)
         })
         .await
     }
@@ -270,6 +307,11 @@ impl Store for EmbeddedStore {
         self.read(|t| t.links.first_key_value().map(|_| ()).map_or(Ok(()), Ok)).await
     }
 
+    async fn sweep(&self) -> StoreResult<()> {
+        self.ops.send(Op::Sweep).await.map_err(|_| StoreError::Closed)?;
+        self.flush().await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.submit(Op::Flush).await
     }
@@ -286,7 +328,15 @@ struct Writer {
     /// Sequence number of the newest and the oldest event kept.
     last_event: u64,
     first_event: u64,
+    /// Interned values known to be stored, so each is written once, not once per click.
+    /// Cleared when it grows large; rewriting an interned value is harmless.
+    known: HashSet<InternKey>,
 }
+
+/// Interned keys remembered by the writer before it starts over.
+const KNOWN_INTERNS_MAX: usize = 1 << 20;
+/// `meta` key: creation time (unix seconds) below which clicks have no personal data.
+const PERSONAL_DROPPED_UNTIL: &[u8] = b"personal_dropped_until";
 
 /// Replies owed once a batch is committed.
 enum Reply {
@@ -326,7 +376,7 @@ impl Writer {
         };
         let last = seq(t.events.last_key_value())?;
         let first = seq(t.events.first_key_value())?;
-        Ok(Writer { last_event: last.unwrap_or(0), first_event: first.unwrap_or(1), t, limits })
+        Ok(Writer { last_event: last.unwrap_or(0), first_event: first.unwrap_or(1), t, limits, known: HashSet::new() })
     }
 
     fn run(&mut self, mut rx: mpsc::Receiver<Op>) {
@@ -354,18 +404,27 @@ impl Writer {
         let mut deltas: HashMap<(UnixHour, String), Counters> = HashMap::new();
         let mut new_ids: HashSet<String> = HashSet::new();
         let mut failure: Option<String> = None;
+        let mut new_interns: Vec<InternKey> = Vec::new();
         let event_mark = (self.first_event, self.last_event);
 
         for op in ops.drain(..) {
             match op {
                 Op::Click(click, tx) => {
-                    match self.t.clicks.contains_key(click.id.as_bytes()) {
-                        Ok(false) if new_ids.insert(click.id.clone()) => {
-                            deltas
-                                .entry((hour_of(click.at), click.link.clone()))
-                                .or_default()
-                                .add(&Counters::for_click(&click));
-                            batch.insert(&self.t.clicks, click.id.as_bytes(), encode(&click));
+                    let NewClick { id, hour, link, counters, encoded, fresh } = *click;
+                    let stored = if fresh { Ok(false) } else { self.t.clicks.contains_key(id.as_bytes()) };
+                    match stored {
+                        Ok(false) if fresh || new_ids.insert(id.clone()) => {
+                            deltas.entry((hour, link)).or_default().add(&counters);
+                            for (key, value) in encoded.interns {
+                                if self.known.len() >= KNOWN_INTERNS_MAX {
+                                    self.known.clear();
+                                }
+                                if self.known.insert(key) {
+                                    new_interns.push(key);
+                                    batch.insert(&self.t.interns, key, value);
+                                }
+                            }
+                            batch.insert(&self.t.clicks, id.as_bytes(), encoded.record);
                         }
                         Ok(_) => {}
                         Err(e) => failure = Some(e.to_string()),
@@ -446,6 +505,9 @@ impl Writer {
         if let Some(f) = &failure {
             tracing::error!(error = %f, "store batch failed; its requests are answered with an error");
             (self.first_event, self.last_event) = event_mark;
+            for key in new_interns {
+                self.known.remove(&key);
+            }
         }
         for reply in replies {
             reply.send(failure.as_deref());
@@ -455,9 +517,15 @@ impl Writer {
         }
     }
 
-    /// Drops clicks past their lifetime: they are the key range below the id bound of
-    /// the cut-off time, so only expired keys are visited.
+    /// Drops clicks past their lifetime, then the personal data of clicks past theirs.
     fn sweep(&mut self) {
+        self.drop_expired_clicks();
+        self.drop_personal_data();
+    }
+
+    /// Expired clicks are the key range below the id bound of the cut-off time, so only
+    /// expired keys are visited.
+    fn drop_expired_clicks(&mut self) {
         let cutoff = now_secs().saturating_sub(self.limits.click_ttl.as_secs());
         let bound = ClickId::lower_bound(cutoff);
         let mut dropped = 0usize;
@@ -487,6 +555,61 @@ impl Writer {
         }
         if dropped > 0 {
             tracing::info!(dropped, "expired clicks dropped");
+        }
+    }
+
+    /// Rewrites the clicks created since the last pass and now older than the personal
+    /// data lifetime without their IP address and user agent. The pass remembers where it
+    /// stopped, so each click is rewritten once.
+    fn drop_personal_data(&mut self) {
+        let until = now_secs().saturating_sub(self.limits.personal_ttl.as_secs());
+        let since = match self.t.meta.get(PERSONAL_DROPPED_UNTIL) {
+            Ok(v) => v.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "personal-data sweep stopped");
+                return;
+            }
+        };
+        if since >= until {
+            return;
+        }
+        let (from, to) = (ClickId::lower_bound(since), ClickId::lower_bound(until));
+        let mut rewritten = 0usize;
+        let mut batch = self.t.db.batch();
+        let mut pending = 0;
+        for kv in self.t.clicks.range(from.as_str().as_bytes()..to.as_str().as_bytes()) {
+            let stripped =
+                kv.into_inner().map_err(unavailable).and_then(|(k, v)| Ok(record::strip_personal(&v)?.map(|s| (k, s))));
+            match stripped {
+                Ok(Some((k, v))) => {
+                    batch.insert(&self.t.clicks, k, v);
+                    pending += 1;
+                }
+                Ok(None) => {}
+                // A damaged record is left as it is; reading it reports the damage.
+                Err(StoreError::Corrupt(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "personal-data sweep stopped");
+                    return;
+                }
+            }
+            if pending >= MAX_BATCH {
+                if let Err(e) = std::mem::replace(&mut batch, self.t.db.batch()).commit() {
+                    tracing::warn!(error = %e, "personal-data sweep failed");
+                    return;
+                }
+                rewritten += pending;
+                pending = 0;
+            }
+        }
+        batch.insert(&self.t.meta, PERSONAL_DROPPED_UNTIL, until.to_be_bytes());
+        if let Err(e) = batch.commit() {
+            tracing::warn!(error = %e, "personal-data sweep failed");
+            return;
+        }
+        rewritten += pending;
+        if rewritten > 0 {
+            tracing::info!(rewritten, "IP addresses and user agents dropped from clicks past their lifetime");
         }
     }
 }

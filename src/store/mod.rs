@@ -9,6 +9,7 @@
 //! or a conversion never counts twice.
 
 pub mod embedded;
+pub mod record;
 pub mod redis;
 
 use std::sync::Arc;
@@ -39,6 +40,12 @@ pub trait Store: Send + Sync + 'static {
     /// id again changes nothing.
     async fn record_click(&self, click: &Click) -> StoreResult<()>;
 
+    /// [`Store::record_click`] for a click whose id was minted for this very request: with
+    /// 96 random bits in it, it cannot be stored already, so a backend may skip looking.
+    async fn record_new_click(&self, click: &Click) -> StoreResult<()> {
+        self.record_click(click).await
+    }
+
     /// The stored click, or `None` when it is unknown or has expired.
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>>;
 
@@ -67,12 +74,23 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the store can take writes.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Does now the housekeeping that otherwise runs on a timer: drops expired clicks
+    /// (where the backend does not expire them itself) and the personal data of clicks
+    /// past [`StoreLimits::personal_ttl`].
+    async fn sweep(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Flushes pending writes to durable storage; called on shutdown.
     async fn flush(&self) -> StoreResult<()>;
 
     /// Short name for `/readyz` and `/metrics`.
     fn backend(&self) -> &'static str;
 }
+
+/// How long stored clicks keep their IP address and user agent: long enough for every
+/// conversion API (Meta takes events up to 7 days old), no longer.
+pub const PERSONAL_DATA_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// Settings every backend needs beside its own address.
 #[derive(Clone, Debug)]
@@ -81,6 +99,9 @@ pub struct StoreLimits {
     pub click_ttl: Duration,
     /// Most event-log entries kept.
     pub event_log_max: usize,
+    /// How long a click keeps its IP address and user agent (they serve only the
+    /// conversion APIs); after that they are dropped from the stored click.
+    pub personal_ttl: Duration,
 }
 
 /// Where the data lives, from `[store]`.

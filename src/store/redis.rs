@@ -14,7 +14,9 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `cl:ck:{N}:<click id>` | string | postcard [`Click`], with a TTL of `click_ttl` |
+//! | `cl:ck:{N}:<hour>` | hash | click id → compact click record ([`super::record`]) of the clicks created in that UTC hour; expires `click_ttl` after the hour ends |
+//! | `cl:in:{N}:<16 hex digits>` | string | a value many clicks share (context, user agent), named by its content hash |
+//! | `cl:pd` | string | the hour up to which personal data has been dropped from clicks |
 //! | `cl:ct:{N}:<day>` | hash | `<hour>\|<counter>\|<network/slug>` → count (revenue in micros) |
 //! | `cl:ctd:{N}` | sorted set | days that have a `cl:ct:{N}:<day>` hash (score = member = day) |
 //! | `cl:cv:{N}:<conversion id>` | string | postcard [`Conversion`]; `N` from its click's id |
@@ -28,6 +30,21 @@
 //! so a report over years reads only the days that had traffic instead of probing every
 //! day in the range. Conversions are rare next to clicks, so one time index per shard
 //! answers any range with a single `ZRANGEBYSCORE`.
+//!
+//! # Clicks in hour buckets, recorded in batches
+//!
+//! A key of its own per click would cost Redis some 90 bytes of bookkeeping (key, TTL
+//! entry, value object) before the click says anything; a field in its hour's hash costs
+//! about a third of that, and the whole hour expires at once. The click id carries its
+//! creation time, so a lookup knows the bucket without an index. Records are compact and
+//! their shared parts interned (see [`super::record`]), which keeps a click without
+//! ad-platform click ids near 100 bytes of Redis memory.
+//!
+//! Clicks are not sent one script call each: a batcher task takes every click waiting
+//! and records each shard's share with one script call, all shards' calls in flight at
+//! once (group commit, as in the embedded store). Redis runs a handful of large calls
+//! instead of thousands of small ones, and each redirect still waits for Redis to
+//! acknowledge its own click.
 //!
 //! # Why scripts and TTLs
 //!
@@ -46,6 +63,7 @@
 //! nothing to add.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,9 +73,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
+use super::record::{self, EncodedClick, InternKey};
 use super::{Store, StoreError, StoreLimits, StoreResult};
+use crate::clickid::ClickId;
 use crate::model::{
     hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis,
 };
@@ -76,18 +97,38 @@ const EVENT_LOG_KEY: &str = "cl:{ev}:log";
 const EVENT_SEQ_KEY: &str = "cl:{ev}:seq";
 const LINKS_KEY: &str = "cl:links";
 
-/// Stores a click unless present and, only if it was new, counts it.
-/// KEYS: click, counters hash of its day, counter day index.
-/// ARGV: click bytes, ttl seconds, day, then counter field/delta pairs.
-const RECORD_CLICK: &str = r"
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  return 0
+/// Stores a batch of one shard's clicks, each unless present, and counts the new ones.
+/// KEYS[1]: the counter day index; the other keys (hour buckets, counter hashes, interned
+/// values) are named by their index from ARGV.
+/// ARGV: click count, then per click: bucket index, click id, record, counters index,
+/// counter field; interned count, then per value: key index, value, ttl seconds; expiry
+/// count, then per bucket: key index, unix time; then the days to index.
+const RECORD_CLICKS: &str = r"
+local a = 2
+local new = 0
+for i = 1, tonumber(ARGV[1]) do
+  if redis.call('HSETNX', KEYS[tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2]) == 1 then
+    redis.call('HINCRBY', KEYS[tonumber(ARGV[a + 3])], ARGV[a + 4], 1)
+    new = new + 1
+  end
+  a = a + 5
 end
-for i = 4, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+local n = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n do
+  redis.call('SET', KEYS[tonumber(ARGV[a])], ARGV[a + 1], 'EX', ARGV[a + 2])
+  a = a + 3
 end
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[3])
-return 1
+n = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n do
+  redis.call('EXPIREAT', KEYS[tonumber(ARGV[a])], ARGV[a + 1])
+  a = a + 2
+end
+for i = a, #ARGV do
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i])
+end
+return new
 ";
 
 /// Stores a conversion unless present and, only if it was new, indexes and counts it.
@@ -154,9 +195,167 @@ impl ConnectionLike for Conn {
 pub struct RedisStore {
     con: Conn,
     limits: StoreLimits,
-    record_click: Script,
+    clicks: mpsc::Sender<PendingClick>,
     record_conversion: Script,
     log_event: Script,
+    /// Dropped with the store, which stops the personal-data sweep.
+    _sweep_stop: oneshot::Sender<()>,
+}
+
+/// Most clicks one batch takes.
+const MAX_BATCH: usize = 2048;
+/// Batches in flight at once; more clicks wait and make the next batch larger.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Clicks waiting for the batcher before redirects wait too (backpressure).
+const CLICK_QUEUE: usize = 65_536;
+/// How long this process remembers that an interned value is in Redis.
+const INTERN_REMEMBERED: Duration = Duration::from_secs(86_400);
+/// Interned values outlive the clicks that name them by this much: the batcher rewrites
+/// (and so re-arms) a value at least once per [`INTERN_REMEMBERED`] while it is in use.
+const INTERN_SPARE: Duration = Duration::from_secs(2 * 86_400);
+/// How often personal data past its lifetime is looked for.
+const PERSONAL_SWEEP_EVERY: Duration = Duration::from_secs(600);
+const PERSONAL_CURSOR_KEY: &str = "cl:pd";
+const PERSONAL_LOCK_KEY: &str = "cl:pd:lock";
+
+/// A click waiting for the batcher, encoded by the request that made it.
+struct PendingClick {
+    shard: u8,
+    id: String,
+    bucket_hour: UnixHour,
+    counter_day: u32,
+    counter_field: String,
+    encoded: EncodedClick,
+    reply: oneshot::Sender<StoreResult<()>>,
+}
+
+/// The keys of one script call, each once, numbered as Lua's `KEYS` are (from 1).
+#[derive(Default)]
+struct KeyList {
+    keys: Vec<Vec<u8>>,
+    index: HashMap<Vec<u8>, u64>,
+}
+
+impl KeyList {
+    fn index(&mut self, key: Vec<u8>) -> u64 {
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        self.keys.push(key.clone());
+        let i = self.keys.len() as u64;
+        self.index.insert(key, i);
+        i
+    }
+}
+
+/// What the batcher shares with the batches it sends.
+#[derive(Clone)]
+struct Batcher {
+    con: Conn,
+    script: Script,
+    click_ttl: Duration,
+    /// Interned values known to be in Redis, per shard.
+    interns: moka::sync::Cache<(u8, InternKey), ()>,
+}
+
+impl Batcher {
+    /// Takes whatever clicks are waiting and sends them, a few batches in flight at once.
+    async fn run(self, mut rx: mpsc::Receiver<PendingClick>) {
+        let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let mut waiting = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            if rx.recv_many(&mut waiting, MAX_BATCH).await == 0 {
+                return;
+            }
+            let batch = std::mem::replace(&mut waiting, Vec::with_capacity(MAX_BATCH));
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.send(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// One script call per shard, all in flight together; each click's request learns
+    /// how its shard's call went.
+    async fn send(&self, batch: Vec<PendingClick>) {
+        let mut by_shard: BTreeMap<u8, Vec<PendingClick>> = BTreeMap::new();
+        for click in batch {
+            by_shard.entry(click.shard).or_default().push(click);
+        }
+        let mut calls = JoinSet::new();
+        for (shard, clicks) in by_shard {
+            let me = self.clone();
+            calls.spawn(async move { me.send_shard(shard, clicks).await });
+        }
+        while calls.join_next().await.is_some() {}
+    }
+
+    async fn send_shard(&self, shard: u8, clicks: Vec<PendingClick>) {
+        let mut keys = KeyList::default();
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(clicks.len() * 5 + 8);
+        let num = |n: u64| n.to_string().into_bytes();
+        keys.index(counter_days_key(shard).into_bytes());
+        let mut days = Vec::new();
+        let mut buckets = Vec::new();
+        let mut interns: Vec<(InternKey, &[u8])> = Vec::new();
+        args.push(num(clicks.len() as u64));
+        for c in &clicks {
+            args.push(num(keys.index(click_bucket_key(shard, c.bucket_hour).into_bytes())));
+            args.push(c.id.clone().into_bytes());
+            args.push(c.encoded.record.clone());
+            args.push(num(keys.index(counters_key(shard, c.counter_day).into_bytes())));
+            args.push(c.counter_field.clone().into_bytes());
+            if !days.contains(&c.counter_day) {
+                days.push(c.counter_day);
+            }
+            if !buckets.contains(&c.bucket_hour) {
+                buckets.push(c.bucket_hour);
+            }
+            for (key, value) in &c.encoded.interns {
+                if !self.interns.contains_key(&(shard, *key)) && !interns.iter().any(|(k, _)| k == key) {
+                    interns.push((*key, value));
+                }
+            }
+        }
+        let intern_ttl = (self.click_ttl + INTERN_SPARE).as_secs();
+        args.push(num(interns.len() as u64));
+        for (key, value) in &interns {
+            args.push(num(keys.index(intern_key(shard, key))));
+            args.push(value.to_vec());
+            args.push(num(intern_ttl));
+        }
+        args.push(num(buckets.len() as u64));
+        for hour in &buckets {
+            args.push(num(keys.index(click_bucket_key(shard, *hour).into_bytes())));
+            args.push(num((u64::from(*hour) + 1) * 3600 + self.click_ttl.as_secs()));
+        }
+        for day in &days {
+            args.push(num(u64::from(*day)));
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for key in &keys.keys {
+            invocation.key(key.as_slice());
+        }
+        for arg in &args {
+            invocation.arg(arg.as_slice());
+        }
+        let outcome: Result<i64, RedisError> = invocation.invoke_async(&mut self.con.clone()).await;
+        let failure = outcome.err().map(|e| e.to_string());
+        if failure.is_none() {
+            for (key, _) in &interns {
+                self.interns.insert((shard, *key), ());
+            }
+        }
+        for c in clicks {
+            // A request that gave up (its connection closed) no longer listens.
+            let _ = c.reply.send(match &failure {
+                None => Ok(()),
+                Some(e) => Err(StoreError::Unavailable(e.clone())),
+            });
+        }
+    }
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -177,8 +376,19 @@ fn shard(click_id: &str) -> u8 {
     blake3::hash(click_id.as_bytes()).as_bytes()[0] % SHARDS
 }
 
-fn click_key(shard: u8, click_id: &str) -> String {
-    format!("cl:ck:{{{shard}}}:{click_id}")
+/// The hour bucket holding the clicks of `shard` created in UTC hour `hour`.
+fn click_bucket_key(shard: u8, hour: UnixHour) -> String {
+    format!("cl:ck:{{{shard}}}:{hour}")
+}
+
+/// The UTC hour a click id was created in (0 for text that is no click id: such a click
+/// can only have been stored by a test, and is found where it was put).
+fn created_hour(click_id: &str) -> UnixHour {
+    ClickId::parse(click_id).map_or(0, |id| (id.created_at() / 3600) as UnixHour)
+}
+
+fn intern_key(shard: u8, key: &InternKey) -> Vec<u8> {
+    format!("cl:in:{{{shard}}}:{:016x}", u64::from_be_bytes(*key)).into_bytes()
 }
 
 fn counters_key(shard: u8, day: u32) -> String {
@@ -297,15 +507,52 @@ impl RedisStore {
     }
 
     async fn with(con: Conn, limits: StoreLimits, shown: &str) -> anyhow::Result<RedisStore> {
+        let (clicks, rx) = mpsc::channel(CLICK_QUEUE);
+        let batcher = Batcher {
+            con: con.clone(),
+            script: Script::new(RECORD_CLICKS),
+            click_ttl: limits.click_ttl.max(Duration::from_secs(1)),
+            interns: moka::sync::Cache::builder()
+                .max_capacity(1 << 20)
+                .time_to_live(INTERN_REMEMBERED.min(limits.click_ttl))
+                .build(),
+        };
+        let (sweep_stop, mut stopped) = oneshot::channel::<()>();
         let store = RedisStore {
             con,
             limits,
-            record_click: Script::new(RECORD_CLICK),
+            clicks,
             record_conversion: Script::new(RECORD_CONVERSION),
             log_event: Script::new(LOG_EVENT),
+            _sweep_stop: sweep_stop,
         };
         store.ping().await.map_err(|e| anyhow::anyhow!("Redis at {shown} does not answer PING: {e}"))?;
+        tokio::spawn(batcher.run(rx));
+        let sweeper = store.clone_for_sweep();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(PERSONAL_SWEEP_EVERY) => {}
+                    _ = &mut stopped => return,
+                }
+                if let Err(e) = sweeper.drop_personal_data().await {
+                    tracing::warn!(error = %e, "dropping personal data from old clicks failed; trying again later");
+                }
+            }
+        });
         Ok(store)
+    }
+
+    /// A second handle on the same Redis for background work: shares the connection,
+    /// not the click batcher.
+    fn clone_for_sweep(&self) -> PersonalSweep {
+        PersonalSweep { con: self.con.clone(), limits: self.limits.clone() }
+    }
+
+    /// Drops the IP address and user agent of clicks past their lifetime now, instead of
+    /// waiting for the timer; returns how many clicks were rewritten.
+    pub async fn drop_personal_data(&self) -> StoreResult<usize> {
+        self.clone_for_sweep().drop_personal_data().await
     }
 
     /// A handle for one call: cheap, and never shared across an `.await` with a lock.
@@ -330,6 +577,91 @@ impl RedisStore {
             out.extend(part);
         }
         Ok(out)
+    }
+}
+
+/// One `HSCAN` answer: the next cursor and field/value pairs.
+type ScanPage = (u64, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Drops personal data from clicks, one hour bucket at a time, remembering in Redis how
+/// far it got so that several processes sharing the Redis do the work once.
+struct PersonalSweep {
+    con: Conn,
+    limits: StoreLimits,
+}
+
+impl PersonalSweep {
+    async fn drop_personal_data(&self) -> StoreResult<usize> {
+        let mut con = self.con.clone();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        // Buckets whose every click is older than the personal-data lifetime.
+        let Some(last) = (now.saturating_sub(self.limits.personal_ttl.as_secs()) / 3600).checked_sub(1) else {
+            return Ok(0);
+        };
+        let locked: bool = redis::cmd("SET")
+            .arg(PERSONAL_LOCK_KEY)
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(3600)
+            .query_async::<Option<String>>(&mut con)
+            .await
+            .map_err(unavailable)?
+            .is_some();
+        if !locked {
+            return Ok(0);
+        }
+        let result = self.sweep_locked(&mut con, now, last).await;
+        let _: Result<i64, _> = redis::cmd("DEL").arg(PERSONAL_LOCK_KEY).query_async(&mut con).await;
+        result
+    }
+
+    async fn sweep_locked(&self, con: &mut Conn, now: u64, last: u64) -> StoreResult<usize> {
+        let done: Option<u64> =
+            redis::cmd("GET").arg(PERSONAL_CURSOR_KEY).query_async(con).await.map_err(unavailable)?;
+        // Without a cursor, start at the oldest bucket that can still exist.
+        let first =
+            done.map_or((now.saturating_sub(self.limits.click_ttl.as_secs()) / 3600).saturating_sub(1), |d| d + 1);
+        let mut rewritten = 0;
+        for hour in first..=last {
+            for shard in 0..SHARDS {
+                let key = click_bucket_key(shard, hour as UnixHour);
+                let mut cursor = 0u64;
+                loop {
+                    let (next, entries): ScanPage = redis::cmd("HSCAN")
+                        .arg(&key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(512)
+                        .query_async(con)
+                        .await
+                        .map_err(unavailable)?;
+                    let mut set = redis::cmd("HSET");
+                    set.arg(&key);
+                    let mut n = 0;
+                    for (field, value) in entries {
+                        if let Ok(Some(stripped)) = record::strip_personal(&value) {
+                            set.arg(field).arg(stripped);
+                            n += 1;
+                        }
+                    }
+                    if n > 0 {
+                        let _: i64 = set.query_async(con).await.map_err(unavailable)?;
+                        rewritten += n;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            let _: () =
+                redis::cmd("SET").arg(PERSONAL_CURSOR_KEY).arg(hour).query_async(con).await.map_err(unavailable)?;
+        }
+        if rewritten > 0 {
+            tracing::info!(rewritten, "IP addresses and user agents dropped from clicks past their lifetime");
+        }
+        Ok(rewritten)
     }
 }
 
@@ -375,29 +707,43 @@ async fn shard_conversions(mut con: Conn, shard: u8, from: i64, to: i64) -> Stor
 #[async_trait]
 impl Store for RedisStore {
     async fn record_click(&self, click: &Click) -> StoreResult<()> {
-        let n = shard(&click.id);
         let hour = hour_of(click.at);
-        let day = day_of_hour(hour);
-        let mut invocation = self.record_click.prepare_invoke();
-        invocation
-            .key(click_key(n, &click.id))
-            .key(counters_key(n, day))
-            .key(counter_days_key(n))
-            .arg(encode(click))
-            .arg(self.limits.click_ttl.as_secs().max(1))
-            .arg(day);
-        add_counter_args(&mut invocation, hour, &click.link, &Counters::for_click(click));
-        let _new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
-        Ok(())
+        let counter = if click.is_bot() { "bot_hits" } else { "clicks" };
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingClick {
+            shard: shard(&click.id),
+            id: click.id.clone(),
+            bucket_hour: created_hour(&click.id),
+            counter_day: day_of_hour(hour),
+            counter_field: counter_field(hour, counter, &click.link),
+            encoded: record::encode(click),
+            reply,
+        };
+        self.clicks.send(pending).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
-        let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(click_key(shard(click_id), click_id))
-            .query_async(&mut self.con())
+        let n = shard(click_id);
+        let mut con = self.con();
+        let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(click_bucket_key(n, created_hour(click_id)))
+            .arg(click_id)
+            .query_async(&mut con)
             .await
             .map_err(unavailable)?;
-        bytes.map(|b| decode(&b)).transpose()
+        let Some(bytes) = bytes else { return Ok(None) };
+        let parsed = record::parse(&bytes)?;
+        let mut get = redis::cmd("MGET");
+        get.arg(intern_key(n, &parsed.context));
+        if let Some(ua) = &parsed.user_agent {
+            get.arg(intern_key(n, ua));
+        }
+        let mut values: Vec<Option<Vec<u8>>> = get.query_async(&mut con).await.map_err(unavailable)?;
+        let user_agent = if parsed.user_agent.is_some() { values.pop().flatten() } else { None };
+        let context =
+            values.pop().flatten().ok_or_else(|| StoreError::Corrupt(format!("context of click {click_id}")))?;
+        parsed.into_click(click_id.to_owned(), &context, user_agent.as_deref()).map(Some)
     }
 
     async fn record_conversion(&self, conversion: &Conversion) -> StoreResult<Recorded> {
@@ -548,6 +894,11 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    /// Clicks expire by TTL; only personal data needs dropping.
+    async fn sweep(&self) -> StoreResult<()> {
+        self.drop_personal_data().await.map(|_| ())
+    }
+
     /// Redis acknowledges a write once applied; durability is its own configuration.
     async fn flush(&self) -> StoreResult<()> {
         Ok(())
@@ -568,7 +919,8 @@ mod tests {
         assert!(n < SHARDS);
         let tag = format!("{{{n}}}");
         for key in [
-            click_key(n, "abc"),
+            click_bucket_key(n, 490_000),
+            String::from_utf8_lossy(&intern_key(n, b"12345678")).into_owned(),
             counters_key(n, 20_000),
             counter_days_key(n),
             conversion_key(n, "xyz"),

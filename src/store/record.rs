@@ -1,0 +1,352 @@
+//! The compact binary form of a stored click, shared by both backends.
+//!
+//! Clicks are by far the most numerous records, so their size is the store's size. Most of
+//! a click repeats across thousands of others: the link, the referer, the UTM parameters and
+//! sub-ids of one ad, and the visitor's user agent. Those parts are *interned*: stored once
+//! under an 8-byte content hash, and the click keeps only the hash. What remains per click is
+//! its time, its bot reason, its ad-platform click ids and, apart, the personal data.
+//!
+//! A record is `core ‖ personal`:
+//!
+//! - core: version byte, time (varint ms), bot reason (string), context hash (8 bytes),
+//!   ad-platform click ids (varint count, then name/value strings);
+//! - personal: IP address (tag byte: 0 none, 4 and 6 raw address bytes, 1 string) and the
+//!   user agent's hash (tag byte 0 or 1, then 8 bytes).
+//!
+//! The personal part comes last so that dropping it after seven days (it serves only the
+//! conversion APIs) is a truncation: [`strip_personal`]. Strings are a varint length and
+//! UTF-8 bytes. Interned values are postcard (the context) or raw bytes (the user agent).
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{StoreError, StoreResult};
+use crate::model::Click;
+
+const VERSION: u8 = 1;
+
+/// Content hash naming an interned value.
+pub type InternKey = [u8; 8];
+
+/// A click ready to store: its record and the interned values it refers to.
+pub struct EncodedClick {
+    pub record: Vec<u8>,
+    /// (hash, value) of the context and, when the click has one, the user agent.
+    pub interns: Vec<(InternKey, Vec<u8>)>,
+}
+
+/// The parts of a click that many clicks share.
+#[derive(Serialize, Deserialize)]
+struct Context<'a> {
+    #[serde(borrow)]
+    link: &'a str,
+    referer: Option<&'a str>,
+    utm: Vec<(&'a str, &'a str)>,
+    subids: Vec<(&'a str, &'a str)>,
+}
+
+fn intern_key(kind: u8, value: &[u8]) -> InternKey {
+    let mut h = blake3::Hasher::new();
+    h.update(&[kind]);
+    h.update(value);
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    key
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Encodes `click` (its id is the key, not part of the record).
+pub fn encode(click: &Click) -> EncodedClick {
+    let context = Context {
+        link: &click.link,
+        referer: click.referer.as_deref(),
+        utm: click.utm.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        subids: click.subids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    };
+    // Serializing borrowed strings into a Vec cannot fail.
+    let context = postcard::to_stdvec(&context).unwrap_or_default();
+    let context_key = intern_key(b'c', &context);
+    let mut interns = Vec::with_capacity(2);
+    interns.push((context_key, context));
+
+    let mut out = Vec::with_capacity(48);
+    out.push(VERSION);
+    put_varint(&mut out, click.at.max(0) as u64);
+    put_str(&mut out, click.bot.as_deref().unwrap_or_default());
+    out.extend_from_slice(&context_key);
+    put_varint(&mut out, click.ad_click_ids.len() as u64);
+    for (name, value) in &click.ad_click_ids {
+        put_str(&mut out, name);
+        put_str(&mut out, value);
+    }
+    // Raw bytes only for an address in canonical form, so it reads back as written.
+    let ip = click.ip.as_deref().map(|ip| (ip, ip.parse::<IpAddr>().ok().filter(|a| a.to_string() == ip)));
+    match ip {
+        None => out.push(0),
+        Some((_, Some(IpAddr::V4(v4)))) => {
+            out.push(4);
+            out.extend_from_slice(&v4.octets());
+        }
+        Some((_, Some(IpAddr::V6(v6)))) => {
+            out.push(6);
+            out.extend_from_slice(&v6.octets());
+        }
+        Some((text, None)) => {
+            out.push(1);
+            put_str(&mut out, text);
+        }
+    }
+    match &click.user_agent {
+        None => out.push(0),
+        Some(ua) => {
+            let key = intern_key(b'u', ua.as_bytes());
+            out.push(1);
+            out.extend_from_slice(&key);
+            interns.push((key, ua.as_bytes().to_vec()));
+        }
+    }
+    EncodedClick { record: out, interns }
+}
+
+/// A decoded record whose interned parts are still to be looked up.
+pub struct ParsedClick {
+    at: i64,
+    bot: Option<String>,
+    ad_click_ids: Vec<(String, String)>,
+    ip: Option<String>,
+    pub context: InternKey,
+    pub user_agent: Option<InternKey>,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("click record: {what}"))
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> StoreResult<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| corrupt("truncated"))?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn byte(&mut self) -> StoreResult<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> StoreResult<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(n);
+            }
+        }
+        Err(corrupt("varint too long"))
+    }
+
+    fn string(&mut self) -> StoreResult<String> {
+        let len = usize::try_from(self.varint()?).map_err(|_| corrupt("length"))?;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| corrupt("invalid UTF-8"))
+    }
+
+    fn key(&mut self) -> StoreResult<InternKey> {
+        let mut key = [0u8; 8];
+        key.copy_from_slice(self.take(8)?);
+        Ok(key)
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+}
+
+/// The part of a record every click keeps.
+struct Core {
+    at: i64,
+    bot: Option<String>,
+    context: InternKey,
+    ad_click_ids: Vec<(String, String)>,
+}
+
+/// Reads the core, leaving `r` where the personal part starts.
+fn parse_core(r: &mut Reader<'_>) -> StoreResult<Core> {
+    if r.byte()? != VERSION {
+        return Err(corrupt("unknown version"));
+    }
+    let at = i64::try_from(r.varint()?).map_err(|_| corrupt("time"))?;
+    let bot = Some(r.string()?).filter(|b| !b.is_empty());
+    let context = r.key()?;
+    let n = r.varint()?;
+    let mut ad_click_ids = Vec::new();
+    for _ in 0..n {
+        ad_click_ids.push((r.string()?, r.string()?));
+    }
+    Ok(Core { at, bot, context, ad_click_ids })
+}
+
+/// Decodes a record; the context and user agent are then looked up by their keys.
+pub fn parse(bytes: &[u8]) -> StoreResult<ParsedClick> {
+    let mut r = Reader { bytes, pos: 0 };
+    let Core { at, bot, context, ad_click_ids } = parse_core(&mut r)?;
+    let (mut ip, mut user_agent) = (None, None);
+    if !r.at_end() {
+        ip = match r.byte()? {
+            0 => None,
+            4 => {
+                let b: [u8; 4] = r.take(4)?.try_into().map_err(|_| corrupt("IPv4"))?;
+                Some(IpAddr::from(b).to_string())
+            }
+            6 => {
+                let b: [u8; 16] = r.take(16)?.try_into().map_err(|_| corrupt("IPv6"))?;
+                Some(IpAddr::from(b).to_string())
+            }
+            1 => Some(r.string()?),
+            _ => return Err(corrupt("IP tag")),
+        };
+        user_agent = match r.byte()? {
+            0 => None,
+            1 => Some(r.key()?),
+            _ => return Err(corrupt("user-agent tag")),
+        };
+    }
+    if !r.at_end() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(ParsedClick { at, bot, ad_click_ids, ip, context, user_agent })
+}
+
+/// The record without its personal part, or `None` when it has none left to drop.
+pub fn strip_personal(bytes: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+    let mut r = Reader { bytes, pos: 0 };
+    parse_core(&mut r)?;
+    Ok((!r.at_end()).then(|| bytes[..r.pos].to_vec()))
+}
+
+impl ParsedClick {
+    /// The whole click, given the interned values its keys name. A missing user agent
+    /// (interned values outlive their clicks, so only damage loses one) reads as none.
+    pub fn into_click(self, id: String, context: &[u8], user_agent: Option<&[u8]>) -> StoreResult<Click> {
+        let ctx: Context<'_> = postcard::from_bytes(context).map_err(|e| corrupt(&format!("context: {e}")))?;
+        let owned = |pairs: Vec<(&str, &str)>| pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        Ok(Click {
+            id,
+            link: ctx.link.to_owned(),
+            at: self.at,
+            bot: self.bot,
+            ip: self.ip,
+            user_agent: user_agent.map(|ua| String::from_utf8_lossy(ua).into_owned()),
+            referer: ctx.referer.map(str::to_owned),
+            utm: owned(ctx.utm),
+            ad_click_ids: self.ad_click_ids,
+            subids: owned(ctx.subids),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn click() -> Click {
+        Click {
+            id: "0000000000000000000000000000000a".into(),
+            link: "cake/demo".into(),
+            at: 1_795_000_000_123,
+            bot: None,
+            ip: Some("203.0.113.7".into()),
+            user_agent: Some("Mozilla/5.0 (iPhone)".into()),
+            referer: Some("https://m.facebook.com/".into()),
+            utm: vec![("source".into(), "facebook".into()), ("campaign".into(), "bf".into())],
+            ad_click_ids: vec![("fbclid".into(), "IwAR123".into())],
+            subids: vec![("s3".into(), "creative".into())],
+        }
+    }
+
+    fn round_trip(c: &Click) -> Click {
+        let enc = encode(c);
+        let parsed = parse(&enc.record).unwrap();
+        let ctx = enc.interns.iter().find(|(k, _)| *k == parsed.context).unwrap().1.clone();
+        let ua = parsed.user_agent.map(|key| enc.interns.iter().find(|(k, _)| *k == key).unwrap().1.clone());
+        parsed.into_click(c.id.clone(), &ctx, ua.as_deref()).unwrap()
+    }
+
+    #[test]
+    fn a_click_survives_the_round_trip_and_is_small() {
+        let c = click();
+        assert_eq!(round_trip(&c), c);
+        let without_fbclid = Click { ad_click_ids: vec![], ..click() };
+        // version, time, bot, context hash, no ad ids, IPv4, user-agent hash.
+        assert_eq!(encode(&without_fbclid).record.len(), 1 + 6 + 1 + 8 + 1 + 5 + 9);
+    }
+
+    #[test]
+    fn shared_parts_share_keys() {
+        let a = encode(&click());
+        let b = encode(&Click { at: 5, ip: Some("2001:db8::1".into()), ..click() });
+        assert_eq!(a.interns, b.interns);
+        assert_ne!(a.record, b.record);
+    }
+
+    #[test]
+    fn stripping_drops_ip_and_user_agent_only() {
+        let c = Click { bot: Some("crawler:Googlebot".into()), ..click() };
+        let enc = encode(&c);
+        let stripped = strip_personal(&enc.record).unwrap().unwrap();
+        assert!(strip_personal(&stripped).unwrap().is_none());
+        let parsed = parse(&stripped).unwrap();
+        assert!(parsed.user_agent.is_none());
+        let ctx = &enc.interns[0].1;
+        let back = parsed.into_click(c.id.clone(), ctx, None).unwrap();
+        assert_eq!(back, Click { ip: None, user_agent: None, ..c });
+    }
+
+    #[test]
+    fn damage_is_an_error_not_a_panic() {
+        let rec = encode(&click()).record;
+        for cut in 0..rec.len() {
+            let _ = parse(&rec[..cut]);
+        }
+        assert!(parse(&rec[..3]).is_err());
+        assert!(parse(&[2]).is_err());
+        let mut extra = rec.clone();
+        extra.push(0);
+        assert!(parse(&extra).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_click_round_trips(
+            at in 0i64..i64::MAX, ip in proptest::option::of("[0-9a-f:.]{0,40}"),
+            ua in proptest::option::of(".{0,60}"), referer in proptest::option::of(".{0,30}"),
+            bot in proptest::option::of("[a-z:]{1,20}"),
+            pairs in proptest::collection::vec(("[a-z]{1,8}", ".{0,12}"), 0..4),
+        ) {
+            let c = Click {
+                id: "x".into(), link: "cake/a".into(), at, bot, ip, user_agent: ua, referer,
+                utm: pairs.clone(), ad_click_ids: pairs.clone(), subids: pairs,
+            };
+            prop_assert_eq!(round_trip(&c), c);
+        }
+    }
+}
