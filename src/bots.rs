@@ -10,6 +10,8 @@ use std::sync::LazyLock;
 
 use aho_corasick::AhoCorasick;
 
+use crate::memo::Memo;
+
 /// Known crawler and link-preview user-agent fragments, matched case-insensitively.
 const CRAWLERS: &[&str] = &[
     "facebookexternalhit",
@@ -102,6 +104,12 @@ pub struct RequestTraits<'a> {
     pub user_agent: Option<&'a str>,
 }
 
+thread_local! {
+    /// The crawler each user agent seen lately names, if any: the pattern search reads the
+    /// whole user agent, the memo one hash of it.
+    static CRAWLER_OF: Memo<Option<&'static str>> = Memo::default();
+}
+
 /// Classifies a request; `None` is a person.
 pub fn classify(req: RequestTraits<'_>) -> Option<BotReason> {
     if req.is_head {
@@ -114,8 +122,10 @@ pub fn classify(req: RequestTraits<'_>) -> Option<BotReason> {
     if ua.is_empty() {
         return Some(BotReason::EmptyUserAgent);
     }
-    let found = MATCHER.as_ref()?.find(ua)?;
-    Some(BotReason::Crawler(CRAWLERS[found.pattern().as_usize()]))
+    let crawler = CRAWLER_OF.with(|m| {
+        m.get_or(ua.as_bytes(), || MATCHER.as_ref()?.find(ua).map(|found| CRAWLERS[found.pattern().as_usize()]))
+    });
+    crawler.map(BotReason::Crawler)
 }
 
 #[cfg(test)]

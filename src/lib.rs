@@ -12,11 +12,12 @@
 //! - [`links`]: link definitions, compiled for the redirect and cached in process.
 //! - [`networks`]: affiliate networks as data (CAKE built in).
 //! - [`bots`]: bot and prefetch classification.
+//! - [`memo`]: per-thread memo of pure functions the redirect path repeats.
 //! - [`postback`]: reading a postback, deciding the event, recording the conversion.
 //! - [`reports`]: per-link and per-day figures from hourly counters.
 //! - [`money`]: exact decimal money.
 //! - [`model`]: the records the store keeps.
-//! - [`store`]: one trait; the embedded (fjall) and Redis backends.
+//! - [`store`]: one trait; the embedded (fjall) and Redis backends; the compact click record.
 //! - [`telemetry`]: Prometheus metrics and logging.
 //! - [`cli`]: the command-line verbs.
 
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod clickid;
 pub mod config;
 pub mod links;
+pub mod memo;
 pub mod model;
 pub mod money;
 pub mod networks;

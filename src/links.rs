@@ -145,7 +145,8 @@ impl CompiledLink {
 
 /// Every link, by network and slug.
 pub struct LinkCatalog {
-    config: HashMap<String, Arc<CompiledLink>>,
+    /// network → slug → link: looked up by borrowed names, with no key built per request.
+    config: HashMap<String, HashMap<String, Arc<CompiledLink>>>,
     networks: Arc<BTreeMap<String, Network>>,
     store: Arc<dyn Store>,
     api: Cache<String, Option<Arc<CompiledLink>>>,
@@ -161,7 +162,8 @@ impl LinkCatalog {
         for link in config_links {
             let network = networks.get(&link.network).ok_or_else(|| format!("link {}: unknown network", link.key()))?;
             let compiled = CompiledLink::compile(link.clone(), network)?;
-            config.insert(compiled.key.clone(), Arc::new(compiled));
+            let slugs: &mut HashMap<String, Arc<CompiledLink>> = config.entry(link.network.clone()).or_default();
+            slugs.insert(link.slug.clone(), Arc::new(compiled));
         }
         let api = Cache::builder().max_capacity(100_000).time_to_live(LINK_CACHE_TTL).build();
         Ok(LinkCatalog { config, networks, store, api })
@@ -177,19 +179,23 @@ impl LinkCatalog {
 
     /// Whether `network/slug` is defined in the config file (and so read-only).
     pub fn is_config_link(&self, network: &str, slug: &str) -> bool {
-        self.config.contains_key(&link_key(network, slug))
+        self.config_link(network, slug).is_some()
+    }
+
+    fn config_link(&self, network: &str, slug: &str) -> Option<&Arc<CompiledLink>> {
+        self.config.get(network)?.get(slug)
     }
 
     pub fn config_links(&self) -> impl Iterator<Item = &Link> {
-        self.config.values().map(|c| &c.link)
+        self.config.values().flat_map(HashMap::values).map(|c| &c.link)
     }
 
     /// Finds a link: config first, then the API links' cache, then the store.
     pub async fn find(&self, network: &str, slug: &str) -> StoreResult<Option<Arc<CompiledLink>>> {
-        let key = link_key(network, slug);
-        if let Some(link) = self.config.get(&key) {
+        if let Some(link) = self.config_link(network, slug) {
             return Ok(Some(link.clone()));
         }
+        let key = link_key(network, slug);
         if let Some(cached) = self.api.get(&key) {
             return Ok(cached);
         }

@@ -5,11 +5,13 @@
 //! acknowledged by the store before the redirect leaves, so a `302` the visitor received
 //! is a click that survives a crash.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
+use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::{error, method_not_allowed, path_segment, text, Body};
@@ -17,6 +19,11 @@ use crate::app::AppState;
 use crate::bots::{self, RequestTraits};
 use crate::model::{Click, LinkStatus};
 use crate::telemetry;
+
+/// Headers a browser sets on a prefetch, parsed once.
+static PURPOSE_HEADERS: LazyLock<[HeaderName; 3]> = LazyLock::new(|| {
+    [HeaderName::from_static("sec-purpose"), HeaderName::from_static("purpose"), HeaderName::from_static("x-purpose")]
+});
 
 /// Ad-platform click ids kept with the click for the conversion APIs.
 const AD_CLICK_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid", "msclkid"];
@@ -66,11 +73,12 @@ pub async fn redirect(
 
     // 2. Person, bot or prefetch.
     let headers = req.headers();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let user_agent = header(USER_AGENT.as_str());
+    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let user_agent = header(&USER_AGENT);
+    let [sec_purpose, purpose, x_purpose] = &*PURPOSE_HEADERS;
     let bot = bots::classify(RequestTraits {
         is_head,
-        purpose: header("sec-purpose").or_else(|| header("purpose")).or_else(|| header("x-purpose")),
+        purpose: header(sec_purpose).or_else(|| header(purpose)).or_else(|| header(x_purpose)),
         user_agent,
     });
 
@@ -82,23 +90,27 @@ pub async fn redirect(
     let mut utm = Vec::new();
     let mut ad_click_ids = Vec::new();
     let mut subids: Vec<(String, String)> = Vec::new();
-    for (name, value) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
-        if value.is_empty() {
+    // Only the parameters kept are decoded; the rest (most of a long query) are skipped.
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        if raw_value.is_empty() {
             continue;
         }
+        let name = form_decode(raw_name);
         if let Some(key) = name.strip_prefix("utm_") {
             if !utm.iter().any(|(k, _): &(String, String)| k == key) {
-                utm.push((key.to_owned(), value.into_owned()));
+                utm.push((key.to_owned(), form_decode(raw_value).into_owned()));
             }
         } else if let Some(id) = AD_CLICK_IDS.iter().find(|id| name.eq_ignore_ascii_case(id)) {
             if !ad_click_ids.iter().any(|(k, _): &(String, String)| k == id) {
-                ad_click_ids.push(((*id).to_owned(), value.into_owned()));
+                ad_click_ids.push(((*id).to_owned(), form_decode(raw_value).into_owned()));
             }
         } else if let Some(p) = network.passthrough.iter().find(|p| name.eq_ignore_ascii_case(p)) {
             // The affiliate's own value in the offer URL wins; the first visitor value wins.
             if link.offer_sets(p) || subids.iter().any(|(k, _)| k == p) {
                 continue;
             }
+            let value = form_decode(raw_value);
             if value.chars().count() > network.max_subid_len(p) {
                 metrics::counter!(telemetry::SUBIDS_DROPPED).increment(1);
                 continue;
@@ -117,7 +129,7 @@ pub async fn redirect(
         bot: bot.map(|b| b.to_string()),
         ip: Some(peer.ip().to_string()),
         user_agent: user_agent.map(|u| clip(u).to_owned()),
-        referer: header(REFERER.as_str()).map(|r| clip(r).to_owned()),
+        referer: header(&REFERER).map(|r| clip(r).to_owned()),
         utm,
         ad_click_ids,
         subids,
@@ -140,6 +152,16 @@ pub async fn redirect(
     if bot.is_some() { &hot.redirects_bot } else { &hot.redirects_click }.increment(1);
     hot.redirect_seconds.record(started.elapsed().as_secs_f64());
     res
+}
+
+/// One `application/x-www-form-urlencoded` name or value, decoded (`+` is a space, bad
+/// UTF-8 is replaced), borrowed when there is nothing to decode.
+fn form_decode(raw: &str) -> Cow<'_, str> {
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let spaced = raw.replace('+', " ");
+    Cow::Owned(percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned())
 }
 
 /// At most [`MAX_KEPT_HEADER`] bytes of `value`, cut at a character boundary.

@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{StoreError, StoreResult};
+use crate::memo::Memo;
 use crate::model::Click;
 
 const VERSION: u8 = 1;
@@ -44,6 +45,13 @@ struct Context<'a> {
     referer: Option<&'a str>,
     utm: Vec<(&'a str, &'a str)>,
     subids: Vec<(&'a str, &'a str)>,
+}
+
+thread_local! {
+    /// Keys of the contexts and user agents this thread encoded lately: the same ones come
+    /// back request after request, and a map lookup costs a tenth of hashing them.
+    static CONTEXT_KEYS: Memo<InternKey> = Memo::default();
+    static USER_AGENT_KEYS: Memo<InternKey> = Memo::default();
 }
 
 fn intern_key(kind: u8, value: &[u8]) -> InternKey {
@@ -78,7 +86,7 @@ pub fn encode(click: &Click) -> EncodedClick {
     };
     // Serializing borrowed strings into a Vec cannot fail.
     let context = postcard::to_stdvec(&context).unwrap_or_default();
-    let context_key = intern_key(b'c', &context);
+    let context_key = CONTEXT_KEYS.with(|m| m.get_or(&context, || intern_key(b'c', &context)));
     let mut interns = Vec::with_capacity(2);
     interns.push((context_key, context));
 
@@ -92,8 +100,10 @@ pub fn encode(click: &Click) -> EncodedClick {
         put_str(&mut out, name);
         put_str(&mut out, value);
     }
-    // Raw bytes only for an address in canonical form, so it reads back as written.
-    let ip = click.ip.as_deref().map(|ip| (ip, ip.parse::<IpAddr>().ok().filter(|a| a.to_string() == ip)));
+    // Raw bytes only for an address in canonical form, so it reads back as written (an
+    // IPv4 address that parses is canonical: the parser takes no other form).
+    let canonical = |ip: &str, a: &IpAddr| a.is_ipv4() || a.to_string() == ip;
+    let ip = click.ip.as_deref().map(|ip| (ip, ip.parse::<IpAddr>().ok().filter(|a| canonical(ip, a))));
     match ip {
         None => out.push(0),
         Some((_, Some(IpAddr::V4(v4)))) => {
@@ -112,7 +122,7 @@ pub fn encode(click: &Click) -> EncodedClick {
     match &click.user_agent {
         None => out.push(0),
         Some(ua) => {
-            let key = intern_key(b'u', ua.as_bytes());
+            let key = USER_AGENT_KEYS.with(|m| m.get_or(ua.as_bytes(), || intern_key(b'u', ua.as_bytes())));
             out.push(1);
             out.extend_from_slice(&key);
             interns.push((key, ua.as_bytes().to_vec()));
@@ -295,9 +305,24 @@ mod tests {
     fn a_click_survives_the_round_trip_and_is_small() {
         let c = click();
         assert_eq!(round_trip(&c), c);
+        for ip in ["001.2.3.4", "1.2.3.04", "0::1", "::ffff:1.2.3.4", "2001:db8::1", "not an address"] {
+            let odd = Click { ip: Some(ip.into()), ..click() };
+            assert_eq!(round_trip(&odd), odd, "{ip}");
+        }
         let without_fbclid = Click { ad_click_ids: vec![], ..click() };
         // version, time, bot, context hash, no ad ids, IPv4, user-agent hash.
         assert_eq!(encode(&without_fbclid).record.len(), 1 + 6 + 1 + 8 + 1 + 5 + 9);
+    }
+
+    #[test]
+    fn remembered_keys_are_the_hashes() {
+        for ua in ["a", "Mozilla/5.0", "a"] {
+            assert_eq!(
+                USER_AGENT_KEYS.with(|m| m.get_or(ua.as_bytes(), || intern_key(b'u', ua.as_bytes()))),
+                intern_key(b'u', ua.as_bytes())
+            );
+        }
+        assert_ne!(intern_key(b'u', b"x"), intern_key(b'c', b"x"), "kinds never share a key");
     }
 
     #[test]

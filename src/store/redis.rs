@@ -97,21 +97,34 @@ const EVENT_LOG_KEY: &str = "cl:{ev}:log";
 const EVENT_SEQ_KEY: &str = "cl:{ev}:seq";
 const LINKS_KEY: &str = "cl:links";
 
-/// Stores a batch of one shard's clicks, each unless present, and counts the new ones.
-/// KEYS[1]: the counter day index; the other keys (hour buckets, counter hashes, interned
-/// values) are named by their index from ARGV.
+/// Stores a batch of clicks, each unless present, and counts the new ones. Every key
+/// (hour buckets, counter hashes, day indexes, interned values) is in KEYS and named by
+/// its index from ARGV; on a cluster a batch holds one shard's clicks, so one slot's keys.
 /// ARGV: click count, then per click: bucket index, click id, record, counters index,
 /// counter field; interned count, then per value: key index, value, ttl seconds; expiry
-/// count, then per bucket: key index, unix time; then the days to index.
+/// count, then per bucket: key index, unix time; then (day index key, day) pairs.
+/// Counter increments are summed first: one HINCRBY per field, not per click.
 const RECORD_CLICKS: &str = r"
 local a = 2
 local new = 0
+local sums = {}
+local order = {}
 for i = 1, tonumber(ARGV[1]) do
   if redis.call('HSETNX', KEYS[tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2]) == 1 then
-    redis.call('HINCRBY', KEYS[tonumber(ARGV[a + 3])], ARGV[a + 4], 1)
+    local slot = ARGV[a + 3] .. '|' .. ARGV[a + 4]
+    if sums[slot] then
+      sums[slot][3] = sums[slot][3] + 1
+    else
+      sums[slot] = {tonumber(ARGV[a + 3]), ARGV[a + 4], 1}
+      order[#order + 1] = slot
+    end
     new = new + 1
   end
   a = a + 5
+end
+for _, slot in ipairs(order) do
+  local s = sums[slot]
+  redis.call('HINCRBY', KEYS[s[1]], s[2], s[3])
 end
 local n = tonumber(ARGV[a])
 a = a + 1
@@ -125,8 +138,8 @@ for i = 1, n do
   redis.call('EXPIREAT', KEYS[tonumber(ARGV[a])], ARGV[a + 1])
   a = a + 2
 end
-for i = a, #ARGV do
-  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i])
+for i = a, #ARGV, 2 do
+  redis.call('ZADD', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 1])
 end
 return new
 ";
@@ -252,6 +265,8 @@ impl KeyList {
 #[derive(Clone)]
 struct Batcher {
     con: Conn,
+    /// A cluster takes one shard's clicks per script call.
+    cluster: bool,
     script: Script,
     click_ttl: Duration,
     /// Interned values known to be in Redis, per shard.
@@ -277,61 +292,67 @@ impl Batcher {
         }
     }
 
-    /// One script call per shard, all in flight together; each click's request learns
-    /// how its shard's call went.
+    /// One script call for the whole batch on a single Redis; on a cluster one per shard
+    /// (a script may only touch one slot), all in flight together. Each click's request
+    /// learns how its call went.
     async fn send(&self, batch: Vec<PendingClick>) {
+        if !self.cluster {
+            return self.send_call(batch).await;
+        }
         let mut by_shard: BTreeMap<u8, Vec<PendingClick>> = BTreeMap::new();
         for click in batch {
             by_shard.entry(click.shard).or_default().push(click);
         }
         let mut calls = JoinSet::new();
-        for (shard, clicks) in by_shard {
+        for (_, clicks) in by_shard {
             let me = self.clone();
-            calls.spawn(async move { me.send_shard(shard, clicks).await });
+            calls.spawn(async move { me.send_call(clicks).await });
         }
         while calls.join_next().await.is_some() {}
     }
 
-    async fn send_shard(&self, shard: u8, clicks: Vec<PendingClick>) {
+    async fn send_call(&self, clicks: Vec<PendingClick>) {
         let mut keys = KeyList::default();
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(clicks.len() * 5 + 8);
         let num = |n: u64| n.to_string().into_bytes();
-        keys.index(counter_days_key(shard).into_bytes());
-        let mut days = Vec::new();
-        let mut buckets = Vec::new();
-        let mut interns: Vec<(InternKey, &[u8])> = Vec::new();
+        let mut days: Vec<(u8, u32)> = Vec::new();
+        let mut buckets: Vec<(u8, UnixHour)> = Vec::new();
+        let mut interns: Vec<(u8, InternKey, &[u8])> = Vec::new();
         args.push(num(clicks.len() as u64));
         for c in &clicks {
+            let shard = c.shard;
             args.push(num(keys.index(click_bucket_key(shard, c.bucket_hour).into_bytes())));
             args.push(c.id.clone().into_bytes());
             args.push(c.encoded.record.clone());
             args.push(num(keys.index(counters_key(shard, c.counter_day).into_bytes())));
             args.push(c.counter_field.clone().into_bytes());
-            if !days.contains(&c.counter_day) {
-                days.push(c.counter_day);
+            if !days.contains(&(shard, c.counter_day)) {
+                days.push((shard, c.counter_day));
             }
-            if !buckets.contains(&c.bucket_hour) {
-                buckets.push(c.bucket_hour);
+            if !buckets.contains(&(shard, c.bucket_hour)) {
+                buckets.push((shard, c.bucket_hour));
             }
             for (key, value) in &c.encoded.interns {
-                if !self.interns.contains_key(&(shard, *key)) && !interns.iter().any(|(k, _)| k == key) {
-                    interns.push((*key, value));
+                let new_here = !interns.iter().any(|(n, k, _)| *n == shard && k == key);
+                if new_here && !self.interns.contains_key(&(shard, *key)) {
+                    interns.push((shard, *key, value));
                 }
             }
         }
         let intern_ttl = (self.click_ttl + INTERN_SPARE).as_secs();
         args.push(num(interns.len() as u64));
-        for (key, value) in &interns {
-            args.push(num(keys.index(intern_key(shard, key))));
+        for (shard, key, value) in &interns {
+            args.push(num(keys.index(intern_key(*shard, key))));
             args.push(value.to_vec());
             args.push(num(intern_ttl));
         }
         args.push(num(buckets.len() as u64));
-        for hour in &buckets {
-            args.push(num(keys.index(click_bucket_key(shard, *hour).into_bytes())));
+        for (shard, hour) in &buckets {
+            args.push(num(keys.index(click_bucket_key(*shard, *hour).into_bytes())));
             args.push(num((u64::from(*hour) + 1) * 3600 + self.click_ttl.as_secs()));
         }
-        for day in &days {
+        for (shard, day) in &days {
+            args.push(num(keys.index(counter_days_key(*shard).into_bytes())));
             args.push(num(u64::from(*day)));
         }
         let mut invocation = self.script.prepare_invoke();
@@ -344,8 +365,8 @@ impl Batcher {
         let outcome: Result<i64, RedisError> = invocation.invoke_async(&mut self.con.clone()).await;
         let failure = outcome.err().map(|e| e.to_string());
         if failure.is_none() {
-            for (key, _) in &interns {
-                self.interns.insert((shard, *key), ());
+            for (shard, key, _) in &interns {
+                self.interns.insert((*shard, *key), ());
             }
         }
         for c in clicks {
@@ -509,6 +530,7 @@ impl RedisStore {
     async fn with(con: Conn, limits: StoreLimits, shown: &str) -> anyhow::Result<RedisStore> {
         let (clicks, rx) = mpsc::channel(CLICK_QUEUE);
         let batcher = Batcher {
+            cluster: matches!(con, Conn::Cluster(_)),
             con: con.clone(),
             script: Script::new(RECORD_CLICKS),
             click_ttl: limits.click_ttl.max(Duration::from_secs(1)),
