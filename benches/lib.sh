@@ -1,0 +1,135 @@
+# Shared by the benchmark scripts: tools, the release build, servers on free ports,
+# pinning, and cleanup. Source it from a script that has cd'ed to the project root.
+#
+# Pinning: the server under test on core 0 (SERVER_CPU); the load generator and
+# redis-server on core 1 (LOAD_CPU).
+
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+OFFER="https://offers.example.com/?a=200&c=761&s1=yes"
+POSTBACK_KEY="bench-postback-key-0123456789"
+BIN=target/release/cakelink
+
+# Installs the Debian packages providing the given commands, when missing.
+need_tools() {
+  local missing=()
+  for tool in "$@"; do
+    case $tool in
+      nginx) command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light) ;;
+      redis-server) command -v redis-server >/dev/null 2>&1 || missing+=(redis-server) ;;
+      *) command -v "$tool" >/dev/null 2>&1 || missing+=("$tool") ;;
+    esac
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+build_release() {
+  cargo build --release --quiet
+}
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_up() {
+  for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0; sleep 0.1; done
+  echo "server on port $1 did not start" >&2
+  exit 1
+}
+
+# start_redis PORT [redis-server options...]
+start_redis() {
+  local port=$1; shift
+  mkdir -p "$WORK/redis-$port"
+  taskset -c "$LOAD_CPU" redis-server --port "$port" --dir "$WORK/redis-$port" --save '' "$@" >/dev/null &
+  PIDS+=($!)
+  for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "redis-server did not start" >&2
+  exit 1
+}
+
+# The [store] section for a target: embedded, redis or redis-aof (starting Redis).
+store_toml() {
+  local rp
+  case $1 in
+    embedded) printf 'backend = "embedded"\npath = "%s"\n' "$WORK/embedded-$2" ;;
+    redis) rp=$(free_port); start_redis "$rp" --appendonly no; printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;
+    redis-aof) rp=$(free_port); start_redis "$rp" --appendonly yes --appendfsync everysec
+      printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;
+    *) echo "unknown store $1" >&2; exit 2 ;;
+  esac
+}
+
+# start_cakelink PORT STORE_TOML [wrapper command...]: cakelink on core 0; the PID of
+# the server (or of its wrapper) is in CAKELINK_PID.
+start_cakelink() {
+  local port=$1 store=$2; shift 2
+  cat > "$WORK/cakelink-$port.toml" <<CONF
+[server]
+listen = "127.0.0.1:$port"
+[store]
+$store
+[security]
+secret = "bench-secret-0123456789abcdef"
+admin_token = "bench-admin-token-0123456789"
+postback_key = "$POSTBACK_KEY"
+[[links]]
+slug = "demo"
+offer = "$OFFER"
+CONF
+  RUST_LOG=warn taskset -c "$SERVER_CPU" "$@" "$BIN" serve --config "$WORK/cakelink-$port.toml" \
+    2>"$WORK/cakelink-$port.log" &
+  CAKELINK_PID=$!
+  PIDS+=($CAKELINK_PID)
+  wait_up "$port" /healthz
+}
+
+# wrk_result PORT SECONDS CONNS SCRIPT ARGS...: one measured wrk run on core 1, after a
+# 2 s warm-up; prints the script's RESULT line.
+wrk_result() {
+  local port=$1 secs=$2 conns=$3 script=$4; shift 4
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d2s -s "$script" "http://127.0.0.1:$port" -- "$@" >/dev/null
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${secs}s" -s "$script" "http://127.0.0.1:$port" -- "$@" | grep '^RESULT'
+}
+
+# Medians of RESULT lines, "RUN CONNS TARGET RESULT k=v..." one a line in $1, as a table
+# with ratios to the target named in $2 (if present).
+median_table() {
+  python3 - "$1" "$2" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+runs = set()
+for line in open(sys.argv[1]):
+    parts = line.split()
+    runs.add(parts[0])
+    conns, target = int(parts[1]), parts[2]
+    kv = dict(p.split("=") for p in parts[4:])
+    rows[(conns, target)].append({k: float(v) for k, v in kv.items()})
+anchor = sys.argv[2]
+def med(lst, k): return statistics.median(x[k] for x in lst)
+print(f"medians of {len(runs)} run(s); latency in ms")
+print(f"| conns | target | req/s | p50 | p99 | p99.9 | errors | req/s vs {anchor} | p99 vs {anchor} |")
+print("|---|---|---|---|---|---|---|---|---|")
+for conns in sorted({c for c, _ in rows}):
+    base = rows.get((conns, anchor))
+    for (c, t), lst in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] != anchor, kv[0][1])):
+        if c != conns: continue
+        rps, p50, p99, p999 = med(lst, "rps"), med(lst, "p50")/1000, med(lst, "p99")/1000, med(lst, "p999")/1000
+        err = int(sum(x["errors"] for x in lst))
+        r = f"{rps/med(base,'rps'):.2f}x" if base else "-"
+        q = f"{p99/(med(base,'p99')/1000):.2f}x" if base else "-"
+        print(f"| {c} | {t} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {err} | {r} | {q} |")
+PY
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Postback throughput: cakelink on the embedded store resolves CAKE postbacks, each for a
+# real click and with a transaction id of its own, so every one records a new conversion
+# (click lookup, conversion write, counters, event log). Prints one table of medians.
+#
+#   benches/postback.sh [--runs N] [--duration SECS] [--conns "64"] [--clicks N] [--targets "embedded redis"]
+#
+# Pinning as in benches/load.sh: cakelink on core 0, wrk, the click collector and
+# redis-server on core 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+
+RUNS=3
+DURATION=10
+CONNS="64"
+CLICKS=20000
+TARGETS="embedded"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --conns) CONNS=$2; shift 2 ;;
+    --clicks) CLICKS=$2; shift 2 ;;
+    --targets) TARGETS=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+need_tools wrk redis-server curl
+build_release
+
+# Clicks through /go, keeping the click id each redirect hands out.
+collect_ids() {
+  taskset -c "$LOAD_CPU" python3 - "$1" "$CLICKS" "$2" <<'PY'
+import http.client, sys, urllib.parse
+port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+con = http.client.HTTPConnection("127.0.0.1", port)
+ua = {"User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"}
+with open(out, "w") as f:
+    for i in range(n):
+        con.request("GET", f"/go/cake/demo?utm_source=facebook&fbclid=IwAR{i}", headers=ua)
+        res = con.getresponse()
+        res.read()
+        query = urllib.parse.urlparse(res.getheader("Location")).query
+        f.write(urllib.parse.parse_qs(query)["s2"][0] + "\n")
+PY
+}
+
+RESULTS="$WORK/results"
+: > "$RESULTS"
+declare -A PORT
+for t in $TARGETS; do
+  p=$(free_port)
+  PORT[$t]=$p
+  start_cakelink "$p" "$(store_toml "$t" "$p")"
+  collect_ids "$p" "$WORK/ids-$t"
+done
+for run in $(seq 1 "$RUNS"); do
+  for c in $CONNS; do
+    for t in $TARGETS; do
+      line=$(wrk_result "${PORT[$t]}" "$DURATION" "$c" benches/wrk-postbacks.lua "/collect/cake/$POSTBACK_KEY" "$WORK/ids-$t")
+      echo "$run $c $t $line" >> "$RESULTS"
+      echo "run $run  conns $c  $t: ${line#RESULT }" >&2
+    done
+  done
+done
+median_table "$RESULTS" none
