@@ -66,7 +66,7 @@ pub async fn postback(state: &AppState, req: Request<Incoming>, network: &str, k
             return respond(&answer);
         }
     };
-    let ctx = Context { store: &state.store, links: &state.links, keyring: &state.keyring };
+    let ctx = Context { store: &state.store, links: &state.links, keyring: &state.keyring, spool: Some(&state.spool) };
     let answer = postback::process(&ctx, network, &fields, now).await;
     log(state, &answer, &network.name, &fields, now).await;
     respond(&answer)
