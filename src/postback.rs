@@ -264,13 +264,7 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
         tracing::warn!(error = %e, "store failed while resolving a postback; queueing it");
     }
     match spool.queue_postback(fields.to_queued(&network.name, now)).await {
-        Ok(()) => Answer {
-            status: Status::Queued,
-            http: 202,
-            reason: "store_unavailable: kept, and resolved when the store is back".into(),
-            conversion_id: None,
-            ..base
-        },
+        Ok(()) => queued(base),
         Err(e) => {
             tracing::error!(error = %e, "postback could not be queued");
             Answer { status: Status::Rejected, http: 503, reason: "store_unavailable: retry later".into(), ..base }
@@ -278,14 +272,33 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
     }
 }
 
+/// The answer to a postback kept in the outage spool.
+fn queued(base: Answer) -> Answer {
+    Answer {
+        status: Status::Queued,
+        http: 202,
+        reason: "store_unavailable: kept, and resolved when the store is back".into(),
+        conversion_id: None,
+        ..base
+    }
+}
+
 /// Resolves a postback that waited in the outage spool, as if it arrived at its
-/// `received_at` (the conversion's time), and logs its event. A store error leaves it
+/// `received_at` (the conversion's time). Its event-log entries are written now, in
+/// order: `queued` as it was answered, then what it came to. A store error leaves it
 /// queued.
-pub async fn resolve_queued(ctx: &Context<'_>, network: &Network, queued: &QueuedPostback) -> StoreResult<Answer> {
-    let fields = Fields::from_queued(queued);
-    let now = queued.received_at;
+pub async fn resolve_queued(
+    ctx: &Context<'_>,
+    network: &Network,
+    queued_postback: &QueuedPostback,
+) -> StoreResult<Answer> {
+    let fields = Fields::from_queued(queued_postback);
+    let now = queued_postback.received_at;
     let answer = match check(ctx, network, &fields, now) {
-        Ok((value, base)) => record(ctx, network, &fields, value, &base, now).await?,
+        Ok((value, base)) => {
+            ctx.store.log_event(&queued(base.clone()).to_event(&network.name, &fields, now)).await?;
+            record(ctx, network, &fields, value, &base, now).await?
+        }
         Err(answer) => answer,
     };
     ctx.store.log_event(&answer.to_event(&network.name, &fields, now)).await?;
