@@ -103,9 +103,8 @@ impl Application {
             Err(_) => {
                 // Out of time: the spool's records are already in the operating system's
                 // buffers; one fsync makes them durable too.
-                self.state.spool.sync().context("syncing the outage spool at the shutdown deadline")?;
                 tracing::warn!("shutdown deadline reached before the store was flushed");
-                Ok(())
+                self.state.spool.sync_and_report().context("syncing the outage spool at the shutdown deadline")
             }
         }
     }

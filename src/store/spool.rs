@@ -298,7 +298,13 @@ impl SpooledStore {
                 tracing::warn!(error = %e, "outage spool not fully replayed at shutdown; it is kept for the next start");
             }
         }
-        self.sync().map_err(io_error)?;
+        self.sync_and_report().map_err(io_error)
+    }
+
+    /// Fsyncs the spool and logs what it keeps for the next start: the last step of a
+    /// shutdown, also when the deadline leaves no time for a replay.
+    pub fn sync_and_report(&self) -> std::io::Result<()> {
+        self.sync()?;
         let status = self.status();
         if status.records > 0 {
             tracing::warn!(

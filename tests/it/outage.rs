@@ -136,7 +136,7 @@ async fn readyz(app: &TestApp) -> (StatusCode, Value) {
 }
 
 /// Waits (bounded) until the spool is replayed and empty, and the store answers.
-async fn wait_drained(app: &TestApp) -> Value {
+pub async fn wait_drained(app: &TestApp) -> Value {
     let deadline = Instant::now() + DRAIN_BOUND;
     loop {
         let (status, body) = readyz(app).await;
