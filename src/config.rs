@@ -52,7 +52,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// How long shutdown waits for in-flight requests.
+    /// How long a shutdown may take in all: finishing in-flight requests, then replaying
+    /// or syncing the outage spool and flushing the store.
     pub shutdown_timeout: Duration,
 }
 
