@@ -46,7 +46,12 @@ pub async fn readyz(state: &AppState, req: &Request<Incoming>) -> Response<Body>
 }
 
 async fn store_up(state: &AppState) -> bool {
-    let up = matches!(tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await, Ok(Ok(())));
+    // While spooling, the spool's probe knows whether the store is back: a store that is
+    // down must not make a load balancer or Prometheus wait for a ping to time out.
+    let up = match state.spool.probed_store_up() {
+        Some(up) => up,
+        None => matches!(tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await, Ok(Ok(()))),
+    };
     metrics::gauge!(telemetry::STORE_UP, "backend" => state.store.backend()).set(if up { 1.0 } else { 0.0 });
     up
 }

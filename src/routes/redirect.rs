@@ -122,7 +122,7 @@ pub async fn redirect(
         ad_click_ids,
         subids,
     };
-    match state.store.record_click(&click).await {
+    match state.spool.record_or_spool_click(&click).await {
         Ok(()) if click.is_bot() => metrics::counter!(telemetry::BOT_HITS).increment(1),
         Ok(()) => metrics::counter!(telemetry::CLICKS).increment(1),
         Err(e) => {

@@ -135,6 +135,8 @@ pub struct SpooledStore {
     /// One replay at a time (the background task, or the final one at shutdown).
     replaying: tokio::sync::Mutex<()>,
     full: AtomicBool,
+    /// Whether the inner store answered the probe's last ping (while spooling).
+    probe_up: AtomicBool,
     replayed: AtomicU64,
     max_bytes: u64,
     stop: Arc<AtomicBool>,
@@ -203,6 +205,7 @@ impl SpooledStore {
             drained: Notify::new(),
             replaying: tokio::sync::Mutex::new(()),
             full: AtomicBool::new(false),
+            probe_up: AtomicBool::new(false),
             replayed: AtomicU64::new(0),
             max_bytes: config.max_bytes,
             stop: stop.clone(),
@@ -233,6 +236,9 @@ impl SpooledStore {
         let weak = Arc::downgrade(self);
         let stop_probe = self.stop_probe.clone();
         tokio::spawn(async move {
+            // Failed replays in a row: a store that answers pings but refuses writes (a
+            // full disk) would otherwise log four warnings a second.
+            let mut failures = 0u32;
             loop {
                 let Some(store) = weak.upgrade() else { return };
                 if store.stop.load(Ordering::Relaxed) {
@@ -240,9 +246,17 @@ impl SpooledStore {
                 }
                 if store.mode.load(Ordering::Acquire) != DIRECT {
                     let up = tokio::time::timeout(PROBE_EVERY * 8, store.inner.ping()).await;
-                    if matches!(up, Ok(Ok(()))) {
-                        if let Err(e) = store.replay(resolver.as_ref()).await {
-                            tracing::warn!(error = %e, "replay of the outage spool stopped; retrying");
+                    let up = matches!(up, Ok(Ok(())));
+                    store.probe_up.store(up, Ordering::Relaxed);
+                    if up {
+                        match store.replay(resolver.as_ref()).await {
+                            Ok(_) => failures = 0,
+                            Err(e) => {
+                                if failures % 40 == 0 {
+                                    tracing::warn!(error = %e, failures, "replay of the outage spool stopped; retrying");
+                                }
+                                failures = failures.wrapping_add(1);
+                            }
                         }
                     }
                 }
@@ -269,9 +283,31 @@ impl SpooledStore {
         }
     }
 
+    /// While spooling, whether the store answered the last probe (every 250 ms), so that
+    /// `/readyz` need not wait on a store that is down; `None` in direct mode.
+    pub fn probed_store_up(&self) -> Option<bool> {
+        self.is_spooling().then(|| self.probe_up.load(Ordering::Relaxed))
+    }
+
     /// Whether writes currently go to the spool; postbacks are then queued.
     pub fn is_spooling(&self) -> bool {
         self.mode.load(Ordering::Acquire) != DIRECT
+    }
+
+    /// Records a click, or keeps it in the spool when the store refuses it: what the
+    /// redirect calls. Being an inherent `async fn`, it is awaited in place, so in direct
+    /// mode it adds one atomic load to the store's own call and no allocation (going
+    /// through the `Store` trait would box one more future per click).
+    pub async fn record_or_spool_click(&self, click: &Click) -> StoreResult<()> {
+        let tried = self.mode.load(Ordering::Acquire) == DIRECT;
+        if tried {
+            match self.inner.record_click(click).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!(error = %e, "the store refused a click; spooling it"),
+            }
+        }
+        // Boxed, so that the rare path does not grow every redirect's future.
+        Box::pin(self.write(Entry::Click(click.clone()), tried)).await
     }
 
     /// Keeps a postback that could not be resolved for lack of a store.
@@ -383,6 +419,7 @@ impl SpooledStore {
                     f.records += 1;
                     f.dirty = true;
                     if mode == DIRECT {
+                        self.probe_up.store(false, Ordering::Relaxed);
                         self.mode.store(SPOOLING, Ordering::Release);
                         tracing::warn!(
                             "the store refused a write; keeping writes in the outage spool until it is back"
@@ -559,14 +596,7 @@ fn scan(path: &Path, file: &File) -> anyhow::Result<(u64, u64, HashMap<String, u
 #[async_trait]
 impl Store for SpooledStore {
     async fn record_click(&self, click: &Click) -> StoreResult<()> {
-        if self.mode.load(Ordering::Acquire) == DIRECT {
-            match self.inner.record_click(click).await {
-                Ok(()) => return Ok(()),
-                Err(e) => tracing::debug!(error = %e, "the store refused a click; spooling it"),
-            }
-            return self.write(Entry::Click(click.clone()), true).await;
-        }
-        self.write(Entry::Click(click.clone()), false).await
+        self.record_or_spool_click(click).await
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
