@@ -319,7 +319,11 @@ impl SpooledStore {
     pub fn sync(&self) -> std::io::Result<()> {
         let dirty = std::mem::replace(&mut self.lock().dirty, false);
         if dirty {
-            self.reader.sync_data()?;
+            if let Err(e) = self.reader.sync_data() {
+                // Try again next time.
+                self.lock().dirty = true;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -447,6 +451,9 @@ impl SpooledStore {
     /// Replays the spool into the inner store, in order, and empties it.
     async fn replay(&self, resolver: &dyn Resolve) -> StoreResult<u64> {
         let _one = self.replaying.lock().await;
+        // However the replay ends (an error, or its future dropped at a shutdown
+        // deadline), writers waiting for a drain must not wait forever.
+        let _undrain = Undrain(self);
         let mut offset = 0u64;
         let mut done = 0u64;
         loop {
@@ -465,13 +472,13 @@ impl SpooledStore {
             if entries.is_empty() {
                 if end > offset {
                     let e = StoreError::Corrupt(format!("outage spool record at byte {offset} does not verify"));
-                    return Err(self.abandon(e));
+                    return Err(e);
                 }
                 let mut f = self.lock();
                 if f.len != offset {
                     continue;
                 }
-                f.file.set_len(0).map_err(|e| self.abandon(io_error(e)))?;
+                f.file.set_len(0).map_err(io_error)?;
                 f.len = 0;
                 f.records = 0;
                 f.clicks = HashMap::new();
@@ -487,7 +494,7 @@ impl SpooledStore {
                 return Ok(done);
             }
             let n = entries.len() as u64;
-            self.apply(entries, resolver).await.map_err(|e| self.abandon(e))?;
+            self.apply(entries, resolver).await?;
             done += n;
             self.replayed.fetch_add(n, Ordering::Relaxed);
             metrics::counter!(telemetry::SPOOL_REPLAYED).increment(n);
@@ -499,17 +506,6 @@ impl SpooledStore {
                 self.mode.store(DRAINING, Ordering::Release);
             }
         }
-    }
-
-    /// A replay stopped: writers that wait for the drain go back to the spool.
-    fn abandon(&self, e: StoreError) -> StoreError {
-        let _f = self.lock();
-        if self.mode.load(Ordering::Acquire) == DRAINING {
-            self.mode.store(SPOOLING, Ordering::Release);
-        }
-        drop(_f);
-        self.drained.notify_waiters();
-        e
     }
 
     /// Writes replayed records to the inner store: runs of clicks concurrently (no click
@@ -538,6 +534,22 @@ impl SpooledStore {
             }
         }
         join_all(&mut clicks).await
+    }
+}
+
+/// Ends a replay: if it stopped while draining, writers that wait for the drain go back
+/// to the spool.
+struct Undrain<'a>(&'a SpooledStore);
+
+impl Drop for Undrain<'_> {
+    fn drop(&mut self) {
+        let store = self.0;
+        let guard = store.lock();
+        if store.mode.load(Ordering::Acquire) == DRAINING {
+            store.mode.store(SPOOLING, Ordering::Release);
+        }
+        drop(guard);
+        store.drained.notify_waiters();
     }
 }
 
