@@ -13,7 +13,7 @@ use crate::model::{Conversion, Event, QueuedPostback, Recorded, UnixMillis};
 use crate::money::Money;
 use crate::networks::{is_absent, Network};
 use crate::store::spool::SpooledStore;
-use crate::store::{Store, StoreResult};
+use crate::store::{Store, StoreError, StoreResult};
 
 /// Field names whose values are credentials and never reach the event log.
 const REDACTED: &[&str] = &["key", "postback_key", "token", "access_token", "api_key", "password", "secret"];
@@ -256,7 +256,9 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
             Err(e) => Some(e),
         }
     };
-    let Some(spool) = ctx.spool else {
+    // Only an unreachable store is worth waiting for; a corrupt record stays corrupt.
+    let outage = !matches!(failure, Some(StoreError::Corrupt(_)));
+    let (Some(spool), true) = (ctx.spool, outage) else {
         tracing::error!(error = ?failure, "store failed while resolving a postback");
         return Answer { status: Status::Rejected, http: 503, reason: "store_unavailable".into(), ..base };
     };
@@ -296,8 +298,24 @@ pub async fn resolve_queued(
     let now = queued_postback.received_at;
     let answer = match check(ctx, network, &fields, now) {
         Ok((value, base)) => {
-            ctx.store.log_event(&queued(base.clone()).to_event(&network.name, &fields, now)).await?;
-            record(ctx, network, &fields, value, &base, now).await?
+            let answer = match record(ctx, network, &fields, value, &base, now).await {
+                Ok(answer) => answer,
+                // Retrying cannot mend a corrupt record, and would hold up the replay.
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::error!(error = %e, "stored record is corrupt; the queued postback is rejected");
+                    Answer {
+                        status: Status::Rejected,
+                        http: 500,
+                        reason: "stored_record_corrupt".into(),
+                        ..base.clone()
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            // Written after the outcome is known, so that a store failing again in
+            // between does not log the `queued` entry twice.
+            ctx.store.log_event(&queued(base).to_event(&network.name, &fields, now)).await?;
+            answer
         }
         Err(answer) => answer,
     };
