@@ -249,6 +249,12 @@ async fn postbacks_are_checked_without_the_store_and_a_full_spool_refuses_them()
     assert_eq!((status, body["status"].as_str()), (StatusCode::ACCEPTED, Some("queued")), "{body}");
     assert_eq!(body["conversion_id"], Value::Null, "decided when it is resolved: {body}");
 
+    // A spooled click can be read while it waits, and the process is still ready.
+    let waiting = app.click("demo").await;
+    assert_eq!(click_status(&app, &waiting).await, StatusCode::OK, "a spooled click is found");
+    let (status, body) = readyz(&app).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("store_down_spooling")), "{body}");
+
     // Fill the spool: visitors are still redirected.
     let mut spooled = Vec::new();
     let deadline = Instant::now() + PHASE_BOUND;
@@ -273,6 +279,7 @@ async fn postbacks_are_checked_without_the_store_and_a_full_spool_refuses_them()
 
     store.redis.as_mut().expect("redis").restart();
     wait_drained(&app).await;
+    spooled.push(waiting);
     for id in &spooled {
         assert_eq!(click_status(&app, id).await, StatusCode::OK, "spooled click {id} resolves");
     }
