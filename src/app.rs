@@ -23,9 +23,10 @@ use crate::{server, telemetry};
 /// What every request handler shares; cheap to reach through an `Arc`.
 pub struct AppState {
     pub config: Config,
-    /// The configured backend behind the outage spool.
+    /// The configured backend, wrapped in the outage spool.
     pub store: Arc<dyn Store>,
-    /// The same store, for what only the spool answers: its state, queued postbacks.
+    /// The same object, for what only the spool answers: its state, queued postbacks,
+    /// and the redirect's click recording without a boxed future.
     pub spool: Arc<SpooledStore>,
     pub links: LinkCatalog,
     pub keyring: Keyring,
