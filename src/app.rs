@@ -3,23 +3,31 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use async_trait::async_trait;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::clickid::Keyring;
 use crate::config::Config;
 use crate::links::LinkCatalog;
-use crate::store::{self, Store, StoreLimits};
+use crate::model::QueuedPostback;
+use crate::postback::{self, Context};
+use crate::store::spool::{Resolve, SpooledStore};
+use crate::store::{self, Store, StoreLimits, StoreResult};
 use crate::{server, telemetry};
 
 /// What every request handler shares; cheap to reach through an `Arc`.
 pub struct AppState {
     pub config: Config,
+    /// The configured backend, wrapped in the outage spool.
     pub store: Arc<dyn Store>,
+    /// The same object, for what only the spool answers: its state, queued postbacks,
+    /// and the redirect's click recording without a boxed future.
+    pub spool: Arc<SpooledStore>,
     pub links: LinkCatalog,
     pub keyring: Keyring,
     pub metrics: Option<PrometheusHandle>,
@@ -29,13 +37,14 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state around an opened store.
-    pub fn new(config: Config, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
+    pub fn new(config: Config, spool: Arc<SpooledStore>) -> anyhow::Result<AppState> {
+        let store: Arc<dyn Store> = spool.clone();
         let networks = Arc::new(config.networks.clone());
         let links = LinkCatalog::new(&config.links, networks, store.clone()).map_err(anyhow::Error::msg)?;
         let previous: Vec<String> = config.security.previous_secrets.iter().map(|s| s.expose().to_owned()).collect();
         let keyring = Keyring::new(config.security.secret.expose(), &previous, config.store.click_ttl().as_secs());
         let metrics = telemetry::metrics();
-        Ok(AppState { config, store, links, keyring, metrics, hot: telemetry::HotMetrics::new() })
+        Ok(AppState { config, store, spool, links, keyring, metrics, hot: telemetry::HotMetrics::new() })
     }
 
     /// Now, in milliseconds since the epoch.
@@ -58,11 +67,13 @@ impl Application {
             event_log_max: config.store.event_log_max,
             personal_ttl: store::PERSONAL_DATA_TTL,
         };
-        let store = store::open(&config.store.backend, limits).await.context("opening the store")?;
+        let inner = store::open(&config.store.backend, limits).await.context("opening the store")?;
+        let spool = SpooledStore::open(inner, &config.store.spool).context("opening the outage spool")?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
-        let state = Arc::new(AppState::new(config, store)?);
+        let state = Arc::new(AppState::new(config, spool)?);
+        state.spool.start(Arc::new(QueuedPostbacks(Arc::downgrade(&state))));
         Ok(Application { listener, state })
     }
 
@@ -74,11 +85,54 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests (bounded by
-    /// `shutdown_timeout_secs`) and flushes the store.
+    /// Serves until `shutdown` completes, then drains in-flight requests, replays the
+    /// outage spool if the store is back, and flushes the spool and the store, all within
+    /// `shutdown_timeout_secs` of the signal. A spool the store could not take stays on
+    /// disk and is replayed at the next start.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let signalled = Arc::new(std::sync::OnceLock::new());
+        let mark = signalled.clone();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = mark.set(Instant::now());
+        };
         server::serve(self.listener, self.state.clone(), shutdown).await;
-        self.state.store.flush().await.context("flushing the store at shutdown")?;
-        Ok(())
+        let deadline =
+            signalled.get().copied().unwrap_or_else(Instant::now) + self.state.config.server.shutdown_timeout;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let state = self.state.clone();
+        let finish = async move {
+            let resolver = QueuedPostbacks(Arc::downgrade(&state));
+            state.spool.close(&resolver).await.context("closing the outage spool")?;
+            state.store.flush().await.context("flushing the store at shutdown")
+        };
+        match tokio::time::timeout(remaining, finish).await {
+            Ok(done) => done,
+            Err(_) => {
+                // Out of time: the spool's records are already in the operating system's
+                // buffers; one fsync makes them durable too.
+                tracing::warn!("shutdown deadline reached before the store was flushed");
+                self.state.spool.sync_and_report().context("syncing the outage spool at the shutdown deadline")
+            }
+        }
+    }
+}
+
+/// Resolves the postbacks queued during a store outage, with the application's links,
+/// networks and click-id keys.
+struct QueuedPostbacks(Weak<AppState>);
+
+#[async_trait]
+impl Resolve for QueuedPostbacks {
+    async fn resolve(&self, store: &Arc<dyn Store>, queued: &QueuedPostback) -> StoreResult<()> {
+        let Some(state) = self.0.upgrade() else {
+            return Err(store::StoreError::Closed);
+        };
+        let Some(network) = state.links.network(&queued.network) else {
+            tracing::error!(network = %queued.network, "queued postback for a network no longer configured; dropped");
+            return Ok(());
+        };
+        let ctx = Context { store, links: &state.links, keyring: &state.keyring, spool: None };
+        postback::resolve_queued(&ctx, network, queued).await.map(|_| ())
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::links::validate_link;
 use crate::model::{Link, LinkSource, LinkStatus};
 use crate::networks::Network;
+use crate::store::spool::SpoolConfig;
 use crate::store::Backend;
 
 /// A secret value: never printed, never logged.
@@ -51,7 +52,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// How long shutdown waits for in-flight requests.
+    /// How long a shutdown may take in all: finishing in-flight requests, then replaying
+    /// or syncing the outage spool and flushing the store.
     pub shutdown_timeout: Duration,
 }
 
@@ -62,6 +64,9 @@ pub struct StoreConfig {
     pub attribution: Duration,
     pub postback_grace: Duration,
     pub event_log_max: usize,
+    /// Where clicks and postbacks wait while the store is down (`spool_path`,
+    /// `spool_max_bytes`; fsync'd every `fsync_ms`).
+    pub spool: SpoolConfig,
 }
 
 impl StoreConfig {
@@ -323,6 +328,25 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
     let attribution_days = st.uint("attribution_days", 1, 365, errors).unwrap_or(30);
     let grace_days = st.uint("postback_grace_days", 0, 365, errors).unwrap_or(7);
     let event_log_max = st.uint("event_log_max", 1, 10_000_000, errors).unwrap_or(10_000) as usize;
+    // The outage spool: beside the embedded data by default, so one directory tree
+    // holds everything the process keeps.
+    let spool_path = match st.string("spool_path", errors) {
+        Some(p) if p.trim().is_empty() => {
+            st.err(errors, "spool_path", "must not be empty");
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(match &backend {
+            Some(Backend::Embedded { path, .. }) => path.with_extension("spool"),
+            _ => PathBuf::from("data/cakelink.spool"),
+        }),
+    };
+    let spool_max_bytes = st.uint("spool_max_bytes", 4096, 1 << 40, errors).unwrap_or(512 << 20);
+    if let (Some(spool), Some(Backend::Embedded { path, .. })) = (&spool_path, &backend) {
+        if spool == path {
+            st.err(errors, "spool_path", "must not be the embedded store's own directory");
+        }
+    }
     st.finish(errors);
 
     // [security]
@@ -419,6 +443,11 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             attribution: Duration::from_secs(attribution_days * 86_400),
             postback_grace: Duration::from_secs(grace_days * 86_400),
             event_log_max,
+            spool: SpoolConfig {
+                path: spool_path?,
+                max_bytes: spool_max_bytes,
+                fsync: Duration::from_millis(fsync_ms),
+            },
         },
         security: SecurityConfig {
             secret: tag_secret?,
@@ -642,6 +671,22 @@ redirect = 200
             ("aff_sub", "aff_sub", "payout")
         );
         assert_eq!(tune.postback_template, "aff_sub={aff_sub}&transaction_id={transaction_id}&payout={payout}");
+    }
+
+    #[test]
+    fn the_spool_sits_beside_the_store_unless_configured() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.store.spool.path, PathBuf::from("x.spool"));
+        assert_eq!(c.store.spool.max_bytes, 512 << 20);
+        let text =
+            GOOD.replace("path = \"x\"", "path = \"x\"\nspool_path = \"/var/spool/cakelink\"\nspool_max_bytes = 8192");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.store.spool.path, PathBuf::from("/var/spool/cakelink"));
+        assert_eq!(c.store.spool.max_bytes, 8192);
+        let text = GOOD.replace("path = \"x\"", "path = \"x\"\nspool_path = \"x\"\nspool_max_bytes = 10");
+        let mut keys: Vec<String> = parse(&text).unwrap_err().0.into_iter().map(|e| e.key).collect();
+        keys.sort();
+        assert_eq!(keys, ["store.spool_max_bytes", "store.spool_path"]);
     }
 
     #[test]

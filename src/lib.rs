@@ -17,7 +17,8 @@
 //! - [`reports`]: per-link and per-day figures from hourly counters.
 //! - [`money`]: exact decimal money.
 //! - [`model`]: the records the store keeps.
-//! - [`store`]: one trait; the embedded (fjall) and Redis backends; the compact click record.
+//! - [`store`]: one trait; the embedded (fjall) and Redis backends; the compact click
+//!   record; the outage spool that keeps writes on local disk while a backend is down.
 //! - [`telemetry`]: Prometheus metrics and logging.
 //! - [`cli`]: the command-line verbs.
 

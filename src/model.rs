@@ -114,6 +114,19 @@ pub struct Event {
     pub query: String,
 }
 
+/// A postback that arrived while the store was down: kept in the outage spool and
+/// resolved, as if it arrived at `received_at`, once the store is back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedPostback {
+    pub received_at: UnixMillis,
+    /// Network whose postback URL was called.
+    pub network: String,
+    /// Fields that carried a value, names lower-cased.
+    pub present: Vec<(String, String)>,
+    /// Fields that arrived empty, `null` or as an unreplaced token, with what arrived.
+    pub absent: Vec<(String, String)>,
+}
+
 /// Report counters for one link in one UTC hour. Every field is additive, so the same
 /// type is the stored total and the delta one write adds to it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use crate::clickid::{ClickIdError, Keyring};
 use crate::links::LinkCatalog;
-use crate::model::{Conversion, Event, Recorded, UnixMillis};
+use crate::model::{Conversion, Event, QueuedPostback, Recorded, UnixMillis};
 use crate::money::Money;
 use crate::networks::{is_absent, Network};
-use crate::store::Store;
+use crate::store::spool::SpooledStore;
+use crate::store::{Store, StoreError, StoreResult};
 
 /// Field names whose values are credentials and never reach the event log.
 const REDACTED: &[&str] = &["key", "postback_key", "token", "access_token", "api_key", "password", "secret"];
@@ -126,6 +127,21 @@ impl Fields {
         &self.present
     }
 
+    /// The postback as kept in the outage spool while the store is down.
+    pub fn to_queued(&self, network: &str, received_at: UnixMillis) -> QueuedPostback {
+        QueuedPostback {
+            received_at,
+            network: network.to_owned(),
+            present: self.present.clone(),
+            absent: self.absent.clone(),
+        }
+    }
+
+    /// The fields of a postback kept in the outage spool.
+    pub fn from_queued(queued: &QueuedPostback) -> Fields {
+        Fields { present: queued.present.clone(), absent: queued.absent.clone() }
+    }
+
     /// All fields as received, credentials redacted, for the event log.
     pub fn to_log_query(&self) -> String {
         let mut out = form_urlencoded::Serializer::new(String::new());
@@ -218,20 +234,114 @@ pub struct Context<'a> {
     pub store: &'a Arc<dyn Store>,
     pub links: &'a LinkCatalog,
     pub keyring: &'a Keyring,
+    /// Where a postback waits while the store is down; `None` when resolving one that
+    /// waited (it must not be queued again).
+    pub spool: Option<&'a SpooledStore>,
 }
 
-/// Resolves, de-duplicates and records one authenticated postback.
+/// Resolves, de-duplicates and records one authenticated postback. While the store is
+/// down, a postback whose click id verifies is kept in the outage spool and answered
+/// `202 queued`; with the spool full it is `503`, so that the network retries.
 pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now: UnixMillis) -> Answer {
+    let (value, base) = match check(ctx, network, fields, now) {
+        Ok(checked) => checked,
+        Err(answer) => return answer,
+    };
+    let spooling = ctx.spool.is_some_and(SpooledStore::is_spooling);
+    let failure = if spooling {
+        None
+    } else {
+        match record(ctx, network, fields, value, &base, now).await {
+            Ok(answer) => return answer,
+            Err(e) => Some(e),
+        }
+    };
+    // Only an unreachable store is worth waiting for; a corrupt record stays corrupt.
+    let outage = !matches!(failure, Some(StoreError::Corrupt(_)));
+    let (Some(spool), true) = (ctx.spool, outage) else {
+        tracing::error!(error = ?failure, "store failed while resolving a postback");
+        return Answer { status: Status::Rejected, http: 503, reason: "store_unavailable".into(), ..base };
+    };
+    if let Some(e) = &failure {
+        tracing::warn!(error = %e, "store failed while resolving a postback; queueing it");
+    }
+    match spool.queue_postback(fields.to_queued(&network.name, now)).await {
+        Ok(()) => queued(base),
+        Err(e) => {
+            tracing::error!(error = %e, "postback could not be queued");
+            Answer { status: Status::Rejected, http: 503, reason: "store_unavailable: retry later".into(), ..base }
+        }
+    }
+}
+
+/// The answer to a postback kept in the outage spool.
+fn queued(base: Answer) -> Answer {
+    Answer {
+        status: Status::Queued,
+        http: 202,
+        reason: "store_unavailable: kept, and resolved when the store is back".into(),
+        conversion_id: None,
+        ..base
+    }
+}
+
+/// Resolves a postback that waited in the outage spool, as if it arrived at its
+/// `received_at` (the conversion's time). Its event-log entries are written now, in
+/// order: `queued` as it was answered, then what it came to. A store error leaves it
+/// queued.
+pub async fn resolve_queued(
+    ctx: &Context<'_>,
+    network: &Network,
+    queued_postback: &QueuedPostback,
+) -> StoreResult<Answer> {
+    let fields = Fields::from_queued(queued_postback);
+    let now = queued_postback.received_at;
+    let answer = match check(ctx, network, &fields, now) {
+        Ok((value, base)) => {
+            let answer = match record(ctx, network, &fields, value, &base, now).await {
+                Ok(answer) => answer,
+                // Retrying cannot mend a corrupt record, and would hold up the replay.
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::error!(error = %e, "stored record is corrupt; the queued postback is rejected");
+                    Answer {
+                        status: Status::Rejected,
+                        http: 500,
+                        reason: "stored_record_corrupt".into(),
+                        ..base.clone()
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            // Written after the outcome is known, so that a store failing again in
+            // between does not log the `queued` entry twice.
+            ctx.store.log_event(&queued(base).to_event(&network.name, &fields, now)).await?;
+            answer
+        }
+        Err(answer) => answer,
+    };
+    ctx.store.log_event(&answer.to_event(&network.name, &fields, now)).await?;
+    tracing::info!(network = %network.name, status = answer.status.as_str(), reason = %answer.reason, "queued postback resolved");
+    Ok(answer)
+}
+
+/// Checks what needs no store: the value and the click id's tag and age. The value and
+/// a `no_match` answer carrying the verified click id, or the final answer.
+fn check(
+    ctx: &Context<'_>,
+    network: &Network,
+    fields: &Fields,
+    now: UnixMillis,
+) -> Result<(Option<Money>, Answer), Answer> {
     // A bad value is the network's mistake and worth a 400; everything else answers 200
     // so that networks do not disable the postback URL.
     let value = match fields.get(&network.value_field).map(Money::parse) {
         None => None,
         Some(Ok(v)) => Some(v),
-        Some(Err(e)) => return Answer::rejected(400, format!("{}: {e}", network.value_field)),
+        Some(Err(e)) => return Err(Answer::rejected(400, format!("{}: {e}", network.value_field))),
     };
 
     let Some(raw_id) = fields.get(&network.click_id_field) else {
-        return Answer::no_match(match fields.absent_value(&network.click_id_field) {
+        return Err(Answer::no_match(match fields.absent_value(&network.click_id_field) {
             Some(v) if !v.trim().is_empty() && !v.eq_ignore_ascii_case("null") => {
                 format!(
                     "unreplaced_click_id_token: {} arrived as {v:?}, so the network had no click id",
@@ -239,7 +349,7 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
                 )
             }
             _ => format!("missing_click_id: no {} field", network.click_id_field),
-        });
+        }));
     };
     let now_secs = (now / 1000).max(0) as u64;
     let click_id = match ctx.keyring.verify(raw_id, now_secs) {
@@ -253,22 +363,27 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
                 ClickIdError::Expired => format!("{}: older than attribution_days + postback_grace_days", e.reason()),
             });
             a.click_id = Some(raw_id.chars().take(64).collect());
-            return a;
+            return Err(a);
         }
     };
     let mut base = Answer::no_match("");
     base.click_id = Some(click_id.to_string());
+    Ok((value, base))
+}
 
-    let click = match ctx.store.find_click(click_id.as_str()).await {
-        Ok(Some(click)) => click,
-        Ok(None) => {
-            base.reason = "unknown_click_id: genuine but not in the store".into();
-            return base;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "store failed while resolving a postback");
-            return Answer { status: Status::Rejected, http: 503, reason: "store_unavailable".into(), ..base };
-        }
+/// Finds the click, decides the event, records the conversion once. A store error is
+/// returned for the caller to queue the postback or answer `503`.
+async fn record(
+    ctx: &Context<'_>,
+    network: &Network,
+    fields: &Fields,
+    value: Option<Money>,
+    base: &Answer,
+    now: UnixMillis,
+) -> StoreResult<Answer> {
+    let click_id = base.click_id.clone().unwrap_or_default();
+    let Some(click) = ctx.store.find_click(&click_id).await? else {
+        return Ok(Answer { reason: "unknown_click_id: genuine but not in the store".into(), ..base.clone() });
     };
 
     let link_event = match click.link.split_once('/') {
@@ -278,7 +393,7 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
     let postback_event = network.event_field.as_deref().and_then(|f| fields.get(f)).or_else(|| fields.get("event"));
     let event = decide_event(postback_event, link_event.as_deref(), value);
     let transaction_id = fields.get(&network.transaction_field).map(str::to_owned);
-    let id = Conversion::derive_id(click_id.as_str(), transaction_id.as_deref(), fields.present(), &event);
+    let id = Conversion::derive_id(&click_id, transaction_id.as_deref(), fields.present(), &event);
     let conversion = Conversion {
         id: id.clone(),
         at: now,
@@ -291,17 +406,24 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
         fields: fields.present().to_vec(),
         click,
     };
-    base.conversion_id = Some(id);
-    match ctx.store.record_conversion(&conversion).await {
-        Ok(Recorded::New) => Answer { status: Status::Ok, http: 200, reason: format!("{event} recorded"), ..base },
-        Ok(Recorded::Duplicate) => {
-            Answer { status: Status::Duplicate, http: 200, reason: format!("{event} already recorded"), ..base }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "store failed while recording a conversion");
-            Answer { status: Status::Rejected, http: 503, reason: "store_unavailable".into(), ..base }
-        }
-    }
+    let recorded = ctx.store.record_conversion(&conversion).await?;
+    let base = base.clone();
+    Ok(match recorded {
+        Recorded::New => Answer {
+            status: Status::Ok,
+            http: 200,
+            reason: format!("{event} recorded"),
+            conversion_id: Some(id),
+            ..base
+        },
+        Recorded::Duplicate => Answer {
+            status: Status::Duplicate,
+            http: 200,
+            reason: format!("{event} already recorded"),
+            conversion_id: Some(id),
+            ..base
+        },
+    })
 }
 
 #[cfg(test)]

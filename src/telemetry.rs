@@ -15,6 +15,9 @@ pub const CLICKS_UNSTORED: &str = "cakelink_clicks_unstored_total";
 pub const SUBIDS_DROPPED: &str = "cakelink_subids_dropped_total";
 pub const POSTBACKS: &str = "cakelink_postbacks_total";
 pub const STORE_UP: &str = "cakelink_store_up";
+pub const SPOOL_BYTES: &str = "cakelink_spool_bytes";
+pub const SPOOL_RECORDS: &str = "cakelink_spool_records";
+pub const SPOOL_REPLAYED: &str = "cakelink_spool_replayed_total";
 
 /// Handles of the metrics every redirect touches, looked up once instead of per request.
 pub struct HotMetrics {
@@ -82,6 +85,9 @@ fn describe() {
     );
     metrics::describe_counter!(POSTBACKS, "Postbacks by status.");
     metrics::describe_gauge!(STORE_UP, "1 when the store answered the last readiness check.");
+    metrics::describe_gauge!(SPOOL_BYTES, metrics::Unit::Bytes, "Bytes in the outage spool, waiting for the store.");
+    metrics::describe_gauge!(SPOOL_RECORDS, "Records (clicks, postbacks, events) in the outage spool.");
+    metrics::describe_counter!(SPOOL_REPLAYED, "Outage spool records replayed into the store.");
 }
 
 /// Logs to standard error; `RUST_LOG` sets the filter (default `info`).

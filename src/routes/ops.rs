@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{error, json, method_not_allowed, text, Body};
 use crate::app::AppState;
+use crate::store::spool::SpoolStatus;
 use crate::telemetry;
 
 fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
@@ -23,21 +24,34 @@ struct Readiness {
     status: &'static str,
     store: &'static str,
     store_up: bool,
+    spool: SpoolStatus,
 }
 
-/// `200` while redirects can be served and recorded; the body says the store's state.
+/// `200` while redirects can be served and their clicks kept: the store answers, or the
+/// outage spool has room (`503` once it is full). The body says the store's state and
+/// how full the spool is.
 pub async fn readyz(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
     if let Some(r) = only_get(req) {
         return r;
     }
     let up = store_up(state).await;
-    let body =
-        Readiness { status: if up { "ready" } else { "store_down" }, store: state.store.backend(), store_up: up };
-    json(if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+    let spool = state.spool.status();
+    let (http, status) = match (up, spool.active, spool.full) {
+        (_, true, true) => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
+        (true, false, _) => (StatusCode::OK, "ready"),
+        (true, true, _) => (StatusCode::OK, "replaying_spool"),
+        (false, _, _) => (StatusCode::OK, "store_down_spooling"),
+    };
+    json(http, &Readiness { status, store: state.store.backend(), store_up: up, spool })
 }
 
 async fn store_up(state: &AppState) -> bool {
-    let up = matches!(tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await, Ok(Ok(())));
+    // While spooling, the spool's probe knows whether the store is back: a store that is
+    // down must not make a load balancer or Prometheus wait for a ping to time out.
+    let up = match state.spool.probed_store_up() {
+        Some(up) => up,
+        None => matches!(tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await, Ok(Ok(()))),
+    };
     metrics::gauge!(telemetry::STORE_UP, "backend" => state.store.backend()).set(if up { 1.0 } else { 0.0 });
     up
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{json, method_not_allowed, path_segment, secret_matches, Body};
 use crate::app::AppState;
-use crate::postback::{self, Answer, Context, Fields};
+use crate::postback::{self, Answer, Context, Fields, Status};
 use crate::telemetry;
 
 #[derive(Serialize)]
@@ -66,9 +66,15 @@ pub async fn postback(state: &AppState, req: Request<Incoming>, network: &str, k
             return respond(&answer);
         }
     };
-    let ctx = Context { store: &state.store, links: &state.links, keyring: &state.keyring };
+    let ctx = Context { store: &state.store, links: &state.links, keyring: &state.keyring, spool: Some(&state.spool) };
     let answer = postback::process(&ctx, network, &fields, now).await;
-    log(state, &answer, &network.name, &fields, now).await;
+    if answer.status == Status::Queued {
+        // Logged when it is resolved, with its `queued` entry first: logging it now
+        // would put that entry after the spooled records it must precede.
+        tracing::info!(network = %network.name, "postback queued while the store is down");
+    } else {
+        log(state, &answer, &network.name, &fields, now).await;
+    }
     respond(&answer)
 }
 

@@ -135,7 +135,7 @@ pub async fn redirect(
         subids,
     };
     let hot = &state.hot;
-    match state.store.record_new_click(&click).await {
+    match state.spool.record_or_spool_click(&click, true).await {
         Ok(()) if click.is_bot() => hot.bot_hits.increment(1),
         Ok(()) => hot.clicks.increment(1),
         Err(e) => {

@@ -2,6 +2,8 @@
 //!
 //! - [`embedded`]: fjall in one directory, the default; no server to run.
 //! - [`redis`]: one Redis or a Redis Cluster, shared by several cakelink processes.
+//! - [`spool`]: wraps either backend; keeps clicks and postbacks on local disk while
+//!   the backend is down and replays them when it is back.
 //!
 //! Every write that changes a figure (a click, a conversion) also updates the per-link,
 //! per-UTC-hour [`Counters`](crate::model::Counters) in the same atomic operation, so reports read only counters
@@ -11,6 +13,7 @@
 pub mod embedded;
 pub mod record;
 pub mod redis;
+pub mod spool;
 
 use std::sync::Arc;
 use std::time::Duration;

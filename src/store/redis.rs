@@ -100,16 +100,30 @@ const LINKS_KEY: &str = "cl:links";
 /// Stores a batch of clicks, each unless present, and counts the new ones. Every key
 /// (hour buckets, counter hashes, day indexes, interned values) is in KEYS and named by
 /// its index from ARGV; on a cluster a batch holds one shard's clicks, so one slot's keys.
-/// ARGV: click count, then per click: bucket index, click id, record, counters index,
-/// counter field; interned count, then per value: key index, value, ttl seconds; expiry
-/// count, then per bucket: key index, unix time; then (day index key, day) pairs.
-/// Counter increments are summed first: one HINCRBY per field, not per click.
+/// ARGV: count of interned values named but not sent, then their key indexes; click
+/// count, then per click: bucket index, click id, record, counters index, counter field;
+/// interned count, then per value: key index, value, ttl seconds; expiry count, then per
+/// bucket: key index, unix time; then (day index key, day) pairs.
+/// Returns how many named interned values are missing: when any is, nothing is written
+/// (the caller sends the batch again with the values). Counter increments are summed
+/// first: one HINCRBY per field, not per click.
 const RECORD_CLICKS: &str = r"
+local missing = 0
 local a = 2
-local new = 0
+for i = 1, tonumber(ARGV[1]) do
+  if redis.call('EXISTS', KEYS[tonumber(ARGV[a])]) == 0 then
+    missing = missing + 1
+  end
+  a = a + 1
+end
+if missing > 0 then
+  return missing
+end
 local sums = {}
 local order = {}
-for i = 1, tonumber(ARGV[1]) do
+local n = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n do
   if redis.call('HSETNX', KEYS[tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2]) == 1 then
     local slot = ARGV[a + 3] .. '|' .. ARGV[a + 4]
     if sums[slot] then
@@ -118,7 +132,6 @@ for i = 1, tonumber(ARGV[1]) do
       sums[slot] = {tonumber(ARGV[a + 3]), ARGV[a + 4], 1}
       order[#order + 1] = slot
     end
-    new = new + 1
   end
   a = a + 5
 end
@@ -126,7 +139,7 @@ for _, slot in ipairs(order) do
   local s = sums[slot]
   redis.call('HINCRBY', KEYS[s[1]], s[2], s[3])
 end
-local n = tonumber(ARGV[a])
+n = tonumber(ARGV[a])
 a = a + 1
 for i = 1, n do
   redis.call('SET', KEYS[tonumber(ARGV[a])], ARGV[a + 1], 'EX', ARGV[a + 2])
@@ -141,7 +154,7 @@ end
 for i = a, #ARGV, 2 do
   redis.call('ZADD', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 1])
 end
-return new
+return 0
 ";
 
 /// Stores a conversion unless present and, only if it was new, indexes and counts it.
@@ -312,20 +325,44 @@ impl Batcher {
     }
 
     async fn send_call(&self, clicks: Vec<PendingClick>) {
+        // Interned values this process believes stored are only named; should Redis have
+        // lost them (a restart without persistence, a flush), the script refuses the whole
+        // batch and it is sent again with every value.
+        let mut outcome = self.call(&clicks, false).await;
+        if let Ok(Recording::MissingInterns) = outcome {
+            for c in &clicks {
+                for (key, _) in &c.encoded.interns {
+                    self.interns.invalidate(&(c.shard, *key));
+                }
+            }
+            outcome = self.call(&clicks, true).await;
+        }
+        let failure = match outcome {
+            Ok(Recording::Done) => None,
+            Ok(Recording::MissingInterns) => Some("interned values vanished while recording".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        for c in clicks {
+            // A request that gave up (its connection closed) no longer listens.
+            let _ = c.reply.send(match &failure {
+                None => Ok(()),
+                Some(e) => Err(StoreError::Unavailable(e.clone())),
+            });
+        }
+    }
+
+    /// One script call recording `clicks`, sending the value of every interned part when
+    /// `all_interns`, else only of those not known to be stored.
+    async fn call(&self, clicks: &[PendingClick], all_interns: bool) -> Result<Recording, RedisError> {
         let mut keys = KeyList::default();
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(clicks.len() * 5 + 8);
         let num = |n: u64| n.to_string().into_bytes();
         let mut days: Vec<(u8, u32)> = Vec::new();
         let mut buckets: Vec<(u8, UnixHour)> = Vec::new();
-        let mut interns: Vec<(u8, InternKey, &[u8])> = Vec::new();
-        args.push(num(clicks.len() as u64));
-        for c in &clicks {
+        let mut sent: Vec<(u8, InternKey, &[u8])> = Vec::new();
+        let mut named: Vec<(u8, InternKey)> = Vec::new();
+        for c in clicks {
             let shard = c.shard;
-            args.push(num(keys.index(click_bucket_key(shard, c.bucket_hour).into_bytes())));
-            args.push(c.id.clone().into_bytes());
-            args.push(c.encoded.record.clone());
-            args.push(num(keys.index(counters_key(shard, c.counter_day).into_bytes())));
-            args.push(c.counter_field.clone().into_bytes());
             if !days.contains(&(shard, c.counter_day)) {
                 days.push((shard, c.counter_day));
             }
@@ -333,15 +370,31 @@ impl Batcher {
                 buckets.push((shard, c.bucket_hour));
             }
             for (key, value) in &c.encoded.interns {
-                let new_here = !interns.iter().any(|(n, k, _)| *n == shard && k == key);
-                if new_here && !self.interns.contains_key(&(shard, *key)) {
-                    interns.push((shard, *key, value));
+                if sent.iter().any(|(n, k, _)| *n == shard && k == key) || named.contains(&(shard, *key)) {
+                    continue;
+                }
+                if all_interns || !self.interns.contains_key(&(shard, *key)) {
+                    sent.push((shard, *key, value));
+                } else {
+                    named.push((shard, *key));
                 }
             }
         }
+        args.push(num(named.len() as u64));
+        for (shard, key) in &named {
+            args.push(num(keys.index(intern_key(*shard, key))));
+        }
+        args.push(num(clicks.len() as u64));
+        for c in clicks {
+            args.push(num(keys.index(click_bucket_key(c.shard, c.bucket_hour).into_bytes())));
+            args.push(c.id.clone().into_bytes());
+            args.push(c.encoded.record.clone());
+            args.push(num(keys.index(counters_key(c.shard, c.counter_day).into_bytes())));
+            args.push(c.counter_field.clone().into_bytes());
+        }
         let intern_ttl = (self.click_ttl + INTERN_SPARE).as_secs();
-        args.push(num(interns.len() as u64));
-        for (shard, key, value) in &interns {
+        args.push(num(sent.len() as u64));
+        for (shard, key, value) in &sent {
             args.push(num(keys.index(intern_key(*shard, key))));
             args.push(value.to_vec());
             args.push(num(intern_ttl));
@@ -362,21 +415,22 @@ impl Batcher {
         for arg in &args {
             invocation.arg(arg.as_slice());
         }
-        let outcome: Result<i64, RedisError> = invocation.invoke_async(&mut self.con.clone()).await;
-        let failure = outcome.err().map(|e| e.to_string());
-        if failure.is_none() {
-            for (shard, key, _) in &interns {
-                self.interns.insert((*shard, *key), ());
-            }
+        let missing: i64 = invocation.invoke_async(&mut self.con.clone()).await?;
+        if missing > 0 {
+            return Ok(Recording::MissingInterns);
         }
-        for c in clicks {
-            // A request that gave up (its connection closed) no longer listens.
-            let _ = c.reply.send(match &failure {
-                None => Ok(()),
-                Some(e) => Err(StoreError::Unavailable(e.clone())),
-            });
+        for (shard, key, _) in &sent {
+            self.interns.insert((*shard, *key), ());
         }
+        Ok(Recording::Done)
     }
+}
+
+/// How a batch's script call went.
+enum Recording {
+    Done,
+    /// An interned value named but not sent is not in Redis; nothing was written.
+    MissingInterns,
 }
 
 fn unavailable(e: RedisError) -> StoreError {

@@ -16,12 +16,15 @@ use cakelink::model::{hour_of, Click};
 use cakelink::store::embedded::EmbeddedStore;
 use cakelink::store::{Store, StoreLimits};
 use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::helpers::{
-    attach, click_id_in, config_text, count, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp, CHROME, SECRET,
+    attach, click_id_in, config_text, count, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp, CHROME,
+    POSTBACK_KEY, SECRET,
 };
 use crate::on_both_stores;
+use crate::redis_server::RedisServer;
 
 const DAY: u64 = 86_400;
 /// How long the binary gets to answer `/healthz` after it starts.
@@ -53,12 +56,18 @@ struct Process {
 impl Process {
     /// Starts `cakelink serve` over `store` and waits (bounded) until `/healthz` answers.
     async fn start(store: &StoreHandle, run: usize) -> Process {
+        Process::start_with(store, run, "").await
+    }
+
+    /// [`Process::start`] with `server` lines added to `[server]`.
+    async fn start_with(store: &StoreHandle, run: usize, server: &str) -> Process {
         let mut last = String::new();
         for attempt in 0..3 {
             let port = free_port();
             let config = store.dir.path().join("cakelink.toml");
-            std::fs::write(&config, config_text(&format!("127.0.0.1:{port}"), &store.toml, "", ""))
-                .expect("write config");
+            let text = config_text(&format!("127.0.0.1:{port}"), &store.toml, "", "")
+                .replace("[server]\n", &format!("[server]\n{server}"));
+            std::fs::write(&config, text).expect("write config");
             let log = store.dir.path().join(format!("cakelink-{run}-{attempt}.log"));
             let child = Command::new(env!("CARGO_BIN_EXE_cakelink"))
                 .arg("serve")
@@ -497,3 +506,82 @@ async fn expired_ids_are_no_match_expired(backend: Backend) {
 }
 
 on_both_stores!(expired_ids_are_no_match_expired);
+
+/// SIGTERM while Redis is down and clicks flow: in-flight requests finish (one that
+/// never completes is cut at `shutdown_timeout_secs`), the process exits by that
+/// deadline, the spooled clicks stay on disk, and the next start replays them once
+/// Redis is back: every `302` received resolves, each click counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_outage_keeps_the_spool_for_the_next_start() {
+    const DEADLINE: Duration = Duration::from_secs(3);
+    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut store = StoreHandle::on_redis(redis, tempfile::tempdir().expect("temp dir"));
+    let server = format!("shutdown_timeout_secs = {}\n", DEADLINE.as_secs());
+    let process = Process::start_with(&store, 0, &server).await;
+
+    let mut flow = start_flow(&process.app);
+    let mut early = flow.until(100).await;
+    store.redis.as_mut().expect("redis").stop();
+    early.extend(flow.until(200).await);
+
+    // A request in flight that never completes: a health check answered first proves
+    // the connection is served, then a postback whose body never arrives in full.
+    let mut stalled = tokio::net::TcpStream::connect(process.app.addr).await.expect("connect");
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nPOST /collect/cake/{POSTBACK_KEY} HTTP/1.1\r\nHost: t\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ns2="
+    );
+    stalled.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = [0u8; 12];
+    stalled.read_exact(&mut answer).await.expect("the health check is answered");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    let signalled = Instant::now();
+    process.terminate();
+    let (received, attempts) = flow.finish(early).await;
+    let (status, log) = process.wait_exit().await;
+    let took = signalled.elapsed();
+    assert!(status.success(), "SIGTERM during an outage ends with success, not {status}:\n{log}");
+    assert!(took >= DEADLINE - Duration::from_millis(500), "the stalled request was waited for: {took:?}\n{log}");
+    assert!(took < DEADLINE + Duration::from_secs(3), "exited {took:?} after SIGTERM, deadline {DEADLINE:?}:\n{log}");
+    assert!(log.contains("kept on disk for the next start"), "{log}");
+    assert!(received.len() >= 300 && attempts >= received.len(), "{} of {attempts}", received.len());
+    let spool = store.dir.path().join("spool").join("spool.log");
+    assert!(std::fs::metadata(&spool).expect("the spool file").len() > 0, "the spool is kept on disk");
+    drop(stalled);
+
+    store.redis.as_mut().expect("redis").restart();
+    let process = Process::start(&store, 1).await;
+    crate::outage::wait_drained(&process.app).await;
+    assert_eq!(std::fs::metadata(&spool).expect("the spool file").len(), 0, "replayed and emptied");
+    let clicks = after_restart_flow(&process.app, &received, &received).await;
+    assert_eq!(clicks, received.len() as u64, "every click answered is counted, once");
+    process.kill();
+}
+
+/// SIGKILL while Redis is down and clicks flow: the spooled clicks were in the
+/// operating system's buffers before their `302` left, so the next start (Redis back)
+/// replays every one of them; a record torn by the kill is dropped, not replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_outage_loses_no_spooled_click() {
+    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut store = StoreHandle::on_redis(redis, tempfile::tempdir().expect("temp dir"));
+    let process = Process::start(&store, 0).await;
+
+    let mut flow = start_flow(&process.app);
+    let mut early = flow.until(100).await;
+    store.redis.as_mut().expect("redis").stop();
+    early.extend(flow.until(200).await);
+    process.kill();
+    let (received, attempts) = flow.finish(early).await;
+    assert!(received.len() >= 300 && attempts >= received.len(), "{} of {attempts}", received.len());
+
+    store.redis.as_mut().expect("redis").restart();
+    let process = Process::start(&store, 1).await;
+    crate::outage::wait_drained(&process.app).await;
+    let clicks = after_restart_flow(&process.app, &received, &received).await;
+    // A click spooled whose answer the kill cut off may count too; none counts twice.
+    let high = attempts as u64;
+    assert!((received.len() as u64..=high).contains(&clicks), "clicks {clicks} within [{}, {high}]", received.len());
+    process.kill();
+}

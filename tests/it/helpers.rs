@@ -65,10 +65,17 @@ impl StoreHandle {
                     redis: None,
                 }
             }
-            Backend::Redis => {
-                let redis = RedisServer::start();
-                StoreHandle { toml: format!("backend = \"redis\"\nurl = {:?}\n", redis.url()), dir, redis: Some(redis) }
-            }
+            Backend::Redis => StoreHandle::on_redis(RedisServer::start(), dir),
+        }
+    }
+
+    /// A Redis store on `redis`, its outage spool in `dir`.
+    pub fn on_redis(redis: RedisServer, dir: TempDir) -> StoreHandle {
+        let spool = dir.path().join("spool").display().to_string();
+        StoreHandle {
+            toml: format!("backend = \"redis\"\nurl = {:?}\nspool_path = {spool:?}\n", redis.url()),
+            dir,
+            redis: Some(redis),
         }
     }
 }

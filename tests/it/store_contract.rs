@@ -456,6 +456,22 @@ async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
 }
 
 #[tokio::test]
+async fn redis_interned_values_lost_by_redis_are_written_again() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
+    let first = click("cake1/spring", ms(H), None);
+    store.record_click(&first).await.expect("record click");
+
+    // Redis loses everything (a restart without persistence would too); this process
+    // still remembers the user agent and context as stored.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw(&server).await).await.expect("FLUSHALL");
+    let second = click("cake1/spring", ms(H), None);
+    store.record_click(&second).await.expect("record click");
+    assert_eq!(store.find_click(&second.id).await.expect("find click"), Some(second.clone()));
+    assert_eq!(store.find_click(&first.id).await.expect("find click"), None);
+}
+
+#[tokio::test]
 async fn redis_store_survives_a_restart_of_redis() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
