@@ -14,6 +14,7 @@ use crate::clickid::Keyring;
 use crate::config::Config;
 use crate::links::LinkCatalog;
 use crate::store::{self, Store, StoreLimits};
+use crate::tls::{self, Tls};
 use crate::{server, telemetry};
 
 /// What every request handler shares; cheap to reach through an `Arc`.
@@ -45,18 +46,20 @@ impl AppState {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Application {
     /// Opens the store and binds the configured address (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let tls = config.server.tls.as_ref().map(Tls::load).transpose().map_err(anyhow::Error::msg)?;
         let limits = StoreLimits { click_ttl: config.store.click_ttl(), event_log_max: config.store.event_log_max };
         let store = store::open(&config.store.backend, limits).await.context("opening the store")?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         let state = Arc::new(AppState::new(config, store)?);
-        Ok(Application { listener, state })
+        Ok(Application { listener, state, tls: tls.map(Arc::new) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -67,10 +70,17 @@ impl Application {
         self.state.clone()
     }
 
+    /// Whether it speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests (bounded by
-    /// `shutdown_timeout_secs`) and flushes the store.
+    /// `shutdown_timeout_secs`) and flushes the store. SIGHUP reloads the certificate.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        server::serve(self.listener, self.state.clone(), shutdown).await;
+        let reloader = tokio::spawn(tls::reload_on_sighup(self.tls.clone()));
+        server::serve(self.listener, self.state.clone(), self.tls, shutdown).await;
+        reloader.abort();
         self.state.store.flush().await.context("flushing the store at shutdown")?;
         Ok(())
     }

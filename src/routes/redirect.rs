@@ -115,7 +115,7 @@ pub async fn redirect(
         link: link.key.clone(),
         at: now_ms,
         bot: bot.map(|b| b.to_string()),
-        ip: Some(peer.ip().to_string()),
+        ip: Some(crate::privacy::stored_ip(&state.config.privacy, peer.ip())),
         user_agent: user_agent.map(|u| u.chars().take(MAX_KEPT_HEADER).collect()),
         referer: header(REFERER.as_str()).map(|r| r.chars().take(MAX_KEPT_HEADER).collect()),
         utm,
