@@ -316,7 +316,6 @@ async fn silent_connections_are_cut_off(backend: Backend) {
     app.stop().await;
 }
 
-
 /// A config whose `[server]` section sets `keys` too (the head timeout made long, so
 /// that only the limit under test can close a connection).
 async fn spawn_with_server_keys(backend: Backend, keys: &str) -> TestApp {

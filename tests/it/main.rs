@@ -10,3 +10,4 @@ mod durability;
 mod postback;
 mod redirect;
 mod store_contract;
+mod tls;
