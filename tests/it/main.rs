@@ -4,6 +4,7 @@
 mod helpers;
 mod redis_server;
 
+mod access;
 mod api;
 mod bad_input;
 mod durability;
