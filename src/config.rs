@@ -291,7 +291,7 @@ impl<'a> Section<'a> {
         let Some(table) = self.table else { return };
         for key in table.keys() {
             if !self.used.contains(key.as_str()) {
-                self.err(errors, key, "unknown key");
+                self.err(errors, &written_key(key), "unknown key");
             }
         }
     }
@@ -302,7 +302,7 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
     let known: HashSet<&str> = ["server", "store", "security", "privacy", "networks", "links"].into();
     for key in root.keys() {
         if !known.contains(key.as_str()) {
-            errors.push(ConfigError { key: key.clone(), message: "unknown section".into() });
+            errors.push(ConfigError { key: written_key(key), message: "unknown section".into() });
         }
     }
 
@@ -502,6 +502,16 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         links,
         warnings,
     })
+}
+
+/// A key as it would be written in the file: bare when it can be, quoted otherwise (an
+/// empty key, or one with spaces or dots, must still show in the error).
+fn written_key(key: &str) -> String {
+    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
 }
 
 fn check_redis_url(s: &Section, key: &str, url: &str, errors: &mut Vec<ConfigError>) -> bool {
@@ -749,6 +759,14 @@ redirect = 200
             keys,
             ["privacy.anonymize_ip", "networks.cake.postback_allowlist[0]", "networks.cake.postback_allowlist[1]"]
         );
+    }
+
+    /// Found by the `config` fuzz target: an empty key was reported as an empty name.
+    #[test]
+    fn unknown_keys_are_shown_as_written() {
+        let text = format!("\"\" = 302\n\"a b\" = 1\n{}", GOOD.replace("[store]", "\"\" = 1\n[store]"));
+        let keys: Vec<String> = parse(&text).unwrap_err().0.into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["\"\"", "\"a b\"", "server.\"\""]);
     }
 
     #[test]
