@@ -18,6 +18,7 @@ use crate::model::QueuedPostback;
 use crate::postback::{self, Context};
 use crate::store::spool::{Resolve, SpooledStore};
 use crate::store::{self, Store, StoreLimits, StoreResult};
+use crate::tls::{self, Tls};
 use crate::{server, telemetry};
 
 /// What every request handler shares; cheap to reach through an `Arc`.
@@ -57,11 +58,13 @@ impl AppState {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Application {
     /// Opens the store and binds the configured address (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let tls = config.server.tls.as_ref().map(Tls::load).transpose().map_err(anyhow::Error::msg)?;
         let limits = StoreLimits {
             click_ttl: config.store.click_ttl(),
             event_log_max: config.store.event_log_max,
@@ -74,7 +77,7 @@ impl Application {
             .with_context(|| format!("binding {}", config.server.listen))?;
         let state = Arc::new(AppState::new(config, spool)?);
         state.spool.start(Arc::new(QueuedPostbacks(Arc::downgrade(&state))));
-        Ok(Application { listener, state })
+        Ok(Application { listener, state, tls: tls.map(Arc::new) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -85,10 +88,15 @@ impl Application {
         self.state.clone()
     }
 
+    /// Whether it speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests, replays the
     /// outage spool if the store is back, and flushes the spool and the store, all within
     /// `shutdown_timeout_secs` of the signal. A spool the store could not take stays on
-    /// disk and is replayed at the next start.
+    /// disk and is replayed at the next start. SIGHUP reloads the TLS certificate.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let signalled = Arc::new(std::sync::OnceLock::new());
         let mark = signalled.clone();
@@ -96,7 +104,9 @@ impl Application {
             shutdown.await;
             let _ = mark.set(Instant::now());
         };
-        server::serve(self.listener, self.state.clone(), shutdown).await;
+        let reloader = tokio::spawn(tls::reload_on_sighup(self.tls.clone()));
+        server::serve(self.listener, self.state.clone(), self.tls, shutdown).await;
+        reloader.abort();
         let deadline =
             signalled.get().copied().unwrap_or_else(Instant::now) + self.state.config.server.shutdown_timeout;
         let remaining = deadline.saturating_duration_since(Instant::now());

@@ -79,6 +79,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             let config = load(&cli.config)?;
+            // The certificate files too: serve would refuse them before binding.
+            if let Some(files) = &config.server.tls {
+                crate::tls::Tls::load(files).map_err(anyhow::Error::msg)?;
+            }
             for w in &config.warnings {
                 println!("warning: {w}");
             }

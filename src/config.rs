@@ -55,6 +55,31 @@ pub struct ServerConfig {
     /// How long a shutdown may take in all: finishing in-flight requests, then replaying
     /// or syncing the outage spool and flushing the store.
     pub shutdown_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is
+    /// closed (HTTP/1.1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// With both set, cakelink speaks HTTPS (HTTP/1.1 and HTTP/2 by ALPN); SIGHUP reloads
+    /// the files.
+    pub tls: Option<TlsFiles>,
+    /// Proxies whose `X-Forwarded-For` hop is believed when checking a postback
+    /// allowlist; empty believes no header.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `[server] tls_cert` and `tls_key`: PEM files, read at start and on SIGHUP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[privacy]`
+#[derive(Clone, Debug, Default)]
+pub struct PrivacyConfig {
+    /// Store only the visitor's network (/24 for IPv4, /48 for IPv6), never the address.
+    pub anonymize_ip: bool,
 }
 
 /// `[store]`
@@ -91,6 +116,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub security: SecurityConfig,
+    pub privacy: PrivacyConfig,
     pub networks: BTreeMap<String, Network>,
     pub links: Vec<Link>,
     /// Things that work but should be fixed (example secrets, say).
@@ -237,12 +263,40 @@ impl<'a> Section<'a> {
         }
     }
 
+    fn bool(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<bool> {
+        match self.raw(key)? {
+            toml::Value::Boolean(b) => Some(*b),
+            _ => {
+                self.err(errors, key, "must be true or false");
+                None
+            }
+        }
+    }
+
+    /// A list of networks in CIDR notation; a bare address is a network of one.
+    fn cidrs(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, text) in self.strings(key, errors).unwrap_or_default().iter().enumerate() {
+            let parsed =
+                text.parse::<ipnet::IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.err(
+                    errors,
+                    &format!("{key}[{i}]"),
+                    format!("{text:?} is not a network like \"203.0.113.0/24\" or \"2001:db8::/32\""),
+                ),
+            }
+        }
+        out
+    }
+
     /// Reports keys nobody asked for: they are typos or keys of another version.
     fn finish(self, errors: &mut Vec<ConfigError>) {
         let Some(table) = self.table else { return };
         for key in table.keys() {
             if !self.used.contains(key.as_str()) {
-                self.err(errors, key, "unknown key");
+                self.err(errors, &written_key(key), "unknown key");
             }
         }
     }
@@ -250,10 +304,10 @@ impl<'a> Section<'a> {
 
 fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
     let mut warnings = Vec::new();
-    let known: HashSet<&str> = ["server", "store", "security", "networks", "links"].into();
+    let known: HashSet<&str> = ["server", "store", "security", "privacy", "networks", "links"].into();
     for key in root.keys() {
         if !known.contains(key.as_str()) {
-            errors.push(ConfigError { key: key.clone(), message: "unknown section".into() });
+            errors.push(ConfigError { key: written_key(key), message: "unknown section".into() });
         }
     }
 
@@ -279,17 +333,26 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         },
         None => listen.map(|a| format!("http://{a}")),
     };
-    for key in ["tls_cert", "tls_key"] {
-        if s.raw(key).is_some() {
-            s.err(errors, key, "TLS is not supported yet; terminate TLS in front of cakelink for now");
+    let tls = match (s.string("tls_cert", errors), s.string("tls_key", errors)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert: PathBuf::from(cert), key: PathBuf::from(key) }),
+        (None, None) => None,
+        (Some(_), None) => {
+            s.err(errors, "tls_key", "is required with tls_cert (the certificate's private key, PEM)");
+            None
         }
-    }
+        (None, Some(_)) => {
+            s.err(errors, "tls_cert", "is required with tls_key (the certificate chain, PEM)");
+            None
+        }
+    };
     let header_read_timeout = s.uint("header_read_timeout_secs", 1, 3600, errors).unwrap_or(10);
     let max_target_bytes = s.uint("max_target_bytes", 256, 65_536, errors).unwrap_or(8 * 1024) as usize;
     let max_header_bytes = s.uint("max_header_bytes", 1024, 1 << 20, errors).unwrap_or(16 * 1024) as usize;
     let max_body_bytes = s.uint("max_body_bytes", 1024, 16 << 20, errors).unwrap_or(64 * 1024) as usize;
     let max_connections = s.uint("max_connections", 1, 1_000_000, errors).unwrap_or(10_000) as usize;
     let shutdown_timeout = s.uint("shutdown_timeout_secs", 0, 3600, errors).unwrap_or(30);
+    let idle_timeout = s.uint("idle_timeout_secs", 1, 3600, errors).unwrap_or(60);
+    let trusted_proxies = s.cidrs("trusted_proxies", errors);
     s.finish(errors);
 
     // [store]
@@ -388,6 +451,11 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         sec.strings("previous_secrets", errors).unwrap_or_default().into_iter().map(Secret::new).collect();
     sec.finish(errors);
 
+    // [privacy]
+    let mut pr = Section::new("privacy", root.get("privacy"), errors);
+    let anonymize_ip = pr.bool("anonymize_ip", errors).unwrap_or(false);
+    pr.finish(errors);
+
     // [networks.*]
     let mut networks = BTreeMap::new();
     networks.insert("cake".to_owned(), Network::cake());
@@ -437,6 +505,9 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             max_body_bytes,
             max_connections,
             shutdown_timeout: Duration::from_secs(shutdown_timeout),
+            idle_timeout: Duration::from_secs(idle_timeout),
+            tls,
+            trusted_proxies,
         },
         store: StoreConfig {
             backend: backend?,
@@ -455,10 +526,21 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             admin_token: admin_token?,
             postback_key: postback_key?,
         },
+        privacy: PrivacyConfig { anonymize_ip },
         networks,
         links,
         warnings,
     })
+}
+
+/// A key as it would be written in the file: bare when it can be, quoted otherwise (an
+/// empty key, or one with spaces or dots, must still show in the error).
+fn written_key(key: &str) -> String {
+    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
 }
 
 fn check_redis_url(s: &Section, key: &str, url: &str, errors: &mut Vec<ConfigError>) -> bool {
@@ -522,6 +604,7 @@ fn read_network(name: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) 
             format!("{c}={{{c}}}&{t}={{{t}}}&{v}={{{v}}}", c = click_id_field, t = transaction_field, v = value_field)
         }
     });
+    let postback_allowlist = s.cidrs("postback_allowlist", errors);
     s.finish(errors);
     if subid.is_empty() {
         return None;
@@ -537,6 +620,7 @@ fn read_network(name: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) 
         item_field,
         event_field,
         postback_template,
+        postback_allowlist,
     })
 }
 
@@ -690,10 +774,44 @@ redirect = 200
     }
 
     #[test]
-    fn tls_keys_are_refused_for_now() {
+    fn tls_needs_both_files() {
         let text = GOOD.replace("[store]", "tls_cert = \"c.pem\"\n[store]");
         let errors = parse(&text).unwrap_err().0;
-        assert_eq!(errors[0].key, "server.tls_cert");
+        assert_eq!(errors[0].key, "server.tls_key");
+        let text = GOOD.replace("[store]", "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[store]");
+        let tls = parse(&text).unwrap().server.tls.unwrap();
+        assert_eq!((tls.cert.to_str(), tls.key.to_str()), (Some("c.pem"), Some("k.pem")));
+        assert!(parse(GOOD).unwrap().server.tls.is_none());
+    }
+
+    #[test]
+    fn allowlists_and_proxies_are_networks() {
+        let text = GOOD.replace("[store]", "trusted_proxies = [\"10.0.0.1\"]\n[store]")
+            + "[networks.cake]\npostback_allowlist = [\"203.0.113.7/24\", \"2001:db8::/32\"]\n[privacy]\nanonymize_ip = true\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.server.trusted_proxies, ["10.0.0.1/32".parse::<ipnet::IpNet>().unwrap()]);
+        let cake = &c.networks["cake"];
+        assert_eq!(cake.postback_allowlist[0].to_string(), "203.0.113.0/24");
+        assert!(cake.accepts_postback_from("203.0.113.200".parse().unwrap()));
+        assert!(cake.accepts_postback_from("2001:db8:1::9".parse().unwrap()));
+        assert!(!cake.accepts_postback_from("198.51.100.1".parse().unwrap()));
+        assert!(c.privacy.anonymize_ip);
+        assert!(!parse(GOOD).unwrap().privacy.anonymize_ip);
+
+        let bad = GOOD.to_owned() + "[networks.cake]\npostback_allowlist = [\"203.0.113.0/33\", \"nope\"]\n[privacy]\nanonymize_ip = \"yes\"\n";
+        let keys: Vec<String> = parse(&bad).unwrap_err().0.into_iter().map(|e| e.key).collect();
+        assert_eq!(
+            keys,
+            ["privacy.anonymize_ip", "networks.cake.postback_allowlist[0]", "networks.cake.postback_allowlist[1]"]
+        );
+    }
+
+    /// Found by the `config` fuzz target: an empty key was reported as an empty name.
+    #[test]
+    fn unknown_keys_are_shown_as_written() {
+        let text = format!("\"\" = 302\n\"a b\" = 1\n{}", GOOD.replace("[store]", "\"\" = 1\n[store]"));
+        let keys: Vec<String> = parse(&text).unwrap_err().0.into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["\"\"", "\"a b\"", "server.\"\""]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`config`]: the TOML file and environment overrides, checked completely before binding.
 //! - [`app`]: shared state and `Application` (bind, serve, shut down).
 //! - [`server`]: the accept loop, HTTP/1.1 and HTTP/2, limits, graceful shutdown.
+//! - [`tls`]: HTTPS via rustls, the certificate reloaded on SIGHUP.
 //! - [`routes`]: redirect, postback, admin API, health and metrics.
 //! - [`clickid`]: minting and verifying the signed, time-ordered click ids.
 //! - [`links`]: link definitions, compiled for the redirect and cached in process.
@@ -14,6 +15,8 @@
 //! - [`bots`]: bot and prefetch classification.
 //! - [`memo`]: per-thread memo of pure functions the redirect path repeats.
 //! - [`postback`]: reading a postback, deciding the event, recording the conversion.
+//! - [`access`]: who may send postbacks (allowlists, trusted proxies).
+//! - [`privacy`]: what a stored click keeps of the visitor's address.
 //! - [`reports`]: per-link and per-day figures from hourly counters.
 //! - [`money`]: exact decimal money.
 //! - [`model`]: the records the store keeps.
@@ -22,6 +25,7 @@
 //! - [`telemetry`]: Prometheus metrics and logging.
 //! - [`cli`]: the command-line verbs.
 
+pub mod access;
 pub mod app;
 pub mod bots;
 pub mod cli;
@@ -33,8 +37,10 @@ pub mod model;
 pub mod money;
 pub mod networks;
 pub mod postback;
+pub mod privacy;
 pub mod reports;
 pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

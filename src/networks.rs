@@ -22,6 +22,9 @@ pub struct Network {
     pub event_field: Option<String>,
     /// Query string of the postback URL, with the network's own tokens.
     pub postback_template: String,
+    /// Networks postbacks are accepted from; empty accepts any address (the key still
+    /// has to match).
+    pub postback_allowlist: Vec<ipnet::IpNet>,
 }
 
 impl Network {
@@ -38,6 +41,7 @@ impl Network {
             item_field: "oid".into(),
             event_field: None,
             postback_template: "s1=#s1#&s2=#s2#&s3=#s3#&s4=#s4#&s5=#s5#&oid=#oid#&affid=#affid#&campid=#campid#&cid=#cid#&tid=#tid#&price=#price#".into(),
+            postback_allowlist: Vec::new(),
         }
     }
 
@@ -50,6 +54,11 @@ impl Network {
         } else {
             100
         }
+    }
+
+    /// Whether a postback from `ip` may be read at all.
+    pub fn accepts_postback_from(&self, ip: std::net::IpAddr) -> bool {
+        self.postback_allowlist.is_empty() || self.postback_allowlist.iter().any(|net| net.contains(&ip))
     }
 
     /// The postback URL to paste into the network.

@@ -63,11 +63,13 @@ impl Fields {
         if !valid_percent_encoding(text) {
             return Err(FieldsError::PercentEncoding(text.chars().take(80).collect()));
         }
+        // Escapes must decode to UTF-8; a U+FFFD sent as such (`%EF%BF%BD`) is text like
+        // any other, as it is in a JSON body.
+        if percent_encoding::percent_decode_str(text).decode_utf8().is_err() {
+            return Err(FieldsError::Utf8);
+        }
         let mut fields = Fields::default();
         for (name, value) in form_urlencoded::parse(text.as_bytes()) {
-            if name.contains('\u{FFFD}') || value.contains('\u{FFFD}') {
-                return Err(FieldsError::Utf8);
-            }
             fields.push(&name, &value);
         }
         Ok(fields)
@@ -459,6 +461,17 @@ mod tests {
             assert!(Fields::from_query(bad).is_err());
         }
         assert_eq!(Fields::from_query("a=%FF"), Err(FieldsError::Utf8));
+        assert_eq!(Fields::from_query("a%C3=%A9"), Err(FieldsError::Utf8));
+    }
+
+    /// Found by the `postback` fuzz target: a JSON body could carry U+FFFD but the same
+    /// text percent-encoded in a query was refused as invalid UTF-8.
+    #[test]
+    fn a_replacement_character_is_text_in_a_query_as_in_json() {
+        let query = Fields::from_query("event=%EF%BF%BD&s2=x").unwrap();
+        let json = Fields::from_json("{\"event\":\"\u{FFFD}\",\"s2\":\"x\"}".as_bytes()).unwrap();
+        assert_eq!(query, json);
+        assert_eq!(query.get("event"), Some("\u{FFFD}"));
     }
 
     #[test]

@@ -1,27 +1,40 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on one port.
+//! The accept loop: HTTP/1.1 and HTTP/2 on one port, cleartext (HTTP/2 by prior
+//! knowledge) or TLS (by ALPN). Each connection goes accept → optional TLS → serve.
 //!
 //! A connection cap bounds memory under a flood; accept errors (out of file
 //! descriptors, say) are logged and survived; a connection that does not finish its
-//! request head within `header_read_timeout_secs` is closed. On shutdown the listener
-//! stops, in-flight requests finish, and connections that outlive the deadline are
-//! dropped.
+//! TLS handshake and request head within `header_read_timeout_secs` is closed, and so is
+//! one with nothing in flight and no bytes moving for `idle_timeout_secs`. On shutdown
+//! the listener stops, in-flight requests finish, and connections that outlive the
+//! deadline are dropped.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::app::AppState;
 use crate::routes;
+use crate::tls::Tls;
 
-/// Serves connections from `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send) {
+/// Serves connections from `listener` (through `tls` when given) until `shutdown`
+/// completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<Arc<Tls>>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
     let cfg = &state.config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -38,10 +51,13 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         .max_header_list_size((cfg.max_target_bytes + cfg.max_header_bytes) as u32)
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // `true` once shutdown starts; the sender's `closed()` tells when every connection
+    // task (each holds a receiver) has ended.
+    let (draining, _) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
     let shutdown_timeout = cfg.shutdown_timeout;
     let header_read_timeout = cfg.header_read_timeout;
+    let idle_timeout = cfg.idle_timeout;
     tokio::pin!(shutdown);
 
     loop {
@@ -64,25 +80,42 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
             },
         };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::default());
         let state = state.clone();
+        let in_service = activity.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req, peer).await) }
-        });
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            // hyper-util reads the first bytes (HTTP/1.1, or an HTTP/2 preface?) with no
-            // deadline and hyper's header timeout starts only after that: bound it too, or
-            // a client that connects and sends nothing holds the connection forever.
-            if tokio::time::timeout(header_read_timeout, first_bytes(&stream)).await.is_err() {
-                tracing::debug!(%peer, "no request within the header read timeout; closing");
-                drop(permit);
-                return;
+            let in_flight = InFlight::start(&in_service);
+            async move {
+                let res = routes::handle(&state, req, peer).await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(res)
             }
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        });
+        let builder = builder.clone();
+        let draining = draining.subscribe();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let io = Tracked { inner: stream, activity: activity.clone() };
+            match tls {
+                None => {
+                    // hyper-util reads the first bytes (HTTP/1.1, or an HTTP/2 preface?) with
+                    // no deadline and hyper's header timeout starts only after that: bound
+                    // it too, or a client that connects and sends nothing holds the
+                    // connection forever.
+                    if tokio::time::timeout(header_read_timeout, first_bytes(&io.inner)).await.is_err() {
+                        tracing::debug!(%peer, "no request within the header read timeout; closing");
+                    } else {
+                        serve_connection(&builder, io, service, &activity, idle_timeout, draining).await;
+                    }
+                }
+                Some(tls) => match tokio::time::timeout(header_read_timeout, tls.acceptor().accept(io)).await {
+                    Ok(Ok(io)) => {
+                        serve_connection(&builder, io, service, &activity, idle_timeout, draining).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "no TLS handshake within the header read timeout; closing"),
+                },
             }
             drop(permit);
         });
@@ -90,8 +123,157 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
 
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
-    if tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await.is_err() {
+    let _ = draining.send(true);
+    if tokio::time::timeout(shutdown_timeout, draining.closed()).await.is_err() {
         tracing::warn!(timeout = ?shutdown_timeout, "connections still open at the shutdown deadline were dropped");
+    }
+}
+
+/// Serves one connection until it ends, starting a graceful close (current requests
+/// finish, then the connection closes) when the server drains or when the connection
+/// goes idle; a connection still silent one idle period after that is dropped.
+async fn serve_connection<IO, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: IO,
+    service: S,
+    activity: &Activity,
+    idle_timeout: Duration,
+    mut draining: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<routes::Body>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = draining.wait_for(|d| *d), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = activity.idle_for(idle_timeout) => {
+                if closing {
+                    tracing::debug!("connection still idle after a graceful close; dropping it");
+                    return;
+                }
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// What a connection is doing: bytes moved (a counter, so the I/O path reads no clock)
+/// and requests in flight.
+#[derive(Default)]
+struct Activity {
+    bytes: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    /// Completes once no request has been in flight and no byte has moved for `idle`
+    /// (checked every quarter of it, so within 1.25 × `idle`).
+    async fn idle_for(&self, idle: Duration) {
+        let step = idle / 4;
+        let mut seen = self.bytes.load(Ordering::Relaxed);
+        let mut quiet = Duration::ZERO;
+        while quiet < idle {
+            tokio::time::sleep(step).await;
+            let now = self.bytes.load(Ordering::Relaxed);
+            if now != seen || self.in_flight.load(Ordering::Relaxed) > 0 {
+                seen = now;
+                quiet = Duration::ZERO;
+            } else {
+                quiet += step;
+            }
+        }
+    }
+}
+
+/// Marks a request in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream that counts the bytes it moves into its connection's [`Activity`].
+struct Tracked<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> Tracked<IO> {
+    fn moved(&self, n: usize) {
+        if n > 0 {
+            self.activity.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.moved(buf.filled().len() - before);
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.moved(n);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.moved(n);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

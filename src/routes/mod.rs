@@ -48,7 +48,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
     let mut parts = path.trim_start_matches('/').splitn(3, '/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("go"), Some(network), Some(slug)) => redirect::redirect(state, &req, network, slug, peer).await,
-        (Some("collect"), Some(network), Some(key)) => postback::postback(state, req, network, key).await,
+        (Some("collect"), Some(network), Some(key)) => postback::postback(state, req, network, key, peer).await,
         (Some("api"), _, _) => api::api(state, req).await,
         (Some("healthz"), None, None) => ops::healthz(&req),
         (Some("readyz"), None, None) => ops::readyz(state, &req).await,
@@ -110,7 +110,9 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// Bearer-token and key comparison in constant time.
+/// Bearer-token and key comparison in constant time. Both sides are hashed first, so
+/// that not even the secret's length shows in the timing.
 pub fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
-    subtle::ConstantTimeEq::ct_eq(given, expected).into()
+    let (given, expected) = (blake3::hash(given), blake3::hash(expected));
+    subtle::ConstantTimeEq::ct_eq(&given.as_bytes()[..], &expected.as_bytes()[..]).into()
 }

@@ -1,8 +1,11 @@
 //! `GET`/`POST /collect/{network}/{key}`: the network reports a conversion.
 //!
-//! Refused only for a wrong key (`403`) or a bad field value (`400`); every other
+//! Refused only for a sender outside the network's `postback_allowlist` or a wrong key
+//! (`403`), or a bad field value (`400`); every other
 //! outcome, `no_match` included, is a `200` whose body says what happened, because
 //! networks disable postback URLs that fail often. Every postback is logged.
+
+use std::net::SocketAddr;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -11,6 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::{json, method_not_allowed, path_segment, secret_matches, Body};
+use crate::access;
 use crate::app::AppState;
 use crate::postback::{self, Answer, Context, Fields, Status};
 use crate::telemetry;
@@ -36,7 +40,13 @@ fn respond(answer: &Answer) -> Response<Body> {
 }
 
 /// Handles one postback.
-pub async fn postback(state: &AppState, req: Request<Incoming>, network: &str, key: &str) -> Response<Body> {
+pub async fn postback(
+    state: &AppState,
+    req: Request<Incoming>,
+    network: &str,
+    key: &str,
+    peer: SocketAddr,
+) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::POST {
         return method_not_allowed("GET, POST");
     }
@@ -51,6 +61,15 @@ pub async fn postback(state: &AppState, req: Request<Incoming>, network: &str, k
 
     let query = req.uri().query().unwrap_or_default().to_owned();
     let query_fields = Fields::from_query(&query);
+    let forwarded = req.headers().get_all("x-forwarded-for");
+    let forwarded = forwarded.iter().filter_map(|v| v.to_str().ok());
+    let source = access::postback_source(peer.ip(), forwarded, &state.config.server.trusted_proxies);
+    if !network.accepts_postback_from(source) {
+        let reason = format!("postbacks from {source} are not on the allowlist of network {:?}", network.name);
+        let answer = Answer::rejected(403, reason);
+        log(state, &answer, &network.name, &query_fields.clone().unwrap_or_default(), now).await;
+        return respond(&answer);
+    }
     let key_ok = secret_matches(key.as_bytes(), state.config.security.postback_key.expose().as_bytes());
     if !key_ok {
         let answer = Answer::rejected(403, "wrong postback key");

@@ -127,7 +127,7 @@ pub async fn redirect(
         link: link.key.clone(),
         at: now_ms,
         bot: bot.map(|b| b.to_string()),
-        ip: Some(peer.ip().to_string()),
+        ip: Some(crate::privacy::stored_ip(&state.config.privacy, peer.ip())),
         user_agent: user_agent.map(|u| clip(u).to_owned()),
         referer: header(&REFERER).map(|r| clip(r).to_owned()),
         utm,

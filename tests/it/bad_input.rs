@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{count, spawn_app, Backend, TestApp, POSTBACK_KEY};
+use crate::helpers::{count, spawn_app, spawn_app_edited, Backend, TestApp, POSTBACK_KEY};
 use crate::on_both_stores;
 
 /// Upper bound for the server to answer or hang up; a bound, not a timing target.
@@ -316,6 +316,111 @@ async fn silent_connections_are_cut_off(backend: Backend) {
     app.stop().await;
 }
 
+/// A config whose `[server]` section sets `keys` too (the head timeout made long, so
+/// that only the limit under test can close a connection).
+async fn spawn_with_server_keys(backend: Backend, keys: &str) -> TestApp {
+    spawn_app_edited(backend, |text| {
+        text.replace("header_read_timeout_secs = 1\n", &format!("header_read_timeout_secs = 30\n{keys}\n"))
+    })
+    .await
+}
+
+/// Reads one HTTP/1.1 answer (head and `content-length` body) within [`BOUND`],
+/// leaving the connection open.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(BOUND, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&got).into_owned(),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.unwrap_or_else(|_| panic!("no complete answer within {BOUND:?}; got {:?}", String::from_utf8_lossy(&got)))
+}
+
+/// An HTTP/1.1 keep-alive connection with nothing more to ask is closed after
+/// `idle_timeout_secs`.
+async fn idle_http1_connections_are_closed(backend: Backend) {
+    let app = spawn_with_server_keys(backend, "idle_timeout_secs = 1").await;
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Still open for a second request right away: keep-alive works.
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Then silence: the server hangs up, having sent nothing more.
+    let rest = read_until_closed(&mut stream).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert_still_serves(&app).await;
+    app.stop().await;
+}
+
+/// An HTTP/2 connection that sent the preface and went silent is closed after
+/// `idle_timeout_secs`, with a GOAWAY first.
+async fn idle_http2_connections_are_closed(backend: Backend) {
+    let app = spawn_with_server_keys(backend, "idle_timeout_secs = 1").await;
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("write");
+    let sent = read_until_closed(&mut stream).await;
+    // Frames: 3 bytes length, 1 type, 1 flags, 4 stream id, then the payload.
+    let mut types = Vec::new();
+    let mut rest = &sent[..];
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        types.push(rest[3]);
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    assert_eq!(types.first(), Some(&SETTINGS), "the server's preface comes first: {types:?}");
+    assert!(types.contains(&GOAWAY), "a GOAWAY before the close: {types:?}");
+    assert_still_serves(&app).await;
+    app.stop().await;
+}
+
+/// With `max_connections = 2` a third connection waits in the accept queue until one of
+/// the two closes, and is then served.
+async fn connections_beyond_the_cap_wait(backend: Backend) {
+    let app = spawn_with_server_keys(backend, "max_connections = 2").await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = TcpStream::connect(app.addr).await.expect("connect");
+    first.write_all(request).await.expect("write");
+    assert!(read_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    let mut second = TcpStream::connect(app.addr).await.expect("connect");
+    second.write_all(request).await.expect("write");
+    assert!(read_answer(&mut second).await.starts_with("HTTP/1.1 200"));
+
+    let mut third = TcpStream::connect(app.addr).await.expect("the kernel queues the connection");
+    third.write_all(request).await.expect("write");
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut byte)).await;
+    assert!(early.is_err(), "the third connection was served while two were open: {early:?}");
+
+    drop(first);
+    let answer = read_answer(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(second);
+    drop(third);
+    app.stop().await;
+}
+
 on_both_stores!(oversized_and_invalid_postback_bodies, wrong_methods_are_405, bad_path_encoding_is_400);
 
 mod embedded_store {
@@ -349,5 +454,20 @@ mod embedded_store {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn silent_connections_are_cut_off() {
         super::silent_connections_are_cut_off(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_http1_connections_are_closed() {
+        super::idle_http1_connections_are_closed(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_http2_connections_are_closed() {
+        super::idle_http2_connections_are_closed(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_cap_wait() {
+        super::connections_beyond_the_cap_wait(Backend::Embedded).await
     }
 }

@@ -159,7 +159,19 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, store_extra: &str, extra: &str) -> TestApp {
     let store = StoreHandle::new(backend);
     let text = config_text("127.0.0.1:0", &store.toml, store_extra, extra);
-    let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
+    serve_text(store, &text).await
+}
+
+/// A cakelink whose config text (`config_text` with the store filled in) is passed
+/// through `edit` first: to change `[server]` keys, say.
+pub async fn spawn_app_edited(backend: Backend, edit: impl FnOnce(String) -> String) -> TestApp {
+    let store = StoreHandle::new(backend);
+    let text = edit(config_text("127.0.0.1:0", &store.toml, "", ""));
+    serve_text(store, &text).await
+}
+
+async fn serve_text(store: StoreHandle, text: &str) -> TestApp {
+    let config = Config::parse(text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
     let app = Application::build(config).await.expect("app builds");
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel();

@@ -4,6 +4,7 @@
 mod helpers;
 mod redis_server;
 
+mod access;
 mod api;
 mod bad_input;
 mod durability;
@@ -11,3 +12,4 @@ mod outage;
 mod postback;
 mod redirect;
 mod store_contract;
+mod tls;

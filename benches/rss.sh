@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Server memory under steady load: cakelink's RSS sampled while wrk sends clicks at a
+# capped rate (half of the peak measured first, unless --rate is given) for --duration
+# seconds. Prints the samples and the change from the first sample after the warm-up to
+# the last.
+#
+#   benches/rss.sh [--store embedded|redis] [--duration SECS] [--rate REQ_PER_SEC] [--every SECS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+
+STORE=embedded
+DURATION=300
+RATE=""
+EVERY=15
+WARMUP=${WARMUP:-30}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --store) STORE=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --every) EVERY=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+need_tools wrk redis-server curl
+build_release
+PORT=$(free_port)
+start_cakelink "$PORT" "$(store_toml "$STORE" "$PORT")"
+
+if [ -z "$RATE" ]; then
+  peak=$(wrk_result "$PORT" 10 64 benches/wrk-clicks.lua /go/cake/demo | sed -E 's/.*rps=([0-9]+).*/\1/')
+  RATE=$((peak / 2))
+  echo "peak: $peak req/s; running at half: $RATE req/s" >&2
+fi
+# Each connection pauses 2 ms between requests: connections = rate * 2 / 1000.
+CONNS=$(( (RATE * 2 + 999) / 1000 ))
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$CAKELINK_PID/status"; }
+
+taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$((DURATION + WARMUP))s" --timeout 10s \
+  -s benches/wrk-clicks-paced.lua "http://127.0.0.1:$PORT" -- /go/cake/demo with-fbclid 2 > "$WORK/wrk.out" &
+WRK=$!
+sleep "$WARMUP"
+echo "| seconds | RSS (MiB) |"
+echo "|---|---|"
+first=""
+for t in $(seq 0 "$EVERY" "$DURATION"); do
+  [ "$t" -gt 0 ] && sleep "$EVERY"
+  kib=$(rss_kib)
+  [ -z "$first" ] && first=$kib
+  awk -v t="$t" -v k="$kib" 'BEGIN { printf "| %s | %.1f |\n", t, k / 1024 }'
+done
+last=$(rss_kib)
+wait "$WRK" || true
+line=$(grep '^RESULT' "$WORK/wrk.out")
+echo
+echo "load: ${line#RESULT } over $((DURATION + WARMUP)) s with $CONNS connections"
+python3 -c "print(f'RSS change after the warm-up: {($last - $first) / $first * 100:+.1f}% ({$first / 1024:.1f} MiB to {$last / 1024:.1f} MiB)')"

@@ -1,0 +1,120 @@
+//! HTTPS: rustls (with the `ring` provider, which builds with a C compiler alone), HTTP/2
+//! and HTTP/1.1 offered by ALPN.
+//!
+//! The certificate and key live behind an [`ArcSwap`] that a certificate resolver reads
+//! at every handshake, so `SIGHUP` can put a renewed certificate in place without a
+//! restart: new connections get it, open ones keep the session they negotiated. A file
+//! that does not load on reload is logged and the certificate in use is kept.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsFiles;
+
+/// The TLS side of the listener: an acceptor whose certificate can be swapped.
+pub struct Tls {
+    files: TlsFiles,
+    current: Arc<Swappable>,
+    acceptor: TlsAcceptor,
+}
+
+impl Tls {
+    /// Loads the certificate and key; an error names the config key at fault.
+    pub fn load(files: &TlsFiles) -> Result<Tls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = load_key(files, &provider)?;
+        let current = Arc::new(Swappable(ArcSwap::from_pointee(key)));
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS set-up: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(current.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Tls { files: files.clone(), current, acceptor: TlsAcceptor::from(Arc::new(config)) })
+    }
+
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// Reads the files again and, if they load, serves the new certificate to new
+    /// connections. On error the old certificate stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let provider = rustls::crypto::ring::default_provider();
+        let key = load_key(&self.files, &provider)?;
+        self.current.0.store(Arc::new(key));
+        Ok(())
+    }
+}
+
+fn load_key(files: &TlsFiles, provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey, String> {
+    let cert_path = files.cert.display();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| format!("server.tls_cert: cannot read a PEM certificate from {cert_path}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("server.tls_cert: {cert_path} holds no certificate"));
+    }
+    let key_path = files.key.display();
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("server.tls_key: cannot read a PEM private key from {key_path}: {e}"))?;
+    CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| format!("server.tls_key: {key_path} does not go with the certificate in {cert_path}: {e}"))
+}
+
+/// The certificate in use, read by every handshake.
+struct Swappable(ArcSwap<CertifiedKey>);
+
+impl fmt::Debug for Swappable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Swappable")
+    }
+}
+
+impl ResolvesServerCert for Swappable {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Reloads `tls` on every SIGHUP while the returned future runs. The handler is in place
+/// when this returns, before the future is first polled. Without TLS a SIGHUP is logged
+/// and otherwise ignored (it must not end the process).
+pub fn reload_on_sighup(tls: Option<Arc<Tls>>) -> impl std::future::Future<Output = ()> + Send {
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hangups = match hangups {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates reload only on restart");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                match &tls {
+                    None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+                    Some(tls) => match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the certificate in use is kept"),
+                    },
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tls;
+            std::future::pending::<()>().await
+        }
+    }
+}
