@@ -50,7 +50,7 @@ fn links(c: &mut Criterion) {
     });
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let limits = StoreLimits { click_ttl: Duration::from_secs(86_400), event_log_max: 10 };
+    let limits = StoreLimits { click_ttl: Duration::from_secs(86_400), event_log_max: 10, outbox: Default::default() };
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(1), limits).expect("store opens"));
     let mut nets = BTreeMap::new();

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::clickid::Keyring;
 use crate::config::Config;
+use crate::forward::Forwarder;
 use crate::links::LinkCatalog;
 use crate::store::{self, Store, StoreLimits};
 use crate::{server, telemetry};
@@ -50,7 +51,11 @@ pub struct Application {
 impl Application {
     /// Opens the store and binds the configured address (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let limits = StoreLimits { click_ttl: config.store.click_ttl(), event_log_max: config.store.event_log_max };
+        let limits = StoreLimits {
+            click_ttl: config.store.click_ttl(),
+            event_log_max: config.store.event_log_max,
+            outbox: config.forward.routes(),
+        };
         let store = store::open(&config.store.backend, limits).await.context("opening the store")?;
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -67,10 +72,16 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests (bounded by
-    /// `shutdown_timeout_secs`) and flushes the store.
+    /// Serves (and forwards conversions in the background) until `shutdown` completes,
+    /// then drains in-flight requests (bounded by `shutdown_timeout_secs`), stops
+    /// forwarding and flushes the store.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let config = &self.state.config;
+        let forwarder = Forwarder::spawn(self.state.store.clone(), &config.forward, &config.server.public_url);
         server::serve(self.listener, self.state.clone(), shutdown).await;
+        if let Some(forwarder) = forwarder {
+            forwarder.stop().await;
+        }
         self.state.store.flush().await.context("flushing the store at shutdown")?;
         Ok(())
     }

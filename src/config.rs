@@ -4,6 +4,10 @@
 //! The file is read into a TOML tree and checked key by key, so that `check-config`
 //! (and `serve`, before it binds anything) reports every error at once with the key that
 //! holds it, including unknown keys: a typo must not silently fall back to a default.
+//!
+//! Destinations' credentials can come from the environment too, as
+//! `CAKELINK_DESTINATION_<NAME>_<KEY>` (name and key upper-cased, other characters `_`),
+//! e.g. `CAKELINK_DESTINATION_META_MAIN_ACCESS_TOKEN`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -11,6 +15,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::forward::google::GoogleConfig;
+use crate::forward::meta::MetaConfig;
+use crate::forward::tiktok::TikTokConfig;
+use crate::forward::webhook::WebhookConfig;
+use crate::forward::{Destination, ForwardConfig, PlatformConfig};
 use crate::links::validate_link;
 use crate::model::{Link, LinkSource, LinkStatus};
 use crate::networks::Network;
@@ -88,6 +97,8 @@ pub struct Config {
     pub security: SecurityConfig,
     pub networks: BTreeMap<String, Network>,
     pub links: Vec<Link>,
+    /// `[forward]` and `[[destinations]]`: where conversions are forwarded.
+    pub forward: ForwardConfig,
     /// Things that work but should be fixed (example secrets, say).
     pub warnings: Vec<String>,
 }
@@ -213,6 +224,16 @@ impl<'a> Section<'a> {
         }
     }
 
+    fn boolean(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<bool> {
+        match self.raw(key)? {
+            toml::Value::Boolean(b) => Some(*b),
+            _ => {
+                self.err(errors, key, "must be true or false");
+                None
+            }
+        }
+    }
+
     fn strings(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<Vec<String>> {
         match self.raw(key)? {
             toml::Value::Array(items) => {
@@ -245,7 +266,7 @@ impl<'a> Section<'a> {
 
 fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
     let mut warnings = Vec::new();
-    let known: HashSet<&str> = ["server", "store", "security", "networks", "links"].into();
+    let known: HashSet<&str> = ["server", "store", "security", "networks", "links", "forward", "destinations"].into();
     for key in root.keys() {
         if !known.contains(key.as_str()) {
             errors.push(ConfigError { key: key.clone(), message: "unknown section".into() });
@@ -403,6 +424,35 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         }
     }
 
+    // [forward] and [[destinations]]
+    let mut fw = Section::new("forward", root.get("forward"), errors);
+    let lease_secs = fw.uint("lease_secs", 1, 86_400, errors).unwrap_or(120);
+    let poll_ms = fw.uint("poll_ms", 10, 60_000, errors).unwrap_or(1000);
+    fw.finish(errors);
+    let mut destinations = Vec::new();
+    match root.get("destinations") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            let mut seen = HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("destinations[{i}]");
+                if let Some(d) = read_destination(&key, item, env, errors) {
+                    if !seen.insert(d.name.clone()) {
+                        errors.push(ConfigError {
+                            key: format!("{key}.name"),
+                            message: format!("{:?} is used by another destination; names must be unique", d.name),
+                        });
+                    }
+                    destinations.push(d);
+                }
+            }
+        }
+        Some(_) => errors.push(ConfigError {
+            key: "destinations".into(),
+            message: "must be an array of tables ([[destinations]])".into(),
+        }),
+    }
+
     Some(Config {
         server: ServerConfig {
             listen: listen?,
@@ -428,7 +478,183 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         },
         networks,
         links,
+        forward: ForwardConfig {
+            lease: Duration::from_secs(lease_secs),
+            poll: Duration::from_millis(poll_ms),
+            destinations,
+        },
         warnings,
+    })
+}
+
+/// The environment variable that can hold `key` of destination `name`.
+fn destination_var(name: &str, key: &str) -> String {
+    let upper = |t: &str| -> String {
+        t.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    };
+    format!("CAKELINK_DESTINATION_{}_{}", upper(name), upper(key))
+}
+
+/// An absolute http(s) URL, without a trailing slash.
+fn http_url(s: &mut Section, key: &'static str, default: &str, errors: &mut Vec<ConfigError>) -> String {
+    let text = s.string(key, errors).unwrap_or_else(|| default.to_owned());
+    match url::Url::parse(&text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => text.trim_end_matches('/').to_owned(),
+        _ => {
+            s.err(errors, key, format!("{text:?} is not an absolute http(s) URL"));
+            String::new()
+        }
+    }
+}
+
+fn read_destination(
+    key: &str,
+    value: &toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Destination> {
+    let mut s = Section::new(key, Some(value), errors);
+    let name = s.string("name", errors).unwrap_or_default();
+    if name.is_empty() {
+        s.err(errors, "name", "is required: a unique name (letters, digits, - _ .)");
+    } else if !valid_name(&name) {
+        s.err(errors, "name", "may hold only letters, digits and - _ . (at most 64)");
+    }
+    let kind = s.string("type", errors);
+    let enabled = s.boolean("enabled", errors).unwrap_or(true);
+    let dry_run = s.boolean("dry_run", errors).unwrap_or(false);
+    let max_attempts = s.uint("max_attempts", 1, 100, errors).unwrap_or(10) as u32;
+    let backoff_ms = s.uint("backoff_ms", 10, 86_400_000, errors).unwrap_or(30_000);
+    let timeout_secs = s.uint("timeout_secs", 1, 300, errors).unwrap_or(10);
+    let batch_size = s.uint("batch_size", 1, 2000, errors).unwrap_or(2000) as usize;
+    let mut clicks = false;
+    let events = s.strings("events", errors).map(|list| {
+        let mut conversions = Vec::new();
+        for event in list {
+            match event.as_str() {
+                "Click" | "ViewContent" => clicks = true,
+                "" => s.err(errors, "events", "event names must not be empty"),
+                _ => conversions.push(event),
+            }
+        }
+        conversions
+    });
+    let mut event_map = BTreeMap::new();
+    match s.raw("event_map") {
+        None => {}
+        Some(toml::Value::Table(t)) => {
+            for (from, to) in t {
+                match to {
+                    toml::Value::String(to) if !to.trim().is_empty() => {
+                        event_map.insert(from.clone(), to.clone());
+                    }
+                    _ => s.err(errors, &format!("event_map.{from}"), "must be a non-empty string"),
+                }
+            }
+        }
+        Some(_) => {
+            s.err(errors, "event_map", "must be a table of event names, like { Lead = \"CompleteRegistration\" }")
+        }
+    }
+    let secret = |s: &mut Section, key: &'static str, errors: &mut Vec<ConfigError>| -> Secret {
+        let var = destination_var(&name, key);
+        match env(&var).or_else(|| s.string(key, errors)) {
+            Some(v) if !v.trim().is_empty() => Secret::new(v),
+            _ => {
+                s.err(errors, key, format!("is required (or set {var})"));
+                Secret::new("")
+            }
+        }
+    };
+    let required = |s: &mut Section, key: &'static str, what: &str, errors: &mut Vec<ConfigError>| -> String {
+        match s.string(key, errors) {
+            Some(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            _ => {
+                s.err(errors, key, format!("is required: {what}"));
+                String::new()
+            }
+        }
+    };
+    let platform = match kind.as_deref() {
+        Some("meta") => {
+            let pixel_id = required(&mut s, "pixel_id", "the Meta pixel (dataset) id", errors);
+            if !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
+                s.err(errors, "pixel_id", format!("{pixel_id:?} is not a pixel id (digits only)"));
+            }
+            Some(PlatformConfig::Meta(MetaConfig {
+                pixel_id,
+                access_token: secret(&mut s, "access_token", errors),
+                graph_url: http_url(&mut s, "graph_url", "https://graph.facebook.com", errors),
+                version: s.string("api_version", errors).unwrap_or_else(|| "v21.0".into()),
+                test_event_code: s.string("test_event_code", errors),
+            }))
+        }
+        Some("google") => {
+            let digits = |v: String| v.chars().filter(|c| *c != '-').collect::<String>();
+            let customer_id = digits(required(&mut s, "customer_id", "the Google Ads account id", errors));
+            if !customer_id.bytes().all(|b| b.is_ascii_digit()) {
+                s.err(errors, "customer_id", format!("{customer_id:?} is not a customer id like 123-456-7890"));
+            }
+            let conversion_action =
+                required(&mut s, "conversion_action", "customers/{id}/conversionActions/{id} or the action id", errors);
+            let login_customer_id = s.string("login_customer_id", errors).map(digits);
+            let consent = match s.string("consent", errors).as_deref() {
+                None => None,
+                Some("granted") => Some("GRANTED".to_owned()),
+                Some("denied") => Some("DENIED".to_owned()),
+                Some(other) => {
+                    s.err(errors, "consent", format!("{other:?} is not \"granted\" or \"denied\""));
+                    None
+                }
+            };
+            Some(PlatformConfig::Google(GoogleConfig {
+                customer_id,
+                conversion_action,
+                login_customer_id,
+                developer_token: secret(&mut s, "developer_token", errors),
+                client_id: required(&mut s, "client_id", "the OAuth2 client id", errors),
+                client_secret: secret(&mut s, "client_secret", errors),
+                refresh_token: secret(&mut s, "refresh_token", errors),
+                api_url: http_url(&mut s, "api_url", "https://googleads.googleapis.com", errors),
+                token_url: http_url(&mut s, "token_url", "https://oauth2.googleapis.com/token", errors),
+                consent,
+            }))
+        }
+        Some("tiktok") => Some(PlatformConfig::TikTok(TikTokConfig {
+            pixel_id: required(&mut s, "pixel_id", "the TikTok pixel code", errors),
+            access_token: secret(&mut s, "access_token", errors),
+            api_url: http_url(&mut s, "api_url", "https://business-api.tiktok.com", errors),
+            test_event_code: s.string("test_event_code", errors),
+        })),
+        Some("webhook") => {
+            let url = required(&mut s, "url", "where to POST", errors);
+            if !url.is_empty() && !url::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                s.err(errors, "url", format!("{url:?} is not an absolute http(s) URL"));
+            }
+            Some(PlatformConfig::Webhook(WebhookConfig { url, secret: secret(&mut s, "secret", errors) }))
+        }
+        Some(other) => {
+            s.err(errors, "type", format!("{other:?} is not a destination type; use meta, google, tiktok or webhook"));
+            None
+        }
+        None => {
+            s.err(errors, "type", "is required: meta, google, tiktok or webhook");
+            None
+        }
+    };
+    s.finish(errors);
+    Some(Destination {
+        name,
+        platform: platform?,
+        enabled,
+        events,
+        clicks,
+        event_map,
+        dry_run,
+        max_attempts,
+        backoff: Duration::from_millis(backoff_ms),
+        timeout: Duration::from_secs(timeout_secs),
+        batch_size,
     })
 }
 

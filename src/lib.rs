@@ -17,6 +17,8 @@
 //! - [`money`]: exact decimal money.
 //! - [`model`]: the records the store keeps.
 //! - [`store`]: one trait; the embedded (fjall) and Redis backends.
+//! - [`forward`]: the outbox worker and the ad platforms' conversion APIs (Meta, Google
+//!   Ads, TikTok) and signed webhooks.
 //! - [`telemetry`]: Prometheus metrics and logging.
 //! - [`cli`]: the command-line verbs.
 
@@ -25,6 +27,7 @@ pub mod bots;
 pub mod cli;
 pub mod clickid;
 pub mod config;
+pub mod forward;
 pub mod links;
 pub mod model;
 pub mod money;

@@ -10,12 +10,17 @@
 //!
 //! Keyspaces: `clicks` (id → click; ids sort by creation time, so expired clicks are a
 //! key range), `conversions` (time ‖ id → conversion), `conversion_ids` (id → time),
-//! `counters` (hour ‖ link → counters), `events` (sequence → event), `links`.
+//! `counters` (hour ‖ link → counters), `events` (sequence → event), `links`,
+//! `deliveries` (delivery id → delivery) and `outbox` (next attempt time ‖ delivery id →
+//! nothing: the pending deliveries in the order they fall due).
+//!
+//! Only one process can open the directory, so the leases of claimed deliveries live in
+//! memory: a restart forgets them, and what was in flight is due again at once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -24,10 +29,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Store, StoreError, StoreLimits, StoreResult};
+use super::{now_ms, Requeue, Store, StoreError, StoreLimits, StoreResult};
 use crate::clickid::ClickId;
 use crate::model::{
-    hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis,
+    hour_of, link_key, Click, Conversion, Counters, Delivery, DeliveryStatus, Event, HourCounters, Link, Recorded,
+    UnixHour, UnixMillis,
 };
 
 /// Most requests one batch takes; bounds the latency one commit adds.
@@ -46,6 +52,8 @@ struct Tables {
     counters: Keyspace,
     events: Keyspace,
     links: Keyspace,
+    deliveries: Keyspace,
+    outbox: Keyspace,
 }
 
 impl Tables {
@@ -59,6 +67,8 @@ impl Tables {
             counters: ks("counters")?,
             events: ks("events")?,
             links: ks("links")?,
+            deliveries: ks("deliveries")?,
+            outbox: ks("outbox")?,
             db,
         })
     }
@@ -70,6 +80,8 @@ enum Op {
     Event(Event, oneshot::Sender<StoreResult<()>>),
     PutLink(Link, oneshot::Sender<StoreResult<()>>),
     DeleteLink(String, oneshot::Sender<StoreResult<bool>>),
+    FinishDelivery(Box<Delivery>, oneshot::Sender<StoreResult<bool>>),
+    Requeue(String, UnixMillis, oneshot::Sender<StoreResult<Requeue>>),
     Sweep,
     Flush(oneshot::Sender<StoreResult<()>>),
 }
@@ -79,6 +91,8 @@ pub struct EmbeddedStore {
     tables: Tables,
     ops: mpsc::Sender<Op>,
     stop: Arc<AtomicBool>,
+    /// Claimed deliveries: id → (owner, lease end in ms).
+    leases: Mutex<HashMap<String, (String, UnixMillis)>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -92,6 +106,13 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The outbox key of a pending delivery: due time first, so a range read finds what is due.
+fn outbox_key(next_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = (next_at.max(0) as u64).to_be_bytes().to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 fn now_secs() -> u64 {
@@ -138,7 +159,7 @@ impl EmbeddedStore {
             }
         })?;
 
-        Ok(EmbeddedStore { tables, ops, stop })
+        Ok(EmbeddedStore { tables, ops, stop, leases: Mutex::new(HashMap::new()) })
     }
 
     async fn submit<T>(&self, op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreResult<T> {
@@ -274,6 +295,104 @@ impl Store for EmbeddedStore {
         self.submit(Op::Flush).await
     }
 
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: UnixMillis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        // Read a little more than `limit`: some due entries may be leased already.
+        let leased = self.leases.lock().map_or(0, |l| l.len());
+        let want = limit + leased;
+        let due: Vec<Delivery> = self
+            .read(move |t| {
+                let end = outbox_key(now.saturating_add(1), "");
+                let mut out = Vec::new();
+                for kv in t.outbox.range(..end).take(want) {
+                    let key = kv.key().map_err(unavailable)?;
+                    let id = &key[8..];
+                    if let Some(bytes) = t.deliveries.get(id).map_err(unavailable)? {
+                        out.push(decode::<Delivery>(&bytes)?);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        let until = now.saturating_add(lease.as_millis() as i64);
+        let mut leases = self.leases.lock().map_err(|_| StoreError::Unavailable("lease table poisoned".into()))?;
+        let mut claimed = Vec::new();
+        for d in due {
+            if claimed.len() >= limit {
+                break;
+            }
+            if leases.get(&d.id).is_some_and(|(_, end)| *end > now) {
+                continue;
+            }
+            leases.insert(d.id.clone(), (owner.to_owned(), until));
+            claimed.push(d);
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_delivery(&self, owner: &str, delivery: &Delivery) -> StoreResult<bool> {
+        let holds = self.leases.lock().is_ok_and(|l| l.get(&delivery.id).is_some_and(|(o, _)| o == owner));
+        if !holds {
+            return Ok(false);
+        }
+        let done = self.submit(|tx| Op::FinishDelivery(Box::new(delivery.clone()), tx)).await;
+        if let Ok(mut leases) = self.leases.lock() {
+            leases.remove(&delivery.id);
+        }
+        done
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let destination = destination.map(str::to_owned);
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for kv in t.deliveries.iter() {
+                let d: Delivery = decode(&kv.into_inner().map_err(unavailable)?.1)?;
+                if status.is_none_or(|s| s == d.status) && destination.as_deref().is_none_or(|n| n == d.destination) {
+                    out.push(d);
+                }
+            }
+            out.sort_by(|a, b| (b.updated_at, &b.id).cmp(&(a.updated_at, &a.id)));
+            out.truncate(limit);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn deliveries_of(&self, _click_id: &str, event_id: &str) -> StoreResult<Vec<Delivery>> {
+        let prefix = Delivery::id_for(event_id, "");
+        self.read(move |t| {
+            t.deliveries.prefix(prefix.as_bytes()).map(|kv| decode(&kv.into_inner().map_err(unavailable)?.1)).collect()
+        })
+        .await
+    }
+
+    async fn requeue_delivery(&self, id: &str, now: UnixMillis) -> StoreResult<Requeue> {
+        self.submit(|tx| Op::Requeue(id.to_owned(), now, tx)).await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<u64> {
+        self.read(|t| {
+            let mut n = 0u64;
+            for kv in t.outbox.iter() {
+                kv.key().map_err(unavailable)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     fn backend(&self) -> &'static str {
         "embedded"
     }
@@ -293,6 +412,7 @@ enum Reply {
     Unit(oneshot::Sender<StoreResult<()>>),
     Recorded(oneshot::Sender<StoreResult<Recorded>>, Recorded),
     Bool(oneshot::Sender<StoreResult<bool>>, bool),
+    Requeue(oneshot::Sender<StoreResult<Requeue>>, Requeue),
 }
 
 impl Reply {
@@ -308,6 +428,9 @@ impl Reply {
             }
             Reply::Bool(tx, b) => {
                 let _ = tx.send(failure.map_or(Ok(b), |_| Err(err())));
+            }
+            Reply::Requeue(tx, r) => {
+                let _ = tx.send(failure.map_or(Ok(r), |_| Err(err())));
             }
         }
     }
@@ -366,6 +489,7 @@ impl Writer {
                                 .or_default()
                                 .add(&Counters::for_click(&click));
                             batch.insert(&self.t.clicks, click.id.as_bytes(), encode(&click));
+                            self.enqueue(&mut batch, self.limits.outbox.for_click(&click, now_ms()));
                         }
                         Ok(_) => {}
                         Err(e) => failure = Some(e.to_string()),
@@ -384,6 +508,7 @@ impl Writer {
                                 .add(&Counters::for_conversion(&conv));
                             batch.insert(&self.t.conversions, key, encode(&*conv));
                             batch.insert(&self.t.conversion_ids, conv.id.as_bytes(), at.to_vec());
+                            self.enqueue(&mut batch, self.limits.outbox.for_conversion(&conv, now_ms()));
                             Recorded::New
                         }
                         Ok(_) => Recorded::Duplicate,
@@ -417,6 +542,52 @@ impl Writer {
                     };
                     batch.remove(&self.t.links, key.as_bytes());
                     replies.push(Reply::Bool(tx, existed));
+                }
+                Op::FinishDelivery(delivery, tx) => {
+                    let stored = self
+                        .t
+                        .deliveries
+                        .get(delivery.id.as_bytes())
+                        .map_err(unavailable)
+                        .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
+                    let applied = match stored {
+                        Ok(Some(old)) if old.status == DeliveryStatus::Pending => {
+                            batch.remove(&self.t.outbox, outbox_key(old.next_at, &old.id));
+                            self.put_delivery(&mut batch, &delivery);
+                            true
+                        }
+                        Ok(_) => false,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            false
+                        }
+                    };
+                    replies.push(Reply::Bool(tx, applied));
+                }
+                Op::Requeue(id, now, tx) => {
+                    let stored = self
+                        .t
+                        .deliveries
+                        .get(id.as_bytes())
+                        .map_err(unavailable)
+                        .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
+                    let outcome = match stored {
+                        Ok(Some(mut d)) if d.status.can_requeue() => {
+                            d.status = DeliveryStatus::Pending;
+                            d.attempts = 0;
+                            d.next_at = now;
+                            d.updated_at = now;
+                            self.put_delivery(&mut batch, &d);
+                            Requeue::Done(Box::new(d))
+                        }
+                        Ok(Some(d)) => Requeue::NotDeadLettered(d.status),
+                        Ok(None) => Requeue::NotFound,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            Requeue::NotFound
+                        }
+                    };
+                    replies.push(Reply::Requeue(tx, outcome));
                 }
                 Op::Sweep => self.sweep(),
                 Op::Flush(tx) => flushes.push(tx),
@@ -452,6 +623,21 @@ impl Writer {
         }
         for tx in flushes {
             let _ = tx.send(self.t.db.persist(PersistMode::SyncAll).map_err(unavailable));
+        }
+    }
+
+    /// Adds new outbox entries to `batch`.
+    fn enqueue(&self, batch: &mut fjall::OwnedWriteBatch, deliveries: Vec<Delivery>) {
+        for d in &deliveries {
+            self.put_delivery(batch, d);
+        }
+    }
+
+    /// Writes a delivery and, while it is pending, its place in the outbox.
+    fn put_delivery(&self, batch: &mut fjall::OwnedWriteBatch, d: &Delivery) {
+        batch.insert(&self.t.deliveries, d.id.as_bytes(), encode(d));
+        if d.status == DeliveryStatus::Pending {
+            batch.insert(&self.t.outbox, outbox_key(d.next_at, &d.id), Vec::<u8>::new());
         }
     }
 

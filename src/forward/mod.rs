@@ -1,0 +1,520 @@
+//! Forwarding: conversions (and, when asked, people's clicks) to the ad platforms'
+//! conversion APIs and to signed webhooks, from the store's durable outbox.
+//!
+//! Recording a conversion enqueues one delivery per destination in the same atomic store
+//! write (see [`crate::store`]), so nothing recorded can miss its deliveries. A background
+//! [`Forwarder`] claims due deliveries under a lease, hands each destination its batch,
+//! and stores what happened: delivered, retry later (exponential backoff with jitter, up
+//! to the destination's `max_attempts`), failed for good (dead-lettered, re-queueable
+//! through the API), expired (too old for the platform) or dry run. It never runs on a
+//! request's path: a slow platform slows only its own deliveries.
+//!
+//! Each platform is a small [`Platform`]: an encoder from the event to its part of the
+//! request, and a sender that classifies the answer per event by the platform's own rules.
+//!
+//! - [`meta`]: Meta Conversions API.
+//! - [`google`]: Google Ads click conversions (OAuth2 refresh-token flow, partial failures).
+//! - [`tiktok`]: TikTok Events API.
+//! - [`webhook`]: any URL, HMAC-SHA256 signed.
+
+pub mod google;
+pub mod meta;
+pub mod tiktok;
+pub mod webhook;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng as _;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Secret;
+use crate::model::{Delivery, DeliveryStatus, Subject, UnixMillis};
+use crate::money::Money;
+use crate::store::{now_ms, OutboxRoute, OutboxRoutes, Store};
+use crate::telemetry;
+
+/// Most deliveries one round claims.
+const CLAIM_LIMIT: usize = 2000;
+/// Longest wait between two attempts of one delivery.
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+/// How often the outbox-depth gauge is refreshed.
+const DEPTH_EVERY: Duration = Duration::from_secs(5);
+/// Most bytes of an answer kept as the error text.
+const ERROR_TEXT_MAX: usize = 1000;
+
+/// `[forward]` and `[[destinations]]`.
+#[derive(Clone, Debug)]
+pub struct ForwardConfig {
+    /// How long a claimed delivery is reserved for the process that claimed it; another
+    /// process takes it over once this has passed without an outcome.
+    pub lease: Duration,
+    /// How often the outbox is looked at for due deliveries.
+    pub poll: Duration,
+    pub destinations: Vec<Destination>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> ForwardConfig {
+        ForwardConfig { lease: Duration::from_secs(120), poll: Duration::from_secs(1), destinations: Vec::new() }
+    }
+}
+
+impl ForwardConfig {
+    /// What the store needs to enqueue: the enabled destinations and the events they take.
+    pub fn routes(&self) -> OutboxRoutes {
+        OutboxRoutes::new(
+            self.destinations
+                .iter()
+                .filter(|d| d.enabled)
+                .map(|d| OutboxRoute {
+                    destination: d.name.clone(),
+                    events: d.events.clone(),
+                    clicks: d.clicks,
+                    requires_any: match d.platform {
+                        PlatformConfig::Google(_) => vec!["gclid".into(), "gbraid".into(), "wbraid".into()],
+                        _ => Vec::new(),
+                    },
+                })
+                .collect(),
+        )
+    }
+}
+
+/// One `[[destinations]]` entry.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// Unique; part of every delivery id.
+    pub name: String,
+    pub platform: PlatformConfig,
+    /// A disabled destination gets no new deliveries; queued ones wait.
+    pub enabled: bool,
+    /// Conversion events it takes; `None` for all.
+    pub events: Option<Vec<String>>,
+    /// Whether people's clicks are forwarded (as `ViewContent`).
+    pub clicks: bool,
+    /// cakelink event name → the platform's event name.
+    pub event_map: BTreeMap<String, String>,
+    /// Build and keep the request, do not send it.
+    pub dry_run: bool,
+    /// Attempts before a retryable failure is dead-lettered.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles with each further one.
+    pub backoff: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Most events per request (capped by the platform's own limit).
+    pub batch_size: usize,
+}
+
+impl Destination {
+    /// The platform's name for `subject`'s event.
+    pub fn event_name<'a>(&'a self, subject: &'a Subject, default_map: &[(&str, &'a str)]) -> &'a str {
+        let name = subject.event_name();
+        if let Some(mapped) = self.event_map.get(name) {
+            return mapped;
+        }
+        default_map.iter().find(|(from, _)| *from == name).map_or(name, |(_, to)| to)
+    }
+}
+
+/// The platform of a destination and its credentials.
+#[derive(Clone, Debug)]
+pub enum PlatformConfig {
+    Meta(meta::MetaConfig),
+    Google(google::GoogleConfig),
+    TikTok(tiktok::TikTokConfig),
+    Webhook(webhook::WebhookConfig),
+}
+
+/// What one attempt did to one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Taken (or already there: platforms that de-duplicate say so).
+    Delivered { status: Option<u16>, note: Option<String> },
+    /// Worth trying again; `after` when the platform says when.
+    Retry { status: Option<u16>, error: String, after: Option<Duration> },
+    /// Refused for good.
+    Failed { status: Option<u16>, error: String },
+}
+
+impl Outcome {
+    /// Every event of a request shares one answer.
+    fn for_all(self, n: usize) -> Vec<Outcome> {
+        vec![self; n]
+    }
+}
+
+/// A platform's encoder and sender.
+#[async_trait]
+pub trait Platform: Send + Sync {
+    /// Most events one request may carry.
+    fn batch_limit(&self) -> usize;
+
+    /// Why `subject` must not be sent at `now` (too old), if so.
+    fn expired(&self, _subject: &Subject, _now: UnixMillis) -> Option<String> {
+        None
+    }
+
+    /// The latest time (ms) a retry makes sense for an event that happened at `at`.
+    fn retry_until(&self, _at: UnixMillis) -> Option<UnixMillis> {
+        None
+    }
+
+    /// This event's part of the request; `Err` when it cannot be sent at all.
+    fn encode(&self, subject: &Subject, ctx: &Context) -> Result<Value, String>;
+
+    /// Sends one request carrying `items`; one outcome per item, in order.
+    async fn send(&self, http: &reqwest::Client, timeout: Duration, items: &[Value]) -> Vec<Outcome>;
+}
+
+/// What encoders need beside the event.
+pub struct Context<'a> {
+    /// Base URL of the tracking links (`server.public_url`).
+    pub public_url: &'a str,
+    pub destination: &'a Destination,
+}
+
+impl Context<'_> {
+    /// The tracking link the click went through.
+    pub fn link_url(&self, subject: &Subject) -> String {
+        format!("{}/go/{}", self.public_url, subject.click().link)
+    }
+}
+
+/// Lower-case hex SHA-256, as the platforms want identifiers hashed.
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Money as a JSON number with its exact decimal digits (`7.00` stays `7.00`).
+pub fn money_number(money: Money) -> Value {
+    money.to_string().parse::<serde_json::Number>().map_or(Value::Null, Value::Number)
+}
+
+/// The click's value of one ad click id (`fbclid`, `gclid`…).
+pub fn ad_click_id<'a>(subject: &'a Subject, name: &str) -> Option<&'a str> {
+    subject.click().ad_click_ids.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// `text` cut to [`ERROR_TEXT_MAX`] bytes on a character boundary.
+pub fn clip(text: &str) -> String {
+    let mut end = text.len().min(ERROR_TEXT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Outcome of a request that got no answer, or an answer no platform rule covers.
+pub fn transport_failure(e: &reqwest::Error) -> Outcome {
+    let what = if e.is_timeout() { "timed out" } else { "failed" };
+    Outcome::Retry { status: None, error: format!("request {what}: {e}"), after: None }
+}
+
+/// The generic reading of an HTTP status: 2xx taken, 408/429/5xx worth a retry, other
+/// 4xx refused. `Retry-After` (seconds) is honoured.
+pub fn by_status(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &str) -> Outcome {
+    let code = Some(status.as_u16());
+    if status.is_success() {
+        Outcome::Delivered { status: code, note: None }
+    } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+        Outcome::Retry { status: code, error: clip(body), after: retry_after }
+    } else {
+        Outcome::Failed { status: code, error: clip(body) }
+    }
+}
+
+/// The `Retry-After` header in seconds, if present.
+pub fn retry_after(res: &reqwest::Response) -> Option<Duration> {
+    res.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// One configured destination, ready to send.
+struct Sender {
+    config: Destination,
+    platform: Box<dyn Platform>,
+}
+
+/// The background delivery worker.
+pub struct Forwarder {
+    store: Arc<dyn Store>,
+    senders: HashMap<String, Arc<Sender>>,
+    http: reqwest::Client,
+    /// This process's lease token.
+    owner: String,
+    lease: Duration,
+    poll: Duration,
+    public_url: String,
+}
+
+/// A running [`Forwarder`]; [`ForwarderHandle::stop`] ends it.
+pub struct ForwarderHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ForwarderHandle {
+    /// Stops the worker. A request in flight is abandoned: its delivery stays pending and
+    /// is sent again (with the same event id) after a restart or when its lease ends.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+impl Forwarder {
+    /// Starts the worker when some destination is configured.
+    pub fn spawn(store: Arc<dyn Store>, config: &ForwardConfig, public_url: &str) -> Option<ForwarderHandle> {
+        if config.destinations.is_empty() {
+            return None;
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cakelink/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .ok()?;
+        let senders = config
+            .destinations
+            .iter()
+            .map(|d| {
+                let platform: Box<dyn Platform> = match &d.platform {
+                    PlatformConfig::Meta(c) => Box::new(meta::Meta::new(c.clone(), d.clone())),
+                    PlatformConfig::Google(c) => Box::new(google::Google::new(c.clone(), d.clone())),
+                    PlatformConfig::TikTok(c) => Box::new(tiktok::TikTok::new(c.clone(), d.clone())),
+                    PlatformConfig::Webhook(c) => Box::new(webhook::Webhook::new(c.clone())),
+                };
+                (d.name.clone(), Arc::new(Sender { config: d.clone(), platform }))
+            })
+            .collect();
+        let owner = format!("{:032x}", rand::rng().random::<u128>());
+        let worker = Forwarder {
+            store,
+            senders,
+            http,
+            owner,
+            lease: config.lease,
+            poll: config.poll,
+            public_url: public_url.to_owned(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(worker.run(stopped));
+        Some(ForwarderHandle { stop, task })
+    }
+
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut depth_at = tokio::time::Instant::now();
+        loop {
+            let round = this.clone().round();
+            let busy = tokio::select! {
+                _ = stopped.changed() => return,
+                busy = round => busy,
+            };
+            if depth_at.elapsed() >= DEPTH_EVERY || !busy {
+                if let Ok(depth) = this.store.outbox_depth().await {
+                    metrics::gauge!(telemetry::OUTBOX_DEPTH).set(depth as f64);
+                }
+                depth_at = tokio::time::Instant::now();
+            }
+            if !busy {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    _ = tokio::time::sleep(this.poll) => {}
+                }
+            }
+        }
+    }
+
+    /// Claims what is due and delivers it, each destination concurrently. Whether the
+    /// claim was full (more may be waiting).
+    async fn round(self: Arc<Self>) -> bool {
+        let claimed = match self.store.claim_deliveries(&self.owner, now_ms(), self.lease, CLAIM_LIMIT).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming deliveries failed; trying again shortly");
+                return false;
+            }
+        };
+        let full = claimed.len() >= CLAIM_LIMIT;
+        let mut by_destination: HashMap<String, Vec<Delivery>> = HashMap::new();
+        for d in claimed {
+            by_destination.entry(d.destination.clone()).or_default().push(d);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (name, deliveries) in by_destination {
+            let this = self.clone();
+            tasks.spawn(async move {
+                match this.senders.get(&name).cloned() {
+                    Some(sender) => this.deliver(&sender, deliveries).await,
+                    None => this.orphaned(deliveries).await,
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        full
+    }
+
+    /// Deliveries for a destination no longer configured: dead-lettered, re-queueable
+    /// once it is back.
+    async fn orphaned(&self, deliveries: Vec<Delivery>) {
+        for mut d in deliveries {
+            let now = now_ms();
+            d.status = DeliveryStatus::Failed;
+            d.updated_at = now;
+            d.last_error = Some(format!("destination {:?} is not configured", d.destination));
+            self.finish(&d).await;
+        }
+    }
+
+    async fn deliver(&self, sender: &Sender, deliveries: Vec<Delivery>) {
+        let dest = &sender.config;
+        let ctx = Context { public_url: &self.public_url, destination: dest };
+        let now = now_ms();
+        let mut ready: Vec<(Delivery, Value)> = Vec::new();
+        for mut d in deliveries {
+            if let Some(why) = sender.platform.expired(&d.subject, now) {
+                tracing::info!(delivery = %d.id, reason = %why, "event expired before it could be sent");
+                d.status = DeliveryStatus::Expired;
+                d.updated_at = now;
+                d.last_error = Some(why);
+                metrics::counter!(telemetry::FORWARD_FAILED, "destination" => dest.name.clone()).increment(1);
+                self.finish(&d).await;
+                continue;
+            }
+            match sender.platform.encode(&d.subject, &ctx) {
+                Ok(item) => {
+                    d.request = Some(item.to_string());
+                    ready.push((d, item));
+                }
+                Err(why) => {
+                    d.status = DeliveryStatus::Failed;
+                    d.updated_at = now;
+                    d.last_error = Some(why);
+                    metrics::counter!(telemetry::FORWARD_FAILED, "destination" => dest.name.clone()).increment(1);
+                    self.finish(&d).await;
+                }
+            }
+        }
+        let size = dest.batch_size.clamp(1, sender.platform.batch_limit());
+        while !ready.is_empty() {
+            let rest = ready.split_off(size.min(ready.len()));
+            let chunk = std::mem::replace(&mut ready, rest);
+            if dest.dry_run {
+                for (mut d, _) in chunk {
+                    d.status = DeliveryStatus::DryRun;
+                    d.updated_at = now_ms();
+                    self.finish(&d).await;
+                }
+                continue;
+            }
+            let items: Vec<Value> = chunk.iter().map(|(_, item)| item.clone()).collect();
+            let outcomes = sender.platform.send(&self.http, dest.timeout, &items).await;
+            for ((d, _), outcome) in chunk.into_iter().zip(outcomes) {
+                let settled = settle(d, outcome, dest, sender.platform.as_ref(), now_ms());
+                let counter = match settled.status {
+                    DeliveryStatus::Delivered => telemetry::FORWARD_SENT,
+                    DeliveryStatus::Pending => telemetry::FORWARD_RETRIED,
+                    _ => telemetry::FORWARD_FAILED,
+                };
+                metrics::counter!(counter, "destination" => dest.name.clone()).increment(1);
+                self.finish(&settled).await;
+            }
+        }
+    }
+
+    async fn finish(&self, d: &Delivery) {
+        match self.store.finish_delivery(&self.owner, d).await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(delivery = %d.id, "lease lost; another process owns this delivery now"),
+            Err(e) => {
+                tracing::warn!(delivery = %d.id, error = %e, "storing a delivery outcome failed; it will be retried")
+            }
+        }
+    }
+}
+
+/// Applies the retry policy to one attempt's outcome.
+fn settle(mut d: Delivery, outcome: Outcome, dest: &Destination, platform: &dyn Platform, now: UnixMillis) -> Delivery {
+    d.attempts += 1;
+    d.updated_at = now;
+    match outcome {
+        Outcome::Delivered { status, note } => {
+            d.status = DeliveryStatus::Delivered;
+            d.last_status = status;
+            d.last_error = note;
+        }
+        Outcome::Failed { status, error } => {
+            d.status = DeliveryStatus::Failed;
+            d.last_status = status;
+            d.last_error = Some(error);
+        }
+        Outcome::Retry { status, error, after } => {
+            d.last_status = status;
+            let next_at =
+                now.saturating_add(after.unwrap_or_else(|| backoff(dest.backoff, d.attempts)).as_millis() as i64);
+            let window = platform.retry_until(d.subject.at());
+            if d.attempts >= dest.max_attempts {
+                d.status = DeliveryStatus::Failed;
+                d.last_error = Some(format!("gave up after {} attempts: {error}", d.attempts));
+            } else if window.is_some_and(|end| next_at > end) {
+                d.status = DeliveryStatus::Failed;
+                d.last_error = Some(format!("no retry left inside the platform's de-duplication window: {error}"));
+            } else {
+                d.status = DeliveryStatus::Pending;
+                d.next_at = next_at;
+                d.last_error = Some(error);
+            }
+        }
+    }
+    d
+}
+
+/// Wait before attempt `attempts + 1`: `base · 2^(attempts-1)`, capped, with ±25 % jitter
+/// so that a burst of failures does not come back as one burst.
+fn backoff(base: Duration, attempts: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20)).min(MAX_BACKOFF);
+    exp.mul_f64(rand::rng().random_range(0.75..1.25))
+}
+
+/// The common credential checks of the platforms' configs.
+pub fn secret_or_empty(secret: &Option<Secret>) -> &str {
+    secret.as_ref().map_or("", Secret::expose)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_secs(10);
+        for attempts in 1..6u32 {
+            let d = backoff(base, attempts);
+            let nominal = base * (1 << (attempts - 1));
+            assert!(d >= nominal.mul_f64(0.75) && d <= nominal.mul_f64(1.25), "{attempts}: {d:?}");
+        }
+        assert!(backoff(base, 60) <= MAX_BACKOFF.mul_f64(1.25));
+    }
+
+    #[test]
+    fn money_keeps_its_decimals_as_a_number() {
+        let v = money_number(Money::parse("7.5").unwrap_or_default());
+        assert_eq!(v.to_string(), "7.50");
+        assert!(v.is_number());
+    }
+
+    #[test]
+    fn sha256_is_lower_case_hex() {
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
