@@ -33,7 +33,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Secret;
 use crate::model::{Delivery, DeliveryStatus, Subject, UnixMillis};
 use crate::money::Money;
 use crate::store::{now_ms, OutboxRoute, OutboxRoutes, Store};
@@ -484,11 +483,6 @@ fn settle(mut d: Delivery, outcome: Outcome, dest: &Destination, platform: &dyn 
 fn backoff(base: Duration, attempts: u32) -> Duration {
     let exp = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20)).min(MAX_BACKOFF);
     exp.mul_f64(rand::rng().random_range(0.75..1.25))
-}
-
-/// The common credential checks of the platforms' configs.
-pub fn secret_or_empty(secret: &Option<Secret>) -> &str {
-    secret.as_ref().map_or("", Secret::expose)
 }
 
 #[cfg(test)]

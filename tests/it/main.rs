@@ -7,6 +7,7 @@ mod redis_server;
 mod api;
 mod bad_input;
 mod durability;
+mod forward;
 mod postback;
 mod redirect;
 mod store_contract;
