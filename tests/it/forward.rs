@@ -11,6 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cakelink::clickid::Keyring;
+use cakelink::config::Config;
+use cakelink::model::{Click, Conversion};
+use cakelink::money::Money;
+use cakelink::store::StoreLimits;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -660,4 +665,128 @@ async fn two_processes_on_one_redis_deliver_each_event_once_and_take_over_a_dead
         platform.seen(META_PATH).iter().filter(|s| s.json()["data"][0]["event_id"] == orphan.as_str()).count();
     assert_eq!(orphan_requests, 2, "sent again, with the same event id");
     c.stop().await;
+}
+
+/// Records conversions straight into the store, as an earlier run of cakelink would have
+/// left them, with the outbox routes of the config in `extra`.
+async fn seed(store: &StoreHandle, extra: &str, conversions: &[Conversion]) {
+    let text = crate::helpers::config_text("127.0.0.1:0", &store.toml, "", extra);
+    let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
+    let limits = StoreLimits {
+        click_ttl: config.store.click_ttl(),
+        event_log_max: config.store.event_log_max,
+        outbox: config.forward.routes(),
+    };
+    // A just-stopped embedded store lets go of its directory lock a moment later.
+    let started = Instant::now();
+    let opened = loop {
+        match cakelink::store::open(&config.store.backend, limits.clone()).await {
+            Ok(opened) => break opened,
+            Err(e) if format!("{e:#}").contains("Locked") && started.elapsed() < DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("open the store: {e:#}"),
+        }
+    };
+    for c in conversions {
+        opened.record_conversion(c).await.expect("record conversion");
+    }
+    opened.flush().await.expect("flush");
+}
+
+/// A purchase that happened `age` ago, on a click a minute before it.
+fn old_purchase(age: Duration, tid: &str) -> Conversion {
+    let now = time::OffsetDateTime::now_utc();
+    let at = (now.unix_timestamp_nanos() / 1_000_000) as i64 - age.as_millis() as i64;
+    let keyring = Keyring::new(crate::helpers::SECRET, &[], 86_400 * 37);
+    let click = Click {
+        id: keyring.mint((at / 1000 - 60) as u64).to_string(),
+        link: "cake/demo".into(),
+        at: at - 60_000,
+        bot: None,
+        ip: Some("198.51.100.7".into()),
+        user_agent: Some(CHROME.into()),
+        referer: None,
+        utm: vec![],
+        ad_click_ids: vec![],
+        subids: vec![],
+    };
+    let fields = vec![("tid".to_owned(), tid.to_owned()), ("price".to_owned(), "5".to_owned())];
+    Conversion {
+        id: Conversion::derive_id(&click.id, Some(tid), &fields, "Purchase"),
+        at,
+        network: "cake".into(),
+        event: "Purchase".into(),
+        value: Money::parse("5").expect("amount"),
+        currency: "USD".into(),
+        transaction_id: Some(tid.into()),
+        item_id: None,
+        fields,
+        click,
+    }
+}
+
+async fn meta_batches_skip_expired_events_and_stop_retrying_after_48_hours(backend: Backend) {
+    let name = named("meta-batch", backend);
+    let platform = StandIn::start().await;
+    let store = StoreHandle::new(backend);
+    let extra = forward(&meta(&name, &platform, "batch_size = 2"));
+    let fresh: Vec<Conversion> = (0..5).map(|i| old_purchase(Duration::from_secs(60), &format!("b{i}"))).collect();
+    let week_old = old_purchase(Duration::from_secs(8 * 86_400), "old");
+    let three_days = old_purchase(Duration::from_secs(3 * 86_400), "three-days");
+    let mut all = fresh.clone();
+    all.push(week_old.clone());
+    seed(&store, &extra, &all).await;
+
+    let app = spawn_app_over(&store, &extra).await;
+    for c in &fresh {
+        settled(&app, &name, &c.id, "delivered").await;
+    }
+    let expired = settled(&app, &name, &week_old.id, "expired").await;
+    assert!(expired["last_error"].as_str().expect("reason").contains("older than 7 days"), "{expired}");
+    assert_eq!(expired["attempts"], 0);
+    let requests = platform.seen(META_PATH);
+    let sizes: Vec<usize> = requests.iter().map(|s| s.json()["data"].as_array().expect("data").len()).collect();
+    assert!(sizes.iter().all(|n| (1..=2).contains(n)), "batches of at most 2: {sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 5, "the expired event was never sent");
+    app.stop().await;
+
+    // A transient error on an event past Meta's 48-hour de-duplication window is final:
+    // a retry could be counted twice.
+    platform.answer(META_PATH, &[reply(503, "unavailable")]);
+    seed(&store, &extra, std::slice::from_ref(&three_days)).await;
+    let app = spawn_app_over(&store, &extra).await;
+    let failed = settled(&app, &name, &three_days.id, "failed").await;
+    assert_eq!(failed["attempts"], 1);
+    assert!(failed["last_error"].as_str().expect("reason").contains("de-duplication window"), "{failed}");
+    app.stop().await;
+}
+
+on_both_stores!(meta_batches_skip_expired_events_and_stop_retrying_after_48_hours);
+
+#[tokio::test]
+async fn the_deliveries_api_refuses_bad_input() {
+    let platform = StandIn::start().await;
+    let store = StoreHandle::new(Backend::Embedded);
+    let app = spawn_app_over(&store, &forward(&meta("meta-api", &platform, ""))).await;
+    let get = |path: &'static str| {
+        let app = &app;
+        async move {
+            let res = app.client.get(format!("{}/api/{path}", app.base)).bearer_auth(ADMIN_TOKEN).send().await;
+            let res = res.expect("request");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.expect("JSON")["error"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let (status, error) = get("deliveries?status=lost").await;
+    assert_eq!(status, 400);
+    assert!(error.contains("pending, delivered, failed, expired, dry_run"), "{error}");
+    let (status, error) = get("deliveries?destination=nowhere").await;
+    assert_eq!((status, error.contains("not a configured destination")), (400, true));
+    assert_eq!(get("deliveries?limit=0").await.0, 400);
+    assert_eq!(get("deliveries/x~meta-api/requeue").await.0, 405);
+    let unauthorized = app.client.get(format!("{}/api/deliveries", app.base)).send().await.expect("request");
+    assert_eq!(unauthorized.status(), 401);
+    assert_eq!(deliveries(&app, "").await, Vec::<Value>::new());
+    app.stop().await;
 }
