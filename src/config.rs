@@ -877,6 +877,127 @@ redirect = 200
         assert_eq!(errors[0].key, "server.tls_cert");
     }
 
+    const DESTINATIONS: &str = r#"
+[forward]
+lease_secs = 30
+[[destinations]]
+name = "meta-main"
+type = "meta"
+pixel_id = "1234567890"
+events = ["Purchase", "Click"]
+event_map = { Lead = "CompleteRegistration" }
+[[destinations]]
+name = "ads"
+type = "google"
+customer_id = "123-456-7890"
+conversion_action = "987"
+developer_token = "dev"
+client_id = "cid"
+client_secret = "secret"
+refresh_token = "refresh"
+consent = "granted"
+[[destinations]]
+name = "tt"
+type = "tiktok"
+pixel_id = "C123"
+access_token = "tok"
+dry_run = true
+[[destinations]]
+name = "hook"
+type = "webhook"
+url = "https://hooks.example.com/cakelink"
+secret = "hook-secret"
+enabled = false
+"#;
+
+    #[test]
+    fn destinations_read_with_defaults_and_credentials_from_the_environment() {
+        let text = format!("{GOOD}{DESTINATIONS}");
+        let c =
+            Config::parse(&text, |k| (k == "CAKELINK_DESTINATION_META_MAIN_ACCESS_TOKEN").then(|| "env-token".into()))
+                .unwrap();
+        let f = &c.forward;
+        assert_eq!(f.lease, Duration::from_secs(30));
+        assert_eq!(f.destinations.len(), 4);
+        let meta = &f.destinations[0];
+        assert_eq!(meta.events, Some(vec!["Purchase".to_owned()]));
+        assert!(meta.clicks && meta.enabled && !meta.dry_run);
+        assert_eq!(meta.event_map["Lead"], "CompleteRegistration");
+        assert_eq!((meta.max_attempts, meta.timeout), (10, Duration::from_secs(10)));
+        match &meta.platform {
+            PlatformConfig::Meta(m) => {
+                assert_eq!(m.access_token.expose(), "env-token");
+                assert_eq!(m.graph_url, "https://graph.facebook.com");
+                assert_eq!(format!("{:?}", m.access_token), "[redacted]");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &f.destinations[1].platform {
+            PlatformConfig::Google(g) => {
+                assert_eq!(g.customer_id, "1234567890");
+                assert_eq!(g.token_url, "https://oauth2.googleapis.com/token");
+                assert_eq!(g.consent.as_deref(), Some("GRANTED"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(f.destinations[2].dry_run);
+        // The disabled webhook gets no new deliveries.
+        let routes = f.routes();
+        assert_eq!(routes.destinations().collect::<Vec<_>>(), ["meta-main", "ads", "tt"]);
+        assert!(routes.wants_clicks());
+    }
+
+    #[test]
+    fn destination_errors_name_their_key() {
+        let bad = r#"
+[forward]
+poll_ms = 1
+[[destinations]]
+name = "a"
+type = "meta"
+pixel_id = "px"
+graph_url = "ftp://x"
+colour = "red"
+[[destinations]]
+name = "a"
+type = "google"
+customer_id = "123"
+[[destinations]]
+type = "carrier-pigeon"
+[[destinations]]
+name = "w"
+type = "webhook"
+url = "not a url"
+secret = "s"
+max_attempts = 0
+event_map = { Lead = 3 }
+enabled = "yes"
+"#;
+        let errors = parse(&format!("{GOOD}{bad}")).unwrap_err().0;
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "forward.poll_ms",
+            "destinations[0].pixel_id",
+            "destinations[0].access_token",
+            "destinations[0].graph_url",
+            "destinations[0].colour",
+            "destinations[1].name",
+            "destinations[1].conversion_action",
+            "destinations[1].developer_token",
+            "destinations[1].refresh_token",
+            "destinations[2].name",
+            "destinations[2].type",
+            "destinations[3].url",
+            "destinations[3].max_attempts",
+            "destinations[3].event_map.Lead",
+            "destinations[3].enabled",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let token = errors.iter().find(|e| e.key == "destinations[0].access_token").unwrap();
+        assert!(token.message.contains("CAKELINK_DESTINATION_A_ACCESS_TOKEN"), "{}", token.message);
+    }
+
     #[test]
     fn the_shipped_example_is_valid() {
         let text = include_str!("../config/cakelink.toml");
