@@ -437,6 +437,14 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             for (i, item) in items.iter().enumerate() {
                 let key = format!("destinations[{i}]");
                 if let Some(d) = read_destination(&key, item, env, errors) {
+                    if d.timeout.as_secs() >= lease_secs {
+                        errors.push(ConfigError {
+                            key: format!("{key}.timeout_secs"),
+                            message: format!(
+                                "must be shorter than forward.lease_secs ({lease_secs}): a request must end before its lease"
+                            ),
+                        });
+                    }
                     if !seen.insert(d.name.clone()) {
                         errors.push(ConfigError {
                             key: format!("{key}.name"),
@@ -967,6 +975,7 @@ type = "carrier-pigeon"
 [[destinations]]
 name = "w"
 type = "webhook"
+timeout_secs = 200
 url = "not a url"
 secret = "s"
 max_attempts = 0
@@ -988,6 +997,7 @@ enabled = "yes"
             "destinations[2].name",
             "destinations[2].type",
             "destinations[3].url",
+            "destinations[3].timeout_secs",
             "destinations[3].max_attempts",
             "destinations[3].event_map.Lead",
             "destinations[3].enabled",

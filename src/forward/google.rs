@@ -16,9 +16,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use super::{
-    ad_click_id, by_status, clip, money_number, retry_after, transport_failure, Context, Destination, Outcome, Platform,
-};
+use super::{ad_click_id, by_status, clip, money_number, retry_after, transport_failure, Context, Outcome, Platform};
 use crate::config::Secret;
 use crate::model::Subject;
 
@@ -60,7 +58,7 @@ pub struct Google {
 }
 
 impl Google {
-    pub fn new(config: GoogleConfig, _destination: Destination) -> Google {
+    pub fn new(config: GoogleConfig) -> Google {
         let url = format!(
             "{}/v22/customers/{}:uploadClickConversions",
             config.api_url.trim_end_matches('/'),

@@ -12,8 +12,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::{
-    ad_click_id, by_status, clip, money_number, retry_after, sha256_hex, transport_failure, Context, Destination,
-    Outcome, Platform,
+    ad_click_id, by_status, clip, money_number, retry_after, sha256_hex, transport_failure, Context, Outcome, Platform,
 };
 use crate::config::Secret;
 use crate::model::{Subject, UnixMillis};
@@ -44,7 +43,7 @@ pub struct Meta {
 }
 
 impl Meta {
-    pub fn new(config: MetaConfig, _destination: Destination) -> Meta {
+    pub fn new(config: MetaConfig) -> Meta {
         let url = format!("{}/{}/{}/events", config.graph_url.trim_end_matches('/'), config.version, config.pixel_id);
         Meta { config, url }
     }

@@ -22,7 +22,7 @@ pub mod meta;
 pub mod tiktok;
 pub mod webhook;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use rand::Rng as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 use crate::model::{Delivery, DeliveryStatus, Subject, UnixMillis};
 use crate::money::Money;
@@ -40,6 +40,8 @@ use crate::telemetry;
 
 /// Most deliveries one round claims.
 const CLAIM_LIMIT: usize = 2000;
+/// Requests' worth of deliveries one round claims.
+const BATCHES_PER_ROUND: usize = 4;
 /// Longest wait between two attempts of one delivery.
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 /// How often the outbox-depth gauge is refreshed.
@@ -244,10 +246,27 @@ struct Sender {
     platform: Box<dyn Platform>,
 }
 
-/// The background delivery worker.
+impl Sender {
+    fn new(d: &Destination) -> Sender {
+        let platform: Box<dyn Platform> = match &d.platform {
+            PlatformConfig::Meta(c) => Box::new(meta::Meta::new(c.clone())),
+            PlatformConfig::Google(c) => Box::new(google::Google::new(c.clone())),
+            PlatformConfig::TikTok(c) => Box::new(tiktok::TikTok::new(c.clone())),
+            PlatformConfig::Webhook(c) => Box::new(webhook::Webhook::new(c.clone())),
+        };
+        Sender { config: d.clone(), platform }
+    }
+
+    /// Events per request.
+    fn batch_size(&self) -> usize {
+        self.config.batch_size.clamp(1, self.platform.batch_limit())
+    }
+}
+
+/// The background delivery worker: one loop per enabled destination, so that a slow or
+/// failing platform holds up only its own deliveries.
 pub struct Forwarder {
     store: Arc<dyn Store>,
-    senders: HashMap<String, Arc<Sender>>,
     http: reqwest::Client,
     /// This process's lease token.
     owner: String,
@@ -259,123 +278,105 @@ pub struct Forwarder {
 /// A running [`Forwarder`]; [`ForwarderHandle::stop`] ends it.
 pub struct ForwarderHandle {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: JoinSet<()>,
 }
 
 impl ForwarderHandle {
     /// Stops the worker. A request in flight is abandoned: its delivery stays pending and
     /// is sent again (with the same event id) after a restart or when its lease ends.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 
 impl Forwarder {
-    /// Starts the worker when some destination is configured.
+    /// Starts the worker when some destination is enabled.
     pub fn spawn(store: Arc<dyn Store>, config: &ForwardConfig, public_url: &str) -> Option<ForwarderHandle> {
-        if config.destinations.is_empty() {
+        let enabled: Vec<&Destination> = config.destinations.iter().filter(|d| d.enabled).collect();
+        if enabled.is_empty() {
             return None;
         }
-        let http = reqwest::Client::builder()
+        let http = match reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cakelink/", env!("CARGO_PKG_VERSION")))
             .build()
-            .ok()?;
-        let senders = config
-            .destinations
-            .iter()
-            .map(|d| {
-                let platform: Box<dyn Platform> = match &d.platform {
-                    PlatformConfig::Meta(c) => Box::new(meta::Meta::new(c.clone(), d.clone())),
-                    PlatformConfig::Google(c) => Box::new(google::Google::new(c.clone(), d.clone())),
-                    PlatformConfig::TikTok(c) => Box::new(tiktok::TikTok::new(c.clone(), d.clone())),
-                    PlatformConfig::Webhook(c) => Box::new(webhook::Webhook::new(c.clone())),
-                };
-                (d.name.clone(), Arc::new(Sender { config: d.clone(), platform }))
-            })
-            .collect();
+        {
+            Ok(http) => http,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the HTTP client; conversions stay queued");
+                return None;
+            }
+        };
         let owner = format!("{:032x}", rand::rng().random::<u128>());
-        let worker = Forwarder {
+        let worker = Arc::new(Forwarder {
             store,
-            senders,
             http,
             owner,
             lease: config.lease,
             poll: config.poll,
             public_url: public_url.to_owned(),
-        };
+        });
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(worker.run(stopped));
-        Some(ForwarderHandle { stop, task })
+        let mut tasks = JoinSet::new();
+        for d in enabled {
+            tasks.spawn(worker.clone().run(Sender::new(d), stopped.clone()));
+        }
+        tasks.spawn(worker.gauge_depth(stopped));
+        Some(ForwarderHandle { stop, tasks })
     }
 
-    async fn run(self, mut stopped: watch::Receiver<bool>) {
-        let this = Arc::new(self);
-        let mut depth_at = tokio::time::Instant::now();
+    /// Delivers one destination's due events until stopped; stopping drops a request in
+    /// flight.
+    async fn run(self: Arc<Self>, sender: Sender, mut stopped: watch::Receiver<bool>) {
         loop {
-            let round = this.clone().round();
             let busy = tokio::select! {
                 _ = stopped.changed() => return,
-                busy = round => busy,
+                busy = self.round(&sender) => busy,
             };
-            if depth_at.elapsed() >= DEPTH_EVERY || !busy {
-                if let Ok(depth) = this.store.outbox_depth().await {
-                    metrics::gauge!(telemetry::OUTBOX_DEPTH).set(depth as f64);
-                }
-                depth_at = tokio::time::Instant::now();
-            }
             if !busy {
                 tokio::select! {
                     _ = stopped.changed() => return,
-                    _ = tokio::time::sleep(this.poll) => {}
+                    _ = tokio::time::sleep(self.poll) => {}
                 }
             }
         }
     }
 
-    /// Claims what is due and delivers it, each destination concurrently. Whether the
-    /// claim was full (more may be waiting).
-    async fn round(self: Arc<Self>) -> bool {
-        let claimed = match self.store.claim_deliveries(&self.owner, now_ms(), self.lease, CLAIM_LIMIT).await {
+    async fn gauge_depth(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        loop {
+            if let Ok(depth) = self.store.outbox_depth().await {
+                metrics::gauge!(telemetry::OUTBOX_DEPTH).set(depth as f64);
+            }
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = tokio::time::sleep(DEPTH_EVERY.min(self.poll * 10)) => {}
+            }
+        }
+    }
+
+    /// Claims what is due for one destination and delivers it. Whether the claim was full
+    /// (more may be waiting).
+    async fn round(&self, sender: &Sender) -> bool {
+        let dest = &sender.config;
+        let limit = (sender.batch_size() * BATCHES_PER_ROUND).min(CLAIM_LIMIT);
+        let claimed_at = now_ms();
+        let claimed = match self.store.claim_deliveries(&self.owner, &dest.name, claimed_at, self.lease, limit).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "claiming deliveries failed; trying again shortly");
+                tracing::warn!(destination = %dest.name, error = %e, "claiming deliveries failed; trying again shortly");
                 return false;
             }
         };
-        let full = claimed.len() >= CLAIM_LIMIT;
-        let mut by_destination: HashMap<String, Vec<Delivery>> = HashMap::new();
-        for d in claimed {
-            by_destination.entry(d.destination.clone()).or_default().push(d);
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (name, deliveries) in by_destination {
-            let this = self.clone();
-            tasks.spawn(async move {
-                match this.senders.get(&name).cloned() {
-                    Some(sender) => this.deliver(&sender, deliveries).await,
-                    None => this.orphaned(deliveries).await,
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
+        let full = claimed.len() >= limit;
+        // A request must not outlast the lease: past this point, what is left is not sent
+        // but left to the next claim, so no other process can be sending it at the same time.
+        let last_start = claimed_at + self.lease.as_millis() as i64 - dest.timeout.as_millis() as i64;
+        self.deliver(sender, claimed, last_start).await;
         full
     }
 
-    /// Deliveries for a destination no longer configured: dead-lettered, re-queueable
-    /// once it is back.
-    async fn orphaned(&self, deliveries: Vec<Delivery>) {
-        for mut d in deliveries {
-            let now = now_ms();
-            d.status = DeliveryStatus::Failed;
-            d.updated_at = now;
-            d.last_error = Some(format!("destination {:?} is not configured", d.destination));
-            self.finish(&d).await;
-        }
-    }
-
-    async fn deliver(&self, sender: &Sender, deliveries: Vec<Delivery>) {
+    async fn deliver(&self, sender: &Sender, deliveries: Vec<Delivery>, last_start: UnixMillis) {
         let dest = &sender.config;
         let ctx = Context { public_url: &self.public_url, destination: dest };
         let now = now_ms();
@@ -404,7 +405,7 @@ impl Forwarder {
                 }
             }
         }
-        let size = dest.batch_size.clamp(1, sender.platform.batch_limit());
+        let size = sender.batch_size();
         while !ready.is_empty() {
             let rest = ready.split_off(size.min(ready.len()));
             let chunk = std::mem::replace(&mut ready, rest);
@@ -416,6 +417,10 @@ impl Forwarder {
                 }
                 continue;
             }
+            if now_ms() > last_start {
+                tracing::info!(destination = %dest.name, left = chunk.len() + ready.len(), "lease running out; the rest waits for the next claim");
+                return;
+            }
             let items: Vec<Value> = chunk.iter().map(|(_, item)| item.clone()).collect();
             let outcomes = sender.platform.send(&self.http, dest.timeout, &items).await;
             for ((d, _), outcome) in chunk.into_iter().zip(outcomes) {
@@ -426,6 +431,9 @@ impl Forwarder {
                     _ => telemetry::FORWARD_FAILED,
                 };
                 metrics::counter!(counter, "destination" => dest.name.clone()).increment(1);
+                if settled.status == DeliveryStatus::Failed {
+                    tracing::warn!(delivery = %settled.id, error = ?settled.last_error, "delivery dead-lettered");
+                }
                 self.finish(&settled).await;
             }
         }

@@ -9,8 +9,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::{
-    ad_click_id, by_status, clip, money_number, retry_after, sha256_hex, transport_failure, Context, Destination,
-    Outcome, Platform,
+    ad_click_id, by_status, clip, money_number, retry_after, sha256_hex, transport_failure, Context, Outcome, Platform,
 };
 use crate::config::Secret;
 use crate::model::Subject;
@@ -39,7 +38,7 @@ pub struct TikTok {
 }
 
 impl TikTok {
-    pub fn new(config: TikTokConfig, _destination: Destination) -> TikTok {
+    pub fn new(config: TikTokConfig) -> TikTok {
         let url = format!("{}/open_api/v1.3/event/track/", config.api_url.trim_end_matches('/'));
         TikTok { config, url }
     }

@@ -11,8 +11,9 @@
 //! Keyspaces: `clicks` (id → click; ids sort by creation time, so expired clicks are a
 //! key range), `conversions` (time ‖ id → conversion), `conversion_ids` (id → time),
 //! `counters` (hour ‖ link → counters), `events` (sequence → event), `links`,
-//! `deliveries` (delivery id → delivery) and `outbox` (next attempt time ‖ delivery id →
-//! nothing: the pending deliveries in the order they fall due).
+//! `deliveries` (delivery id → delivery) and `outbox` (destination ‖ 0 ‖ next attempt
+//! time ‖ delivery id → nothing: each destination's pending deliveries in the order they
+//! fall due).
 //!
 //! Only one process can open the directory, so the leases of claimed deliveries live in
 //! memory: a restart forgets them, and what was in flight is due again at once.
@@ -108,9 +109,13 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// The outbox key of a pending delivery: due time first, so a range read finds what is due.
-fn outbox_key(next_at: UnixMillis, id: &str) -> Vec<u8> {
-    let mut key = (next_at.max(0) as u64).to_be_bytes().to_vec();
+/// The outbox key of a pending delivery: its destination, then the due time, so that a
+/// range read finds what is due for one destination.
+fn outbox_key(destination: &str, next_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(destination.len() + 9 + id.len());
+    key.extend_from_slice(destination.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&(next_at.max(0) as u64).to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
 }
@@ -298,6 +303,7 @@ impl Store for EmbeddedStore {
     async fn claim_deliveries(
         &self,
         owner: &str,
+        destination: &str,
         now: UnixMillis,
         lease: Duration,
         limit: usize,
@@ -305,13 +311,15 @@ impl Store for EmbeddedStore {
         // Read a little more than `limit`: some due entries may be leased already.
         let leased = self.leases.lock().map_or(0, |l| l.len());
         let want = limit + leased;
+        let start = outbox_key(destination, 0, "");
+        let prefix_len = start.len();
+        let end = outbox_key(destination, now.saturating_add(1), "");
         let due: Vec<Delivery> = self
             .read(move |t| {
-                let end = outbox_key(now.saturating_add(1), "");
                 let mut out = Vec::new();
-                for kv in t.outbox.range(..end).take(want) {
+                for kv in t.outbox.range(start..end).take(want) {
                     let key = kv.key().map_err(unavailable)?;
-                    let id = &key[8..];
+                    let id = &key[prefix_len..];
                     if let Some(bytes) = t.deliveries.get(id).map_err(unavailable)? {
                         out.push(decode::<Delivery>(&bytes)?);
                     }
@@ -552,7 +560,7 @@ impl Writer {
                         .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
                     let applied = match stored {
                         Ok(Some(old)) if old.status == DeliveryStatus::Pending => {
-                            batch.remove(&self.t.outbox, outbox_key(old.next_at, &old.id));
+                            batch.remove(&self.t.outbox, outbox_key(&old.destination, old.next_at, &old.id));
                             self.put_delivery(&mut batch, &delivery);
                             true
                         }
@@ -637,7 +645,7 @@ impl Writer {
     fn put_delivery(&self, batch: &mut fjall::OwnedWriteBatch, d: &Delivery) {
         batch.insert(&self.t.deliveries, d.id.as_bytes(), encode(d));
         if d.status == DeliveryStatus::Pending {
-            batch.insert(&self.t.outbox, outbox_key(d.next_at, &d.id), Vec::<u8>::new());
+            batch.insert(&self.t.outbox, outbox_key(&d.destination, d.next_at, &d.id), Vec::<u8>::new());
         }
     }
 

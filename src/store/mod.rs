@@ -72,11 +72,13 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a link was there to delete.
     async fn delete_link(&self, network: &str, slug: &str) -> StoreResult<bool>;
 
-    /// Up to `limit` pending deliveries due at `now`, leased to `owner` until `now + lease`:
-    /// no other claim returns them before the lease ends or `owner` settles them.
+    /// Up to `limit` pending deliveries to `destination` due at `now`, leased to `owner`
+    /// until `now + lease`: no other claim returns them before the lease ends or `owner`
+    /// settles them. Each destination has its own queue, so a slow one holds up no other.
     async fn claim_deliveries(
         &self,
         owner: &str,
+        destination: &str,
         now: UnixMillis,
         lease: Duration,
         limit: usize,
@@ -103,7 +105,7 @@ pub trait Store: Send + Sync + 'static {
     /// attempts reset.
     async fn requeue_delivery(&self, id: &str, now: UnixMillis) -> StoreResult<Requeue>;
 
-    /// Pending deliveries, leased ones included.
+    /// Pending deliveries of the configured destinations, leased ones included.
     async fn outbox_depth(&self) -> StoreResult<u64>;
 
     /// Answers when the store can take writes.

@@ -23,7 +23,7 @@
 //! | `cl:{ev}:seq` | string | sequence number of the newest event |
 //! | `cl:links` | hash | `network/slug` → postcard [`Link`] |
 //! | `cl:dl:{N}:<delivery id>` | string | postcard [`Delivery`]; `N` from its click's id |
-//! | `cl:ob:{N}` | sorted set | pending delivery ids, scored by when they are due (a lease pushes the score out) |
+//! | `cl:ob:{N}:<destination>` | sorted set | pending delivery ids, scored by when they are due (a lease pushes the score out) |
 //! | `cl:dlo:{N}` | hash | claimed delivery id → the process token holding its lease |
 //! | `cl:dls:{N}:<status>` | sorted set | delivery ids with that status, scored by last update (ms) |
 //!
@@ -100,8 +100,8 @@ return 1
 
 /// Stores a conversion unless present and, only if it was new, indexes and counts it and
 /// enqueues its deliveries.
-/// KEYS: conversion, time index, counters hash of its day, counter day index, outbox,
-/// pending-status index, then one key per delivery.
+/// KEYS: conversion, time index, counters hash of its day, counter day index,
+/// pending-status index, then per delivery its key and its destination's outbox.
 /// ARGV: conversion bytes, at (ms), conversion id, day, delivery count, then per delivery
 /// its id, bytes and due time, then counter field/delta pairs.
 const RECORD_CONVERSION: &str = r"
@@ -112,9 +112,10 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 local n = tonumber(ARGV[5])
 for i = 1, n do
   local a = 5 + (i - 1) * 3
-  redis.call('SET', KEYS[6 + i], ARGV[a + 2])
+  local k = 5 + (i - 1) * 2
+  redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+  redis.call('ZADD', KEYS[k + 2], ARGV[a + 3], ARGV[a + 1])
   redis.call('ZADD', KEYS[5], ARGV[a + 3], ARGV[a + 1])
-  redis.call('ZADD', KEYS[6], ARGV[a + 3], ARGV[a + 1])
 end
 for i = 6 + 3 * n, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
@@ -125,8 +126,8 @@ return 1
 
 /// [`RECORD_CLICK`] for a person's click that some destination forwards: the same, plus
 /// its deliveries. Used only when a destination asked for clicks.
-/// KEYS: click, counters hash of its day, counter day index, outbox, pending-status
-/// index, then one key per delivery.
+/// KEYS: click, counters hash of its day, counter day index, pending-status index, then
+/// per delivery its key and its destination's outbox.
 /// ARGV: click bytes, ttl seconds, day, delivery count, then per delivery its id, bytes
 /// and due time, then counter field/delta pairs.
 const RECORD_FORWARDED_CLICK: &str = r"
@@ -136,9 +137,10 @@ end
 local n = tonumber(ARGV[4])
 for i = 1, n do
   local a = 4 + (i - 1) * 3
-  redis.call('SET', KEYS[5 + i], ARGV[a + 2])
+  local k = 4 + (i - 1) * 2
+  redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+  redis.call('ZADD', KEYS[k + 2], ARGV[a + 3], ARGV[a + 1])
   redis.call('ZADD', KEYS[4], ARGV[a + 3], ARGV[a + 1])
-  redis.call('ZADD', KEYS[5], ARGV[a + 3], ARGV[a + 1])
 end
 for i = 5 + 3 * n, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
@@ -291,8 +293,8 @@ fn delivery_key(shard: u8, id: &str) -> String {
     format!("cl:dl:{{{shard}}}:{id}")
 }
 
-fn outbox_key(shard: u8) -> String {
-    format!("cl:ob:{{{shard}}}")
+fn outbox_key(shard: u8, destination: &str) -> String {
+    format!("cl:ob:{{{shard}}}:{destination}")
 }
 
 fn lease_owners_key(shard: u8) -> String {
@@ -305,9 +307,9 @@ fn delivery_status_key(shard: u8, status: DeliveryStatus) -> String {
 
 /// Adds the outbox keys and arguments of new deliveries to a recording script's call.
 fn add_delivery_args(invocation: &mut ScriptInvocation<'_>, shard: u8, deliveries: &[Delivery]) {
-    invocation.key(outbox_key(shard)).key(delivery_status_key(shard, DeliveryStatus::Pending));
+    invocation.key(delivery_status_key(shard, DeliveryStatus::Pending));
     for d in deliveries {
-        invocation.key(delivery_key(shard, &d.id));
+        invocation.key(delivery_key(shard, &d.id)).key(outbox_key(shard, &d.destination));
     }
 }
 
@@ -684,12 +686,14 @@ impl Store for RedisStore {
     async fn claim_deliveries(
         &self,
         owner: &str,
+        destination: &str,
         now: UnixMillis,
         lease: Duration,
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
         let until = now.saturating_add(lease.as_millis() as i64);
         let owner = owner.to_owned();
+        let destination = destination.to_owned();
         // Each shard may give up to `limit`; the caller takes what it asked for and the
         // rest simply wait out their lease, which is short next to a retry.
         let per_shard = limit.div_ceil(SHARDS as usize).max(1);
@@ -698,9 +702,10 @@ impl Store for RedisStore {
             .all_shards(move |mut con, n| {
                 let script = script.clone();
                 let owner = owner.clone();
+                let outbox = outbox_key(n, &destination);
                 async move {
                     let ids: Vec<String> = script
-                        .key(outbox_key(n))
+                        .key(outbox)
                         .key(lease_owners_key(n))
                         .arg(now)
                         .arg(until)
@@ -722,7 +727,7 @@ impl Store for RedisStore {
         let pending = delivery.status == DeliveryStatus::Pending;
         let done: i64 = self
             .finish_delivery
-            .key(outbox_key(n))
+            .key(outbox_key(n, &delivery.destination))
             .key(lease_owners_key(n))
             .key(delivery_key(n, &delivery.id))
             .key(delivery_status_key(n, DeliveryStatus::Pending))
@@ -802,7 +807,7 @@ impl Store for RedisStore {
         let done: i64 = self
             .requeue_delivery
             .key(delivery_key(n, id))
-            .key(outbox_key(n))
+            .key(outbox_key(n, &old.destination))
             .key(delivery_status_key(n, old.status))
             .key(delivery_status_key(n, DeliveryStatus::Pending))
             .arg(old_bytes)
@@ -817,11 +822,17 @@ impl Store for RedisStore {
     }
 
     async fn outbox_depth(&self) -> StoreResult<u64> {
+        let destinations: Vec<String> = self.limits.outbox.destinations().map(str::to_owned).collect();
+        if destinations.is_empty() {
+            return Ok(0);
+        }
         let sizes = self
-            .all_shards(|mut con, n| async move {
-                let size: u64 =
-                    redis::cmd("ZCARD").arg(outbox_key(n)).query_async(&mut con).await.map_err(unavailable)?;
-                Ok(vec![size])
+            .all_shards(move |mut con, n| {
+                let mut pipe = redis::pipe();
+                for d in &destinations {
+                    pipe.cmd("ZCARD").arg(outbox_key(n, d));
+                }
+                async move { pipe.query_async::<Vec<u64>>(&mut con).await.map_err(unavailable) }
             })
             .await?;
         Ok(sizes.into_iter().sum())

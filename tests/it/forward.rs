@@ -197,9 +197,10 @@ fn named(base: &str, backend: Backend) -> String {
     format!("{base}-{}", if backend == Backend::Embedded { "embedded" } else { "redis" })
 }
 
-/// `[forward]` polling fast, and one destination.
+/// `[forward]` polling fast, with a lease short enough for takeover tests, and the
+/// destinations given (each with a 2-second request timeout, shorter than the lease).
 fn forward(destinations: &str) -> String {
-    format!("\n[forward]\npoll_ms = 20\nlease_secs = 1\n{destinations}")
+    format!("\n[forward]\npoll_ms = 20\nlease_secs = 3\n{destinations}")
 }
 
 fn meta(name: &str, stand_in: &StandIn, extra: &str) -> String {
@@ -214,6 +215,7 @@ graph_url = "{url}"
 api_version = "v21.0"
 test_event_code = "TEST123"
 backoff_ms = 20
+timeout_secs = 2
 {extra}
 "#,
         url = stand_in.url
@@ -291,7 +293,7 @@ async fn meta_retries_what_is_transient_and_dead_letters_the_rest(backend: Backe
     let name = named("meta-retry", backend);
     let platform = StandIn::start().await;
     let store = StoreHandle::new(backend);
-    let app = spawn_app_over(&store, &forward(&meta(&name, &platform, "timeout_secs = 1\nmax_attempts = 6"))).await;
+    let app = spawn_app_over(&store, &forward(&meta(&name, &platform, "max_attempts = 6"))).await;
 
     // A 500, a 429, a throttling error inside a 400, and a request that times out: all
     // retried, with the same event id every time.
@@ -380,7 +382,7 @@ async fn a_restart_mid_delivery_loses_nothing(backend: Backend) {
     let name = named("meta-restart", backend);
     let platform = StandIn::start().await;
     let store = StoreHandle::new(backend);
-    let extra = forward(&meta(&name, &platform, "timeout_secs = 60"));
+    let extra = forward(&meta(&name, &platform, ""));
     let app = spawn_app_over(&store, &extra).await;
 
     // The platform holds the first request open; cakelink stops while it is in flight.
@@ -439,6 +441,7 @@ api_url = "{url}"
 token_url = "{url}/token"
 consent = "granted"
 backoff_ms = 20
+timeout_secs = 2
 "#,
         url = stand_in.url
     )
@@ -522,6 +525,7 @@ pixel_id = "CPIXEL1"
 access_token = "tt-token"
 api_url = "{url}"
 backoff_ms = 20
+timeout_secs = 2
 "#,
         url = stand_in.url
     )
@@ -583,6 +587,7 @@ secret = "hook-secret"
 events = ["Purchase", "Click"]
 event_map = {{ Purchase = "Sale" }}
 backoff_ms = 20
+timeout_secs = 2
 "#,
         url = receiver.url
     ));
@@ -626,7 +631,7 @@ backoff_ms = 20
 async fn two_processes_on_one_redis_deliver_each_event_once_and_take_over_a_dead_ones() {
     let platform = StandIn::start().await;
     let store = StoreHandle::new(Backend::Redis);
-    let extra = forward(&meta("meta-shared", &platform, "timeout_secs = 60"));
+    let extra = forward(&meta("meta-shared", &platform, ""));
     let a = spawn_app_over(&store, &extra).await;
     let b = spawn_app_over(&store, &extra).await;
 
