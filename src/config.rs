@@ -428,6 +428,7 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
     let mut fw = Section::new("forward", root.get("forward"), errors);
     let lease_secs = fw.uint("lease_secs", 1, 86_400, errors).unwrap_or(120);
     let poll_ms = fw.uint("poll_ms", 10, 60_000, errors).unwrap_or(1000);
+    let keep_days = fw.uint("keep_days", 1, 3650, errors).unwrap_or(30);
     fw.finish(errors);
     let mut destinations = Vec::new();
     match root.get("destinations") {
@@ -489,6 +490,7 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         forward: ForwardConfig {
             lease: Duration::from_secs(lease_secs),
             poll: Duration::from_millis(poll_ms),
+            keep_settled: Duration::from_secs(keep_days * 86_400),
             destinations,
         },
         warnings,

@@ -57,12 +57,19 @@ pub struct ForwardConfig {
     pub lease: Duration,
     /// How often the outbox is looked at for due deliveries.
     pub poll: Duration,
+    /// How long delivered, failed, expired and dry-run deliveries are kept for the API.
+    pub keep_settled: Duration,
     pub destinations: Vec<Destination>,
 }
 
 impl Default for ForwardConfig {
     fn default() -> ForwardConfig {
-        ForwardConfig { lease: Duration::from_secs(120), poll: Duration::from_secs(1), destinations: Vec::new() }
+        ForwardConfig {
+            lease: Duration::from_secs(120),
+            poll: Duration::from_secs(1),
+            keep_settled: Duration::from_secs(30 * 86_400),
+            destinations: Vec::new(),
+        }
     }
 }
 
@@ -84,6 +91,7 @@ impl ForwardConfig {
                 })
                 .collect(),
         )
+        .keep_settled_for(self.keep_settled)
     }
 }
 

@@ -13,7 +13,8 @@
 //! `counters` (hour ‖ link → counters), `events` (sequence → event), `links`,
 //! `deliveries` (delivery id → delivery) and `outbox` (destination ‖ 0 ‖ next attempt
 //! time ‖ delivery id → nothing: each destination's pending deliveries in the order they
-//! fall due).
+//! fall due), `delivery_status` (status ‖ last update ‖ delivery id → nothing: the
+//! listing by status, and what the sweep drops once settled deliveries are old enough).
 //!
 //! Only one process can open the directory, so the leases of claimed deliveries live in
 //! memory: a restart forgets them, and what was in flight is due again at once.
@@ -55,6 +56,7 @@ struct Tables {
     links: Keyspace,
     deliveries: Keyspace,
     outbox: Keyspace,
+    delivery_status: Keyspace,
 }
 
 impl Tables {
@@ -70,6 +72,7 @@ impl Tables {
             links: ks("links")?,
             deliveries: ks("deliveries")?,
             outbox: ks("outbox")?,
+            delivery_status: ks("delivery_status")?,
             db,
         })
     }
@@ -118,6 +121,19 @@ fn outbox_key(destination: &str, next_at: UnixMillis, id: &str) -> Vec<u8> {
     key.extend_from_slice(&(next_at.max(0) as u64).to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// The status-index key of a delivery: newest last within a status.
+fn status_key(status: DeliveryStatus, updated_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + id.len());
+    key.push(status_byte(status));
+    key.extend_from_slice(&(updated_at.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn status_byte(status: DeliveryStatus) -> u8 {
+    DeliveryStatus::ALL.iter().position(|s| *s == status).unwrap_or(0) as u8
 }
 
 fn now_secs() -> u64 {
@@ -362,12 +378,23 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
         let destination = destination.map(str::to_owned);
+        let statuses: Vec<DeliveryStatus> = status.map_or_else(|| DeliveryStatus::ALL.to_vec(), |s| vec![s]);
         self.read(move |t| {
             let mut out = Vec::new();
-            for kv in t.deliveries.iter() {
-                let d: Delivery = decode(&kv.into_inner().map_err(unavailable)?.1)?;
-                if status.is_none_or(|s| s == d.status) && destination.as_deref().is_none_or(|n| n == d.destination) {
-                    out.push(d);
+            // Newest first within each status; several statuses are merged below.
+            for status in statuses {
+                let mut taken = 0;
+                for kv in t.delivery_status.prefix([status_byte(status)]).rev() {
+                    if taken >= limit {
+                        break;
+                    }
+                    let key = kv.key().map_err(unavailable)?;
+                    let Some(bytes) = t.deliveries.get(&key[9..]).map_err(unavailable)? else { continue };
+                    let d: Delivery = decode(&bytes)?;
+                    if destination.as_deref().is_none_or(|n| n == d.destination) {
+                        out.push(d);
+                        taken += 1;
+                    }
                 }
             }
             out.sort_by(|a, b| (b.updated_at, &b.id).cmp(&(a.updated_at, &a.id)));
@@ -497,7 +524,9 @@ impl Writer {
                                 .or_default()
                                 .add(&Counters::for_click(&click));
                             batch.insert(&self.t.clicks, click.id.as_bytes(), encode(&click));
-                            self.enqueue(&mut batch, self.limits.outbox.for_click(&click, now_ms()));
+                            if self.limits.outbox.wants_clicks() {
+                                self.enqueue(&mut batch, self.limits.outbox.for_click(&click, now_ms()));
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => failure = Some(e.to_string()),
@@ -560,8 +589,7 @@ impl Writer {
                         .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
                     let applied = match stored {
                         Ok(Some(old)) if old.status == DeliveryStatus::Pending => {
-                            batch.remove(&self.t.outbox, outbox_key(&old.destination, old.next_at, &old.id));
-                            self.put_delivery(&mut batch, &delivery);
+                            self.put_delivery(&mut batch, &delivery, Some(&old));
                             true
                         }
                         Ok(_) => false,
@@ -580,12 +608,13 @@ impl Writer {
                         .map_err(unavailable)
                         .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
                     let outcome = match stored {
-                        Ok(Some(mut d)) if d.status.can_requeue() => {
+                        Ok(Some(old)) if old.status.can_requeue() => {
+                            let mut d = old.clone();
                             d.status = DeliveryStatus::Pending;
                             d.attempts = 0;
                             d.next_at = now;
                             d.updated_at = now;
-                            self.put_delivery(&mut batch, &d);
+                            self.put_delivery(&mut batch, &d, Some(&old));
                             Requeue::Done(Box::new(d))
                         }
                         Ok(Some(d)) => Requeue::NotDeadLettered(d.status),
@@ -597,7 +626,10 @@ impl Writer {
                     };
                     replies.push(Reply::Requeue(tx, outcome));
                 }
-                Op::Sweep => self.sweep(),
+                Op::Sweep => {
+                    self.sweep();
+                    self.sweep_deliveries();
+                }
                 Op::Flush(tx) => flushes.push(tx),
             }
         }
@@ -637,15 +669,63 @@ impl Writer {
     /// Adds new outbox entries to `batch`.
     fn enqueue(&self, batch: &mut fjall::OwnedWriteBatch, deliveries: Vec<Delivery>) {
         for d in &deliveries {
-            self.put_delivery(batch, d);
+            self.put_delivery(batch, d, None);
         }
     }
 
-    /// Writes a delivery and, while it is pending, its place in the outbox.
-    fn put_delivery(&self, batch: &mut fjall::OwnedWriteBatch, d: &Delivery) {
+    /// Writes a delivery, its status-index entry and, while it is pending, its place in
+    /// the outbox, replacing those of `old`.
+    fn put_delivery(&self, batch: &mut fjall::OwnedWriteBatch, d: &Delivery, old: Option<&Delivery>) {
+        if let Some(old) = old {
+            if old.status == DeliveryStatus::Pending {
+                batch.remove(&self.t.outbox, outbox_key(&old.destination, old.next_at, &old.id));
+            }
+            batch.remove(&self.t.delivery_status, status_key(old.status, old.updated_at, &old.id));
+        }
         batch.insert(&self.t.deliveries, d.id.as_bytes(), encode(d));
+        batch.insert(&self.t.delivery_status, status_key(d.status, d.updated_at, &d.id), Vec::<u8>::new());
         if d.status == DeliveryStatus::Pending {
             batch.insert(&self.t.outbox, outbox_key(&d.destination, d.next_at, &d.id), Vec::<u8>::new());
+        }
+    }
+
+    /// Drops settled deliveries last updated before the outbox's retention: a range of
+    /// each settled status's index.
+    fn sweep_deliveries(&mut self) {
+        let Some(keep) = self.limits.outbox.keep_settled() else { return };
+        let cutoff = now_ms().saturating_sub(keep.as_millis() as i64);
+        let mut dropped = 0usize;
+        for status in DeliveryStatus::ALL.into_iter().filter(|s| *s != DeliveryStatus::Pending) {
+            let start = status_key(status, 0, "");
+            let end = status_key(status, cutoff, "");
+            loop {
+                let mut batch = self.t.db.batch();
+                let mut n = 0;
+                for kv in self.t.delivery_status.range(start.clone()..end.clone()).take(MAX_BATCH) {
+                    match kv.key() {
+                        Ok(k) => {
+                            batch.remove(&self.t.deliveries, k[9..].to_vec());
+                            batch.remove(&self.t.delivery_status, k);
+                            n += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "delivery sweep stopped");
+                            return;
+                        }
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = batch.commit() {
+                    tracing::warn!(error = %e, "delivery sweep failed");
+                    return;
+                }
+                dropped += n;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(dropped, "settled deliveries past their retention dropped");
         }
     }
 

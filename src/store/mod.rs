@@ -162,12 +162,25 @@ impl OutboxRoute {
 pub struct OutboxRoutes {
     routes: Vec<OutboxRoute>,
     wants_clicks: bool,
+    /// How long settled deliveries are kept; `None` keeps them for ever.
+    keep_settled: Option<Duration>,
 }
 
 impl OutboxRoutes {
     pub fn new(routes: Vec<OutboxRoute>) -> OutboxRoutes {
         let wants_clicks = routes.iter().any(|r| r.clicks);
-        OutboxRoutes { routes, wants_clicks }
+        OutboxRoutes { routes, wants_clicks, keep_settled: None }
+    }
+
+    /// Drops delivered, failed, expired and dry-run deliveries `keep` after their last
+    /// update.
+    pub fn keep_settled_for(mut self, keep: Duration) -> OutboxRoutes {
+        self.keep_settled = Some(keep);
+        self
+    }
+
+    pub fn keep_settled(&self) -> Option<Duration> {
+        self.keep_settled
     }
 
     /// Whether any destination takes clicks; when none does, recording a click does no

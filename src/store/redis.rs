@@ -22,7 +22,7 @@
 //! | `cl:{ev}:log` | list | `<seq>\|<postcard Event>`, newest first, capped at `event_log_max` |
 //! | `cl:{ev}:seq` | string | sequence number of the newest event |
 //! | `cl:links` | hash | `network/slug` → postcard [`Link`] |
-//! | `cl:dl:{N}:<delivery id>` | string | postcard [`Delivery`]; `N` from its click's id |
+//! | `cl:dl:{N}:<delivery id>` | string | postcard [`Delivery`]; `N` from its click's id; settled ones expire after `forward.keep_days` |
 //! | `cl:ob:{N}:<destination>` | sorted set | pending delivery ids, scored by when they are due (a lease pushes the score out) |
 //! | `cl:dlo:{N}` | hash | claimed delivery id → the process token holding its lease |
 //! | `cl:dls:{N}:<status>` | sorted set | delivery ids with that status, scored by last update (ms) |
@@ -160,9 +160,12 @@ end
 return ids
 ";
 
-/// Stores an attempt's outcome if the owner still holds the lease.
+/// Stores an attempt's outcome if the owner still holds the lease. A settled delivery
+/// expires after the retention (when there is one), and its status index drops entries
+/// older than that.
 /// KEYS: outbox, lease owners, delivery, pending-status index, new-status index.
-/// ARGV: owner, id, delivery bytes, '1' when still pending, due time, updated time.
+/// ARGV: owner, id, delivery bytes, '1' when still pending, due time, updated time,
+/// retention in ms (0 keeps it for ever).
 const FINISH_DELIVERY: &str = r"
 if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[1] then
   return 0
@@ -175,6 +178,11 @@ if ARGV[4] == '1' then
   redis.call('ZADD', KEYS[1], ARGV[5], ARGV[2])
 else
   redis.call('ZREM', KEYS[1], ARGV[2])
+  local keep = tonumber(ARGV[7])
+  if keep > 0 then
+    redis.call('PEXPIRE', KEYS[3], keep)
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', string.format('(%d', tonumber(ARGV[6]) - keep))
+  end
 end
 return 1
 ";
@@ -738,6 +746,7 @@ impl Store for RedisStore {
             .arg(if pending { "1" } else { "0" })
             .arg(delivery.next_at)
             .arg(delivery.updated_at)
+            .arg(self.limits.outbox.keep_settled().map_or(0, |k| k.as_millis() as u64))
             .invoke_async(&mut self.con())
             .await
             .map_err(unavailable)?;

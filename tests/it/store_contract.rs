@@ -629,3 +629,53 @@ async fn redis_connect_names_the_url_when_nobody_answers() {
     };
     assert!(err.contains(&url), "{err}");
 }
+
+/// Records one conversion and settles its `meta1` delivery as delivered at `updated_at`.
+async fn settle_one(store: &dyn Store, updated_at: UnixMillis) -> Delivery {
+    let c = click("cake1/spring", ms(H), None);
+    let conv = conversion(&c, "Lead", "0", ms(H) + 1, "t");
+    store.record_conversion(&conv).await.expect("record");
+    let mut d = store.claim_deliveries("a", "meta1", now_ms(), LEASE, 10).await.expect("claim").remove(0);
+    d.status = DeliveryStatus::Delivered;
+    d.updated_at = updated_at;
+    assert!(store.finish_delivery("a", &d).await.expect("finish"));
+    d
+}
+
+#[tokio::test]
+async fn embedded_settled_deliveries_are_swept_after_their_retention() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let keep = Duration::from_secs(3600);
+    let limits = StoreLimits { outbox: outbox_routes().keep_settled_for(keep), ..limits() };
+    let store = EmbeddedStore::open(dir.path(), Duration::from_millis(1000), limits).expect("open");
+    let old = settle_one(&store, now_ms() - 2 * 3_600_000).await;
+    let recent = settle_one(&store, now_ms() - 60_000).await;
+    store.sweep_now().await.expect("sweep");
+    let left = store.deliveries(None, None, 10).await.expect("list");
+    assert_eq!(left, vec![recent]);
+    let click_id = old.subject.click().id.clone();
+    assert_eq!(store.deliveries_of(&click_id, old.subject.event_id()).await.expect("of"), vec![]);
+}
+
+#[tokio::test]
+async fn redis_settled_deliveries_expire_after_their_retention() {
+    let server = RedisServer::start();
+    let keep = Duration::from_secs(3600);
+    let limits = StoreLimits { outbox: outbox_routes().keep_settled_for(keep), ..limits() };
+    let store = RedisStore::connect(&server.url(), limits).await.expect("connect");
+    let d = settle_one(&store, now_ms()).await;
+    let mut con = raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("cl:dl:*").query_async(&mut con).await.expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].ends_with(&d.id), "{keys:?}");
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query_async(&mut con).await.expect("TTL");
+    assert!((3595..=3600).contains(&ttl), "TTL {ttl}");
+    // Pending deliveries never expire.
+    let c = click("cake1/spring", ms(H), None);
+    store.record_conversion(&conversion(&c, "Lead", "0", ms(H) + 1, "t2")).await.expect("record");
+    let pending: Vec<String> = redis::cmd("KEYS").arg("cl:dl:*").query_async(&mut con).await.expect("KEYS");
+    for key in pending.iter().filter(|k| !k.ends_with(&d.id)) {
+        let ttl: i64 = redis::cmd("TTL").arg(key).query_async(&mut con).await.expect("TTL");
+        assert_eq!(ttl, -1, "{key}");
+    }
+}
