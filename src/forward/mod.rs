@@ -516,6 +516,79 @@ mod tests {
         assert!(backoff(base, 60) <= MAX_BACKOFF.mul_f64(1.25));
     }
 
+    fn destination(max_attempts: u32) -> Destination {
+        Destination {
+            name: "d".into(),
+            platform: PlatformConfig::Webhook(webhook::WebhookConfig {
+                url: "http://127.0.0.1:9/".into(),
+                secret: crate::config::Secret::new("s"),
+            }),
+            enabled: true,
+            events: None,
+            clicks: false,
+            event_map: BTreeMap::new(),
+            dry_run: false,
+            max_attempts,
+            backoff: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            batch_size: 1,
+        }
+    }
+
+    fn pending(at: UnixMillis) -> Delivery {
+        let click = crate::model::Click {
+            id: "c".into(),
+            link: "cake/demo".into(),
+            at,
+            bot: None,
+            ip: None,
+            user_agent: None,
+            referer: None,
+            utm: vec![],
+            ad_click_ids: vec![],
+            subids: vec![],
+        };
+        Delivery::new("d", Subject::Click(Box::new(click)), at)
+    }
+
+    #[test]
+    fn retries_back_off_until_the_attempts_or_the_window_run_out() {
+        let dest = destination(3);
+        let hook = webhook::Webhook::new(webhook::WebhookConfig {
+            url: "http://127.0.0.1:9/".into(),
+            secret: crate::config::Secret::new("s"),
+        });
+        let retry = || Outcome::Retry { status: Some(503), error: "busy".into(), after: None };
+        let now = 1_000_000;
+        let d = settle(pending(now), retry(), &dest, &hook, now);
+        assert_eq!((d.status, d.attempts, d.last_status), (DeliveryStatus::Pending, 1, Some(503)));
+        assert!((now + 7_500..=now + 12_500).contains(&d.next_at), "{}", d.next_at);
+        let d = settle(d, retry(), &dest, &hook, now);
+        assert!((now + 15_000..=now + 25_000).contains(&d.next_at), "{}", d.next_at);
+        let d = settle(d, retry(), &dest, &hook, now);
+        assert_eq!(d.status, DeliveryStatus::Failed);
+        assert_eq!(d.last_error.as_deref(), Some("gave up after 3 attempts: busy"));
+
+        // The platform's own wait wins over the backoff.
+        let after = Outcome::Retry { status: Some(200), error: "later".into(), after: Some(Duration::from_secs(60)) };
+        assert_eq!(settle(pending(now), after, &dest, &hook, now).next_at, now + 60_000);
+
+        // Meta: no retry that would land past its 48-hour de-duplication window.
+        let meta = meta::Meta::new(meta::MetaConfig {
+            pixel_id: "1".into(),
+            access_token: crate::config::Secret::new("t"),
+            graph_url: "http://127.0.0.1:9".into(),
+            version: "v21.0".into(),
+            test_event_code: None,
+        });
+        let at = now - 48 * 3_600_000 + 5_000;
+        let d = settle(pending(at), retry(), &destination(10), &meta, now);
+        assert_eq!(d.status, DeliveryStatus::Failed);
+        assert!(d.last_error.as_deref().is_some_and(|e| e.contains("de-duplication window")));
+        let failed = Outcome::Failed { status: Some(400), error: "no".into() };
+        assert_eq!(settle(pending(now), failed, &dest, &hook, now).status, DeliveryStatus::Failed);
+    }
+
     #[test]
     fn money_keeps_its_decimals_as_a_number() {
         let v = money_number(Money::parse("7.5").unwrap_or_default());

@@ -40,8 +40,10 @@ impl Webhook {
 
 /// `v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
 pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
-    // HMAC takes a key of any length; this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
+    // HMAC takes a key of any length, so the error arm is never taken.
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
