@@ -795,3 +795,44 @@ async fn the_deliveries_api_refuses_bad_input() {
     assert_eq!(deliveries(&app, "").await, Vec::<Value>::new());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_platform_holds_up_only_its_own_deliveries() {
+    let platform = StandIn::start().await;
+    platform.default_answer(META_PATH, Reply { status: 200, body: "{}".into(), delay: Duration::from_secs(25) });
+    let store = StoreHandle::new(Backend::Embedded);
+    let extra = format!(
+        r#"
+[forward]
+poll_ms = 20
+lease_secs = 60
+
+[[destinations]]
+name = "meta-hangs"
+type = "meta"
+pixel_id = "123456"
+access_token = "t"
+graph_url = "{url}"
+timeout_secs = 20
+
+[[destinations]]
+name = "hook-fast"
+type = "webhook"
+url = "{url}/hook"
+secret = "s"
+"#,
+        url = platform.url
+    );
+    let app = spawn_app_over(&store, &extra).await;
+    let click_id = click_with(&app, "").await;
+    let first = purchase(&app, &click_id, "h1", "1").await;
+    eventually("Meta's request to hang", || async { (!platform.seen(META_PATH).is_empty()).then_some(()) }).await;
+    // While Meta's request hangs, the webhook keeps delivering, and postbacks are answered.
+    let second = purchase(&app, &click_id, "h2", "1").await;
+    settled(&app, "hook-fast", &first, "delivered").await;
+    settled(&app, "hook-fast", &second, "delivered").await;
+    let meta = deliveries(&app, "destination=meta-hangs").await;
+    assert_eq!(meta.len(), 2);
+    assert!(meta.iter().all(|d| d["status"] == "pending" && d["attempts"] == 0), "{meta:?}");
+    app.stop().await;
+}
