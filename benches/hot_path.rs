@@ -54,6 +54,7 @@ fn links(c: &mut Criterion) {
         click_ttl: Duration::from_secs(86_400),
         event_log_max: 10,
         personal_ttl: cakelink::store::PERSONAL_DATA_TTL,
+        outbox: Default::default(),
     };
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(1), limits).expect("store opens"));

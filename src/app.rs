@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::clickid::Keyring;
 use crate::config::Config;
+use crate::forward::Forwarder;
 use crate::links::LinkCatalog;
 use crate::model::QueuedPostback;
 use crate::postback::{self, Context};
@@ -69,6 +70,7 @@ impl Application {
             click_ttl: config.store.click_ttl(),
             event_log_max: config.store.event_log_max,
             personal_ttl: store::PERSONAL_DATA_TTL,
+            outbox: config.forward.routes(),
         };
         let inner = store::open(&config.store.backend, limits).await.context("opening the store")?;
         let spool = SpooledStore::open(inner, &config.store.spool).context("opening the outage spool")?;
@@ -97,6 +99,7 @@ impl Application {
     /// outage spool if the store is back, and flushes the spool and the store, all within
     /// `shutdown_timeout_secs` of the signal. A spool the store could not take stays on
     /// disk and is replayed at the next start. SIGHUP reloads the TLS certificate.
+    /// Conversions are forwarded in the background until the requests are drained.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let signalled = Arc::new(std::sync::OnceLock::new());
         let mark = signalled.clone();
@@ -104,9 +107,14 @@ impl Application {
             shutdown.await;
             let _ = mark.set(Instant::now());
         };
+        let config = &self.state.config;
+        let forwarder = Forwarder::spawn(self.state.store.clone(), &config.forward, &config.server.public_url);
         let reloader = tokio::spawn(tls::reload_on_sighup(self.tls.clone()));
         server::serve(self.listener, self.state.clone(), self.tls, shutdown).await;
         reloader.abort();
+        if let Some(forwarder) = forwarder {
+            forwarder.stop().await;
+        }
         let deadline =
             signalled.get().copied().unwrap_or_else(Instant::now) + self.state.config.server.shutdown_timeout;
         let remaining = deadline.saturating_duration_since(Instant::now());

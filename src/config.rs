@@ -4,6 +4,10 @@
 //! The file is read into a TOML tree and checked key by key, so that `check-config`
 //! (and `serve`, before it binds anything) reports every error at once with the key that
 //! holds it, including unknown keys: a typo must not silently fall back to a default.
+//!
+//! Destinations' credentials can come from the environment too, as
+//! `CAKELINK_DESTINATION_<NAME>_<KEY>` (name and key upper-cased, other characters `_`),
+//! e.g. `CAKELINK_DESTINATION_META_MAIN_ACCESS_TOKEN`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -11,6 +15,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::forward::google::GoogleConfig;
+use crate::forward::meta::MetaConfig;
+use crate::forward::tiktok::TikTokConfig;
+use crate::forward::webhook::WebhookConfig;
+use crate::forward::{Destination, ForwardConfig, PlatformConfig};
 use crate::links::validate_link;
 use crate::model::{Link, LinkSource, LinkStatus};
 use crate::networks::Network;
@@ -119,6 +128,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub networks: BTreeMap<String, Network>,
     pub links: Vec<Link>,
+    /// `[forward]` and `[[destinations]]`: where conversions are forwarded.
+    pub forward: ForwardConfig,
     /// Things that work but should be fixed (example secrets, say).
     pub warnings: Vec<String>,
 }
@@ -244,6 +255,16 @@ impl<'a> Section<'a> {
         }
     }
 
+    fn boolean(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<bool> {
+        match self.raw(key)? {
+            toml::Value::Boolean(b) => Some(*b),
+            _ => {
+                self.err(errors, key, "must be true or false");
+                None
+            }
+        }
+    }
+
     fn strings(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<Vec<String>> {
         match self.raw(key)? {
             toml::Value::Array(items) => {
@@ -304,7 +325,8 @@ impl<'a> Section<'a> {
 
 fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
     let mut warnings = Vec::new();
-    let known: HashSet<&str> = ["server", "store", "security", "privacy", "networks", "links"].into();
+    let known: HashSet<&str> =
+        ["server", "store", "security", "privacy", "networks", "links", "forward", "destinations"].into();
     for key in root.keys() {
         if !known.contains(key.as_str()) {
             errors.push(ConfigError { key: written_key(key), message: "unknown section".into() });
@@ -495,6 +517,44 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         }
     }
 
+    // [forward] and [[destinations]]
+    let mut fw = Section::new("forward", root.get("forward"), errors);
+    let lease_secs = fw.uint("lease_secs", 1, 86_400, errors).unwrap_or(120);
+    let poll_ms = fw.uint("poll_ms", 10, 60_000, errors).unwrap_or(1000);
+    let keep_days = fw.uint("keep_days", 1, 3650, errors).unwrap_or(30);
+    fw.finish(errors);
+    let mut destinations = Vec::new();
+    match root.get("destinations") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            let mut seen = HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("destinations[{i}]");
+                if let Some(d) = read_destination(&key, item, env, errors) {
+                    if d.timeout.as_secs() >= lease_secs {
+                        errors.push(ConfigError {
+                            key: format!("{key}.timeout_secs"),
+                            message: format!(
+                                "must be shorter than forward.lease_secs ({lease_secs}): a request must end before its lease"
+                            ),
+                        });
+                    }
+                    if !seen.insert(d.name.clone()) {
+                        errors.push(ConfigError {
+                            key: format!("{key}.name"),
+                            message: format!("{:?} is used by another destination; names must be unique", d.name),
+                        });
+                    }
+                    destinations.push(d);
+                }
+            }
+        }
+        Some(_) => errors.push(ConfigError {
+            key: "destinations".into(),
+            message: "must be an array of tables ([[destinations]])".into(),
+        }),
+    }
+
     Some(Config {
         server: ServerConfig {
             listen: listen?,
@@ -529,6 +589,12 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         privacy: PrivacyConfig { anonymize_ip },
         networks,
         links,
+        forward: ForwardConfig {
+            lease: Duration::from_secs(lease_secs),
+            poll: Duration::from_millis(poll_ms),
+            keep_settled: Duration::from_secs(keep_days * 86_400),
+            destinations,
+        },
         warnings,
     })
 }
@@ -541,6 +607,177 @@ fn written_key(key: &str) -> String {
     } else {
         format!("{key:?}")
     }
+}
+
+/// The environment variable that can hold `key` of destination `name`.
+fn destination_var(name: &str, key: &str) -> String {
+    let upper = |t: &str| -> String {
+        t.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    };
+    format!("CAKELINK_DESTINATION_{}_{}", upper(name), upper(key))
+}
+
+/// An absolute http(s) URL, without a trailing slash.
+fn http_url(s: &mut Section, key: &'static str, default: &str, errors: &mut Vec<ConfigError>) -> String {
+    let text = s.string(key, errors).unwrap_or_else(|| default.to_owned());
+    match url::Url::parse(&text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => text.trim_end_matches('/').to_owned(),
+        _ => {
+            s.err(errors, key, format!("{text:?} is not an absolute http(s) URL"));
+            String::new()
+        }
+    }
+}
+
+fn read_destination(
+    key: &str,
+    value: &toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Destination> {
+    let mut s = Section::new(key, Some(value), errors);
+    let name = s.string("name", errors).unwrap_or_default();
+    if name.is_empty() {
+        s.err(errors, "name", "is required: a unique name (letters, digits, - _ .)");
+    } else if !valid_name(&name) {
+        s.err(errors, "name", "may hold only letters, digits and - _ . (at most 64)");
+    }
+    let kind = s.string("type", errors);
+    let enabled = s.boolean("enabled", errors).unwrap_or(true);
+    let dry_run = s.boolean("dry_run", errors).unwrap_or(false);
+    let max_attempts = s.uint("max_attempts", 1, 100, errors).unwrap_or(10) as u32;
+    let backoff_ms = s.uint("backoff_ms", 10, 86_400_000, errors).unwrap_or(30_000);
+    let timeout_secs = s.uint("timeout_secs", 1, 300, errors).unwrap_or(10);
+    let batch_size = s.uint("batch_size", 1, 2000, errors).unwrap_or(2000) as usize;
+    let mut clicks = false;
+    let events = s.strings("events", errors).map(|list| {
+        let mut conversions = Vec::new();
+        for event in list {
+            match event.as_str() {
+                "Click" | "ViewContent" => clicks = true,
+                "" => s.err(errors, "events", "event names must not be empty"),
+                _ => conversions.push(event),
+            }
+        }
+        conversions
+    });
+    let mut event_map = BTreeMap::new();
+    match s.raw("event_map") {
+        None => {}
+        Some(toml::Value::Table(t)) => {
+            for (from, to) in t {
+                match to {
+                    toml::Value::String(to) if !to.trim().is_empty() => {
+                        event_map.insert(from.clone(), to.clone());
+                    }
+                    _ => s.err(errors, &format!("event_map.{from}"), "must be a non-empty string"),
+                }
+            }
+        }
+        Some(_) => {
+            s.err(errors, "event_map", "must be a table of event names, like { Lead = \"CompleteRegistration\" }")
+        }
+    }
+    let secret = |s: &mut Section, key: &'static str, errors: &mut Vec<ConfigError>| -> Secret {
+        let var = destination_var(&name, key);
+        match env(&var).or_else(|| s.string(key, errors)) {
+            Some(v) if !v.trim().is_empty() => Secret::new(v),
+            _ => {
+                s.err(errors, key, format!("is required (or set {var})"));
+                Secret::new("")
+            }
+        }
+    };
+    let required = |s: &mut Section, key: &'static str, what: &str, errors: &mut Vec<ConfigError>| -> String {
+        match s.string(key, errors) {
+            Some(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            _ => {
+                s.err(errors, key, format!("is required: {what}"));
+                String::new()
+            }
+        }
+    };
+    let platform = match kind.as_deref() {
+        Some("meta") => {
+            let pixel_id = required(&mut s, "pixel_id", "the Meta pixel (dataset) id", errors);
+            if !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
+                s.err(errors, "pixel_id", format!("{pixel_id:?} is not a pixel id (digits only)"));
+            }
+            Some(PlatformConfig::Meta(MetaConfig {
+                pixel_id,
+                access_token: secret(&mut s, "access_token", errors),
+                graph_url: http_url(&mut s, "graph_url", "https://graph.facebook.com", errors),
+                version: s.string("api_version", errors).unwrap_or_else(|| "v21.0".into()),
+                test_event_code: s.string("test_event_code", errors),
+            }))
+        }
+        Some("google") => {
+            let digits = |v: String| v.chars().filter(|c| *c != '-').collect::<String>();
+            let customer_id = digits(required(&mut s, "customer_id", "the Google Ads account id", errors));
+            if !customer_id.bytes().all(|b| b.is_ascii_digit()) {
+                s.err(errors, "customer_id", format!("{customer_id:?} is not a customer id like 123-456-7890"));
+            }
+            let conversion_action =
+                required(&mut s, "conversion_action", "customers/{id}/conversionActions/{id} or the action id", errors);
+            let login_customer_id = s.string("login_customer_id", errors).map(digits);
+            let consent = match s.string("consent", errors).as_deref() {
+                None => None,
+                Some("granted") => Some("GRANTED".to_owned()),
+                Some("denied") => Some("DENIED".to_owned()),
+                Some(other) => {
+                    s.err(errors, "consent", format!("{other:?} is not \"granted\" or \"denied\""));
+                    None
+                }
+            };
+            Some(PlatformConfig::Google(GoogleConfig {
+                customer_id,
+                conversion_action,
+                login_customer_id,
+                developer_token: secret(&mut s, "developer_token", errors),
+                client_id: required(&mut s, "client_id", "the OAuth2 client id", errors),
+                client_secret: secret(&mut s, "client_secret", errors),
+                refresh_token: secret(&mut s, "refresh_token", errors),
+                api_url: http_url(&mut s, "api_url", "https://googleads.googleapis.com", errors),
+                token_url: http_url(&mut s, "token_url", "https://oauth2.googleapis.com/token", errors),
+                consent,
+            }))
+        }
+        Some("tiktok") => Some(PlatformConfig::TikTok(TikTokConfig {
+            pixel_id: required(&mut s, "pixel_id", "the TikTok pixel code", errors),
+            access_token: secret(&mut s, "access_token", errors),
+            api_url: http_url(&mut s, "api_url", "https://business-api.tiktok.com", errors),
+            test_event_code: s.string("test_event_code", errors),
+        })),
+        Some("webhook") => {
+            let url = required(&mut s, "url", "where to POST", errors);
+            if !url.is_empty() && !url::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                s.err(errors, "url", format!("{url:?} is not an absolute http(s) URL"));
+            }
+            Some(PlatformConfig::Webhook(WebhookConfig { url, secret: secret(&mut s, "secret", errors) }))
+        }
+        Some(other) => {
+            s.err(errors, "type", format!("{other:?} is not a destination type; use meta, google, tiktok or webhook"));
+            None
+        }
+        None => {
+            s.err(errors, "type", "is required: meta, google, tiktok or webhook");
+            None
+        }
+    };
+    s.finish(errors);
+    Some(Destination {
+        name,
+        platform: platform?,
+        enabled,
+        events,
+        clicks,
+        event_map,
+        dry_run,
+        max_attempts,
+        backoff: Duration::from_millis(backoff_ms),
+        timeout: Duration::from_secs(timeout_secs),
+        batch_size,
+    })
 }
 
 fn check_redis_url(s: &Section, key: &str, url: &str, errors: &mut Vec<ConfigError>) -> bool {
@@ -812,6 +1049,129 @@ redirect = 200
         let text = format!("\"\" = 302\n\"a b\" = 1\n{}", GOOD.replace("[store]", "\"\" = 1\n[store]"));
         let keys: Vec<String> = parse(&text).unwrap_err().0.into_iter().map(|e| e.key).collect();
         assert_eq!(keys, ["\"\"", "\"a b\"", "server.\"\""]);
+    }
+
+    const DESTINATIONS: &str = r#"
+[forward]
+lease_secs = 30
+[[destinations]]
+name = "meta-main"
+type = "meta"
+pixel_id = "1234567890"
+events = ["Purchase", "Click"]
+event_map = { Lead = "CompleteRegistration" }
+[[destinations]]
+name = "ads"
+type = "google"
+customer_id = "123-456-7890"
+conversion_action = "987"
+developer_token = "dev"
+client_id = "cid"
+client_secret = "secret"
+refresh_token = "refresh"
+consent = "granted"
+[[destinations]]
+name = "tt"
+type = "tiktok"
+pixel_id = "C123"
+access_token = "tok"
+dry_run = true
+[[destinations]]
+name = "hook"
+type = "webhook"
+url = "https://hooks.example.com/cakelink"
+secret = "hook-secret"
+enabled = false
+"#;
+
+    #[test]
+    fn destinations_read_with_defaults_and_credentials_from_the_environment() {
+        let text = format!("{GOOD}{DESTINATIONS}");
+        let c =
+            Config::parse(&text, |k| (k == "CAKELINK_DESTINATION_META_MAIN_ACCESS_TOKEN").then(|| "env-token".into()))
+                .unwrap();
+        let f = &c.forward;
+        assert_eq!(f.lease, Duration::from_secs(30));
+        assert_eq!(f.destinations.len(), 4);
+        let meta = &f.destinations[0];
+        assert_eq!(meta.events, Some(vec!["Purchase".to_owned()]));
+        assert!(meta.clicks && meta.enabled && !meta.dry_run);
+        assert_eq!(meta.event_map["Lead"], "CompleteRegistration");
+        assert_eq!((meta.max_attempts, meta.timeout), (10, Duration::from_secs(10)));
+        match &meta.platform {
+            PlatformConfig::Meta(m) => {
+                assert_eq!(m.access_token.expose(), "env-token");
+                assert_eq!(m.graph_url, "https://graph.facebook.com");
+                assert_eq!(format!("{:?}", m.access_token), "[redacted]");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &f.destinations[1].platform {
+            PlatformConfig::Google(g) => {
+                assert_eq!(g.customer_id, "1234567890");
+                assert_eq!(g.token_url, "https://oauth2.googleapis.com/token");
+                assert_eq!(g.consent.as_deref(), Some("GRANTED"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(f.destinations[2].dry_run);
+        // The disabled webhook gets no new deliveries.
+        let routes = f.routes();
+        assert_eq!(routes.destinations().collect::<Vec<_>>(), ["meta-main", "ads", "tt"]);
+        assert!(routes.wants_clicks());
+    }
+
+    #[test]
+    fn destination_errors_name_their_key() {
+        let bad = r#"
+[forward]
+poll_ms = 1
+[[destinations]]
+name = "a"
+type = "meta"
+pixel_id = "px"
+graph_url = "ftp://x"
+colour = "red"
+[[destinations]]
+name = "a"
+type = "google"
+customer_id = "123"
+[[destinations]]
+type = "carrier-pigeon"
+[[destinations]]
+name = "w"
+type = "webhook"
+timeout_secs = 200
+url = "not a url"
+secret = "s"
+max_attempts = 0
+event_map = { Lead = 3 }
+enabled = "yes"
+"#;
+        let errors = parse(&format!("{GOOD}{bad}")).unwrap_err().0;
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "forward.poll_ms",
+            "destinations[0].pixel_id",
+            "destinations[0].access_token",
+            "destinations[0].graph_url",
+            "destinations[0].colour",
+            "destinations[1].name",
+            "destinations[1].conversion_action",
+            "destinations[1].developer_token",
+            "destinations[1].refresh_token",
+            "destinations[2].name",
+            "destinations[2].type",
+            "destinations[3].url",
+            "destinations[3].timeout_secs",
+            "destinations[3].max_attempts",
+            "destinations[3].event_map.Lead",
+            "destinations[3].enabled",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let token = errors.iter().find(|e| e.key == "destinations[0].access_token").unwrap();
+        assert!(token.message.contains("CAKELINK_DESTINATION_A_ACCESS_TOKEN"), "{}", token.message);
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! - [`model`]: the records the store keeps.
 //! - [`store`]: one trait; the embedded (fjall) and Redis backends; the compact click
 //!   record; the outage spool that keeps writes on local disk while a backend is down.
+//! - [`forward`]: the outbox worker and the ad platforms' conversion APIs (Meta, Google
+//!   Ads, TikTok) and signed webhooks.
 //! - [`telemetry`]: Prometheus metrics and logging.
 //! - [`cli`]: the command-line verbs.
 
@@ -31,6 +33,7 @@ pub mod bots;
 pub mod cli;
 pub mod clickid;
 pub mod config;
+pub mod forward;
 pub mod links;
 pub mod memo;
 pub mod model;

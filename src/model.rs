@@ -246,6 +246,140 @@ pub fn link_key(network: &str, slug: &str) -> String {
     format!("{network}/{slug}")
 }
 
+/// What a delivery forwards: a conversion (with its click) or, for destinations that
+/// asked for them, a person's click.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Subject {
+    Conversion(Box<Conversion>),
+    Click(Box<Click>),
+}
+
+impl Subject {
+    /// The id a platform de-duplicates on: the conversion id, or the click id.
+    pub fn event_id(&self) -> &str {
+        match self {
+            Subject::Conversion(c) => &c.id,
+            Subject::Click(c) => &c.id,
+        }
+    }
+
+    /// The click behind the event (the conversion's copy, or the click itself).
+    pub fn click(&self) -> &Click {
+        match self {
+            Subject::Conversion(c) => &c.click,
+            Subject::Click(c) => c,
+        }
+    }
+
+    /// When the event happened.
+    pub fn at(&self) -> UnixMillis {
+        match self {
+            Subject::Conversion(c) => c.at,
+            Subject::Click(c) => c.at,
+        }
+    }
+
+    /// The event's name before any per-destination mapping: the conversion's event,
+    /// or `ViewContent` for a click.
+    pub fn event_name(&self) -> &str {
+        match self {
+            Subject::Conversion(c) => &c.event,
+            Subject::Click(_) => "ViewContent",
+        }
+    }
+}
+
+/// Where one event stands with one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt or for a retry.
+    Pending,
+    /// The platform accepted it (or already had it).
+    Delivered,
+    /// Dead-lettered: refused for good, or out of attempts; can be re-queued.
+    Failed,
+    /// Too old for the platform to take when its turn came; never sent.
+    Expired,
+    /// The destination is in dry run: the request was built and kept, not sent.
+    DryRun,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 5] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Failed,
+        DeliveryStatus::Expired,
+        DeliveryStatus::DryRun,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Expired => "expired",
+            DeliveryStatus::DryRun => "dry_run",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        DeliveryStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the API may put it back in the queue.
+    pub fn can_requeue(self) -> bool {
+        matches!(self, DeliveryStatus::Failed | DeliveryStatus::Expired)
+    }
+}
+
+/// One event on its way to one destination: the outbox entry and, once settled, the
+/// record of what was sent and what came back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `<event id>~<destination>`: unique, and stable across retries.
+    pub id: String,
+    pub destination: String,
+    pub subject: Subject,
+    pub status: DeliveryStatus,
+    /// Requests made so far.
+    pub attempts: u32,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    /// When the next attempt is due (pending entries only).
+    pub next_at: UnixMillis,
+    /// HTTP status of the last answer, if one came.
+    pub last_status: Option<u16>,
+    /// The platform's error text, or why nothing was sent.
+    pub last_error: Option<String>,
+    /// This event's part of the last request built (JSON), for troubleshooting.
+    pub request: Option<String>,
+}
+
+impl Delivery {
+    pub fn id_for(event_id: &str, destination: &str) -> String {
+        format!("{event_id}~{destination}")
+    }
+
+    /// A new pending entry, due at once.
+    pub fn new(destination: &str, subject: Subject, now: UnixMillis) -> Delivery {
+        Delivery {
+            id: Delivery::id_for(subject.event_id(), destination),
+            destination: destination.to_owned(),
+            subject,
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+            next_at: now,
+            last_status: None,
+            last_error: None,
+            request: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

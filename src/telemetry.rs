@@ -15,6 +15,10 @@ pub const CLICKS_UNSTORED: &str = "cakelink_clicks_unstored_total";
 pub const SUBIDS_DROPPED: &str = "cakelink_subids_dropped_total";
 pub const POSTBACKS: &str = "cakelink_postbacks_total";
 pub const STORE_UP: &str = "cakelink_store_up";
+pub const FORWARD_SENT: &str = "cakelink_forward_sent_total";
+pub const FORWARD_RETRIED: &str = "cakelink_forward_retried_total";
+pub const FORWARD_FAILED: &str = "cakelink_forward_failed_total";
+pub const OUTBOX_DEPTH: &str = "cakelink_outbox_depth";
 pub const SPOOL_BYTES: &str = "cakelink_spool_bytes";
 pub const SPOOL_RECORDS: &str = "cakelink_spool_records";
 pub const SPOOL_REPLAYED: &str = "cakelink_spool_replayed_total";
@@ -88,6 +92,13 @@ fn describe() {
     metrics::describe_gauge!(SPOOL_BYTES, metrics::Unit::Bytes, "Bytes in the outage spool, waiting for the store.");
     metrics::describe_gauge!(SPOOL_RECORDS, "Records (clicks, postbacks, events) in the outage spool.");
     metrics::describe_counter!(SPOOL_REPLAYED, "Outage spool records replayed into the store.");
+    metrics::describe_counter!(FORWARD_SENT, "Events a destination accepted, by destination.");
+    metrics::describe_counter!(FORWARD_RETRIED, "Attempts that will be retried, by destination.");
+    metrics::describe_counter!(
+        FORWARD_FAILED,
+        "Events dead-lettered or expired (not sent), by destination; re-queueable through the API."
+    );
+    metrics::describe_gauge!(OUTBOX_DEPTH, "Deliveries waiting in the outbox (in flight included).");
 }
 
 /// Logs to standard error; `RUST_LOG` sets the filter (default `info`).

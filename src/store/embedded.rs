@@ -10,13 +10,21 @@
 //!
 //! Keyspaces: `clicks` (id → compact click record, see [`super::record`]; ids sort by
 //! creation time, so expired clicks are a key range), `interns` (content hash → a value
-//! many clicks share), `meta` (how far personal data has been dropped), `conversions` (time ‖ id → conversion), `conversion_ids` (id → time),
-//! `counters` (hour ‖ link → counters), `events` (sequence → event), `links`.
+//! many clicks share), `meta` (how far personal data has been dropped), `conversions`
+//! (time ‖ id → conversion), `conversion_ids` (id → time), `counters` (hour ‖ link →
+//! counters), `events` (sequence → event), `links`,
+//! `deliveries` (delivery id → delivery) and `outbox` (destination ‖ 0 ‖ next attempt
+//! time ‖ delivery id → nothing: each destination's pending deliveries in the order they
+//! fall due), `delivery_status` (status ‖ last update ‖ delivery id → nothing: the
+//! listing by status, and what the sweep drops once settled deliveries are old enough).
+//!
+//! Only one process can open the directory, so the leases of claimed deliveries live in
+//! memory: a restart forgets them, and what was in flight is due again at once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -26,10 +34,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, EncodedClick, InternKey};
-use super::{Store, StoreError, StoreLimits, StoreResult};
+use super::{now_ms, OutboxRoutes, Requeue, Store, StoreError, StoreLimits, StoreResult};
 use crate::clickid::ClickId;
 use crate::model::{
-    hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis,
+    hour_of, link_key, Click, Conversion, Counters, Delivery, DeliveryStatus, Event, HourCounters, Link, Recorded,
+    UnixHour, UnixMillis,
 };
 
 /// Most requests one batch takes; bounds the latency one commit adds.
@@ -50,6 +59,9 @@ struct Tables {
     links: Keyspace,
     interns: Keyspace,
     meta: Keyspace,
+    deliveries: Keyspace,
+    outbox: Keyspace,
+    delivery_status: Keyspace,
 }
 
 impl Tables {
@@ -65,6 +77,9 @@ impl Tables {
             links: ks("links")?,
             interns: ks("interns")?,
             meta: ks("meta")?,
+            deliveries: ks("deliveries")?,
+            outbox: ks("outbox")?,
+            delivery_status: ks("delivery_status")?,
             db,
         })
     }
@@ -79,6 +94,8 @@ struct NewClick {
     encoded: EncodedClick,
     /// Minted for this request, so certainly not stored yet: no need to look.
     fresh: bool,
+    /// Outbox entries for destinations that take clicks (usually none).
+    deliveries: Vec<Delivery>,
 }
 
 enum Op {
@@ -87,6 +104,8 @@ enum Op {
     Event(Event, oneshot::Sender<StoreResult<()>>),
     PutLink(Link, oneshot::Sender<StoreResult<()>>),
     DeleteLink(String, oneshot::Sender<StoreResult<bool>>),
+    FinishDelivery(Box<Delivery>, oneshot::Sender<StoreResult<bool>>),
+    Requeue(String, UnixMillis, oneshot::Sender<StoreResult<Requeue>>),
     Sweep,
     Flush(oneshot::Sender<StoreResult<()>>),
 }
@@ -96,6 +115,10 @@ pub struct EmbeddedStore {
     tables: Tables,
     ops: mpsc::Sender<Op>,
     stop: Arc<AtomicBool>,
+    /// Claimed deliveries: id → (owner, lease end in ms).
+    leases: Mutex<HashMap<String, (String, UnixMillis)>>,
+    /// Which destinations a click is enqueued for (decided by the caller, off the writer).
+    outbox: OutboxRoutes,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -111,6 +134,30 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The outbox key of a pending delivery: its destination, then the due time, so that a
+/// range read finds what is due for one destination.
+fn outbox_key(destination: &str, next_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(destination.len() + 9 + id.len());
+    key.extend_from_slice(destination.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&(next_at.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The status-index key of a delivery: newest last within a status.
+fn status_key(status: DeliveryStatus, updated_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + id.len());
+    key.push(status_byte(status));
+    key.extend_from_slice(&(updated_at.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn status_byte(status: DeliveryStatus) -> u8 {
+    DeliveryStatus::ALL.iter().position(|s| *s == status).unwrap_or(0) as u8
+}
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -124,6 +171,7 @@ impl EmbeddedStore {
         let tables = Tables::open(path).map_err(|e| anyhow::anyhow!("cannot open store at {}: {e}", path.display()))?;
         let (ops, rx) = mpsc::channel(QUEUE_DEPTH);
         let stop = Arc::new(AtomicBool::new(false));
+        let outbox = limits.outbox.clone();
 
         let mut writer = Writer::new(tables.clone(), limits)?;
         std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx))?;
@@ -155,7 +203,7 @@ impl EmbeddedStore {
             }
         })?;
 
-        Ok(EmbeddedStore { tables, ops, stop })
+        Ok(EmbeddedStore { tables, ops, stop, leases: Mutex::new(HashMap::new()), outbox })
     }
 
     async fn submit<T>(&self, op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreResult<T> {
@@ -174,8 +222,9 @@ impl EmbeddedStore {
 }
 
 impl NewClick {
-    fn of(click: &Click, fresh: bool) -> NewClick {
+    fn of(click: &Click, fresh: bool, outbox: &OutboxRoutes) -> NewClick {
         NewClick {
+            deliveries: outbox.for_click(click, now_ms()),
             id: click.id.clone(),
             hour: hour_of(click.at),
             link: click.link.clone(),
@@ -195,11 +244,11 @@ impl Drop for EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn record_click(&self, click: &Click) -> StoreResult<()> {
-        self.submit(|tx| Op::Click(Box::new(NewClick::of(click, false)), tx)).await
+        self.submit(|tx| Op::Click(Box::new(NewClick::of(click, false, &self.outbox)), tx)).await
     }
 
     async fn record_new_click(&self, click: &Click) -> StoreResult<()> {
-        self.submit(|tx| Op::Click(Box::new(NewClick::of(click, true)), tx)).await
+        self.submit(|tx| Op::Click(Box::new(NewClick::of(click, true, &self.outbox)), tx)).await
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
@@ -316,6 +365,118 @@ impl Store for EmbeddedStore {
         self.submit(Op::Flush).await
     }
 
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        destination: &str,
+        now: UnixMillis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        // Read a little more than `limit`: some due entries may be leased already.
+        let leased = self.leases.lock().map_or(0, |l| l.len());
+        let want = limit + leased;
+        let start = outbox_key(destination, 0, "");
+        let prefix_len = start.len();
+        let end = outbox_key(destination, now.saturating_add(1), "");
+        let due: Vec<Delivery> = self
+            .read(move |t| {
+                let mut out = Vec::new();
+                for kv in t.outbox.range(start..end).take(want) {
+                    let key = kv.key().map_err(unavailable)?;
+                    let id = &key[prefix_len..];
+                    if let Some(bytes) = t.deliveries.get(id).map_err(unavailable)? {
+                        out.push(decode::<Delivery>(&bytes)?);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        let until = now.saturating_add(lease.as_millis() as i64);
+        let mut leases = self.leases.lock().map_err(|_| StoreError::Unavailable("lease table poisoned".into()))?;
+        let mut claimed = Vec::new();
+        for d in due {
+            if claimed.len() >= limit {
+                break;
+            }
+            if leases.get(&d.id).is_some_and(|(_, end)| *end > now) {
+                continue;
+            }
+            leases.insert(d.id.clone(), (owner.to_owned(), until));
+            claimed.push(d);
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_delivery(&self, owner: &str, delivery: &Delivery) -> StoreResult<bool> {
+        let holds = self.leases.lock().is_ok_and(|l| l.get(&delivery.id).is_some_and(|(o, _)| o == owner));
+        if !holds {
+            return Ok(false);
+        }
+        let done = self.submit(|tx| Op::FinishDelivery(Box::new(delivery.clone()), tx)).await;
+        if let Ok(mut leases) = self.leases.lock() {
+            leases.remove(&delivery.id);
+        }
+        done
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let destination = destination.map(str::to_owned);
+        let statuses: Vec<DeliveryStatus> = status.map_or_else(|| DeliveryStatus::ALL.to_vec(), |s| vec![s]);
+        self.read(move |t| {
+            let mut out = Vec::new();
+            // Newest first within each status; several statuses are merged below.
+            for status in statuses {
+                let mut taken = 0;
+                for kv in t.delivery_status.prefix([status_byte(status)]).rev() {
+                    if taken >= limit {
+                        break;
+                    }
+                    let key = kv.key().map_err(unavailable)?;
+                    let Some(bytes) = t.deliveries.get(&key[9..]).map_err(unavailable)? else { continue };
+                    let d: Delivery = decode(&bytes)?;
+                    if destination.as_deref().is_none_or(|n| n == d.destination) {
+                        out.push(d);
+                        taken += 1;
+                    }
+                }
+            }
+            out.sort_by(|a, b| (b.updated_at, &b.id).cmp(&(a.updated_at, &a.id)));
+            out.truncate(limit);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn deliveries_of(&self, _click_id: &str, event_id: &str) -> StoreResult<Vec<Delivery>> {
+        let prefix = Delivery::id_for(event_id, "");
+        self.read(move |t| {
+            t.deliveries.prefix(prefix.as_bytes()).map(|kv| decode(&kv.into_inner().map_err(unavailable)?.1)).collect()
+        })
+        .await
+    }
+
+    async fn requeue_delivery(&self, id: &str, now: UnixMillis) -> StoreResult<Requeue> {
+        self.submit(|tx| Op::Requeue(id.to_owned(), now, tx)).await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<u64> {
+        self.read(|t| {
+            let mut n = 0u64;
+            for kv in t.outbox.iter() {
+                kv.key().map_err(unavailable)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     fn backend(&self) -> &'static str {
         "embedded"
     }
@@ -343,6 +504,7 @@ enum Reply {
     Unit(oneshot::Sender<StoreResult<()>>),
     Recorded(oneshot::Sender<StoreResult<Recorded>>, Recorded),
     Bool(oneshot::Sender<StoreResult<bool>>, bool),
+    Requeue(oneshot::Sender<StoreResult<Requeue>>, Requeue),
 }
 
 impl Reply {
@@ -358,6 +520,9 @@ impl Reply {
             }
             Reply::Bool(tx, b) => {
                 let _ = tx.send(failure.map_or(Ok(b), |_| Err(err())));
+            }
+            Reply::Requeue(tx, r) => {
+                let _ = tx.send(failure.map_or(Ok(r), |_| Err(err())));
             }
         }
     }
@@ -410,7 +575,7 @@ impl Writer {
         for op in ops.drain(..) {
             match op {
                 Op::Click(click, tx) => {
-                    let NewClick { id, hour, link, counters, encoded, fresh } = *click;
+                    let NewClick { id, hour, link, counters, encoded, fresh, deliveries } = *click;
                     let stored = if fresh { Ok(false) } else { self.t.clicks.contains_key(id.as_bytes()) };
                     match stored {
                         Ok(false) if fresh || new_ids.insert(id.clone()) => {
@@ -425,6 +590,9 @@ impl Writer {
                                 }
                             }
                             batch.insert(&self.t.clicks, id.as_bytes(), encoded.record);
+                            if !deliveries.is_empty() {
+                                self.enqueue(&mut batch, deliveries);
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => failure = Some(e.to_string()),
@@ -443,6 +611,7 @@ impl Writer {
                                 .add(&Counters::for_conversion(&conv));
                             batch.insert(&self.t.conversions, key, encode(&*conv));
                             batch.insert(&self.t.conversion_ids, conv.id.as_bytes(), at.to_vec());
+                            self.enqueue(&mut batch, self.limits.outbox.for_conversion(&conv, now_ms()));
                             Recorded::New
                         }
                         Ok(_) => Recorded::Duplicate,
@@ -477,7 +646,56 @@ impl Writer {
                     batch.remove(&self.t.links, key.as_bytes());
                     replies.push(Reply::Bool(tx, existed));
                 }
-                Op::Sweep => self.sweep(),
+                Op::FinishDelivery(delivery, tx) => {
+                    let stored = self
+                        .t
+                        .deliveries
+                        .get(delivery.id.as_bytes())
+                        .map_err(unavailable)
+                        .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
+                    let applied = match stored {
+                        Ok(Some(old)) if old.status == DeliveryStatus::Pending => {
+                            self.put_delivery(&mut batch, &delivery, Some(&old));
+                            true
+                        }
+                        Ok(_) => false,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            false
+                        }
+                    };
+                    replies.push(Reply::Bool(tx, applied));
+                }
+                Op::Requeue(id, now, tx) => {
+                    let stored = self
+                        .t
+                        .deliveries
+                        .get(id.as_bytes())
+                        .map_err(unavailable)
+                        .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
+                    let outcome = match stored {
+                        Ok(Some(old)) if old.status.can_requeue() => {
+                            let mut d = old.clone();
+                            d.status = DeliveryStatus::Pending;
+                            d.attempts = 0;
+                            d.next_at = now;
+                            d.updated_at = now;
+                            self.put_delivery(&mut batch, &d, Some(&old));
+                            Requeue::Done(Box::new(d))
+                        }
+                        Ok(Some(d)) => Requeue::NotDeadLettered(d.status),
+                        Ok(None) => Requeue::NotFound,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            Requeue::NotFound
+                        }
+                    };
+                    replies.push(Reply::Requeue(tx, outcome));
+                }
+                Op::Sweep => {
+                    self.sweep();
+                    self.sweep_deliveries();
+                }
                 Op::Flush(tx) => flushes.push(tx),
             }
         }
@@ -514,6 +732,69 @@ impl Writer {
         }
         for tx in flushes {
             let _ = tx.send(self.t.db.persist(PersistMode::SyncAll).map_err(unavailable));
+        }
+    }
+
+    /// Adds new outbox entries to `batch`.
+    fn enqueue(&self, batch: &mut fjall::OwnedWriteBatch, deliveries: Vec<Delivery>) {
+        for d in &deliveries {
+            self.put_delivery(batch, d, None);
+        }
+    }
+
+    /// Writes a delivery, its status-index entry and, while it is pending, its place in
+    /// the outbox, replacing those of `old`.
+    fn put_delivery(&self, batch: &mut fjall::OwnedWriteBatch, d: &Delivery, old: Option<&Delivery>) {
+        if let Some(old) = old {
+            if old.status == DeliveryStatus::Pending {
+                batch.remove(&self.t.outbox, outbox_key(&old.destination, old.next_at, &old.id));
+            }
+            batch.remove(&self.t.delivery_status, status_key(old.status, old.updated_at, &old.id));
+        }
+        batch.insert(&self.t.deliveries, d.id.as_bytes(), encode(d));
+        batch.insert(&self.t.delivery_status, status_key(d.status, d.updated_at, &d.id), Vec::<u8>::new());
+        if d.status == DeliveryStatus::Pending {
+            batch.insert(&self.t.outbox, outbox_key(&d.destination, d.next_at, &d.id), Vec::<u8>::new());
+        }
+    }
+
+    /// Drops settled deliveries last updated before the outbox's retention: a range of
+    /// each settled status's index.
+    fn sweep_deliveries(&mut self) {
+        let Some(keep) = self.limits.outbox.keep_settled() else { return };
+        let cutoff = now_ms().saturating_sub(keep.as_millis() as i64);
+        let mut dropped = 0usize;
+        for status in DeliveryStatus::ALL.into_iter().filter(|s| *s != DeliveryStatus::Pending) {
+            let start = status_key(status, 0, "");
+            let end = status_key(status, cutoff, "");
+            loop {
+                let mut batch = self.t.db.batch();
+                let mut n = 0;
+                for kv in self.t.delivery_status.range(start.clone()..end.clone()).take(MAX_BATCH) {
+                    match kv.key() {
+                        Ok(k) => {
+                            batch.remove(&self.t.deliveries, k[9..].to_vec());
+                            batch.remove(&self.t.delivery_status, k);
+                            n += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "delivery sweep stopped");
+                            return;
+                        }
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = batch.commit() {
+                    tracing::warn!(error = %e, "delivery sweep failed");
+                    return;
+                }
+                dropped += n;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(dropped, "settled deliveries past their retention dropped");
         }
     }
 

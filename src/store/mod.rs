@@ -9,6 +9,12 @@
 //! per-UTC-hour [`Counters`](crate::model::Counters) in the same atomic operation, so reports read only counters
 //! and never disagree with the raw records. Recording is idempotent: replaying a click
 //! or a conversion never counts twice.
+//!
+//! The store is also the forwarding outbox: it is opened with the [`OutboxRoutes`] (which
+//! destination wants which events), and recording a conversion, or a person's click when
+//! some destination asked for clicks, enqueues one [`Delivery`] per destination in the same
+//! atomic write. The forwarding worker then claims due entries under a lease, so several
+//! processes sharing one Redis deliver each entry once and take over a dead one's entries.
 
 pub mod embedded;
 pub mod record;
@@ -20,7 +26,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{Click, Conversion, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis};
+use crate::model::{
+    Click, Conversion, Delivery, DeliveryStatus, Event, HourCounters, Link, Recorded, Subject, UnixHour, UnixMillis,
+};
 
 /// A store failure. The cause is for the log; clients only learn that the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,42 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a link was there to delete.
     async fn delete_link(&self, network: &str, slug: &str) -> StoreResult<bool>;
 
+    /// Up to `limit` pending deliveries to `destination` due at `now`, leased to `owner`
+    /// until `now + lease`: no other claim returns them before the lease ends or `owner`
+    /// settles them. Each destination has its own queue, so a slow one holds up no other.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        destination: &str,
+        now: UnixMillis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// Stores the outcome of an attempt (the delivery as it now stands: pending again with
+    /// a later `next_at`, or settled). `false` when `owner` no longer held the lease, in
+    /// which case nothing changes.
+    async fn finish_delivery(&self, owner: &str, delivery: &Delivery) -> StoreResult<bool>;
+
+    /// Deliveries, most recently updated first, optionally only those with `status` or
+    /// for `destination`, at most `limit`.
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// Every delivery of one event (`event_id`, whose click is `click_id`).
+    async fn deliveries_of(&self, click_id: &str, event_id: &str) -> StoreResult<Vec<Delivery>>;
+
+    /// Puts a failed or expired delivery back in the queue, due at `now`, with its
+    /// attempts reset.
+    async fn requeue_delivery(&self, id: &str, now: UnixMillis) -> StoreResult<Requeue>;
+
+    /// Pending deliveries of the configured destinations, leased ones included.
+    async fn outbox_depth(&self) -> StoreResult<u64>;
+
     /// Answers when the store can take writes.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -105,6 +149,103 @@ pub struct StoreLimits {
     /// How long a click keeps its IP address and user agent (they serve only the
     /// conversion APIs); after that they are dropped from the stored click.
     pub personal_ttl: Duration,
+    /// Which destinations a recorded conversion or click is enqueued for.
+    pub outbox: OutboxRoutes,
+}
+
+/// What re-queuing a delivery did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    Done(Box<Delivery>),
+    NotFound,
+    /// Only failed and expired deliveries go back in the queue.
+    NotDeadLettered(DeliveryStatus),
+}
+
+/// One destination as the outbox sees it: which events it takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRoute {
+    pub destination: String,
+    /// Conversion events it takes; `None` for all of them.
+    pub events: Option<Vec<String>>,
+    /// Whether it takes people's clicks (as `ViewContent`).
+    pub clicks: bool,
+    /// Ad click ids of which the click must carry one (Google needs a gclid, gbraid or
+    /// wbraid); empty when any click will do.
+    pub requires_any: Vec<String>,
+}
+
+impl OutboxRoute {
+    fn takes(&self, click: &Click) -> bool {
+        self.requires_any.is_empty() || click.ad_click_ids.iter().any(|(k, _)| self.requires_any.contains(k))
+    }
+}
+
+/// The enabled destinations, in config order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxRoutes {
+    routes: Vec<OutboxRoute>,
+    wants_clicks: bool,
+    /// How long settled deliveries are kept; `None` keeps them for ever.
+    keep_settled: Option<Duration>,
+}
+
+impl OutboxRoutes {
+    pub fn new(routes: Vec<OutboxRoute>) -> OutboxRoutes {
+        let wants_clicks = routes.iter().any(|r| r.clicks);
+        OutboxRoutes { routes, wants_clicks, keep_settled: None }
+    }
+
+    /// Drops delivered, failed, expired and dry-run deliveries `keep` after their last
+    /// update.
+    pub fn keep_settled_for(mut self, keep: Duration) -> OutboxRoutes {
+        self.keep_settled = Some(keep);
+        self
+    }
+
+    pub fn keep_settled(&self) -> Option<Duration> {
+        self.keep_settled
+    }
+
+    /// Whether any destination takes clicks; when none does, recording a click does no
+    /// outbox work at all.
+    pub fn wants_clicks(&self) -> bool {
+        self.wants_clicks
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn destinations(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| r.destination.as_str())
+    }
+
+    /// The deliveries recording `conversion` enqueues.
+    pub fn for_conversion(&self, conversion: &Conversion, now: UnixMillis) -> Vec<Delivery> {
+        self.routes
+            .iter()
+            .filter(|r| r.events.as_ref().is_none_or(|e| e.contains(&conversion.event)) && r.takes(&conversion.click))
+            .map(|r| Delivery::new(&r.destination, Subject::Conversion(Box::new(conversion.clone())), now))
+            .collect()
+    }
+
+    /// The deliveries recording `click` enqueues: none for a bot.
+    pub fn for_click(&self, click: &Click, now: UnixMillis) -> Vec<Delivery> {
+        if !self.wants_clicks || click.is_bot() {
+            return Vec::new();
+        }
+        self.routes
+            .iter()
+            .filter(|r| r.clicks && r.takes(click))
+            .map(|r| Delivery::new(&r.destination, Subject::Click(Box::new(click.clone())), now))
+            .collect()
+    }
+}
+
+/// Now, in milliseconds since the epoch.
+pub(crate) fn now_ms() -> UnixMillis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Where the data lives, from `[store]`.

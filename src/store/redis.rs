@@ -24,6 +24,10 @@
 //! | `cl:{ev}:log` | list | `<seq>\|<postcard Event>`, newest first, capped at `event_log_max` |
 //! | `cl:{ev}:seq` | string | sequence number of the newest event |
 //! | `cl:links` | hash | `network/slug` → postcard [`Link`] |
+//! | `cl:dl:{N}:<delivery id>` | string | postcard [`Delivery`]; `N` from its click's id; settled ones expire after `forward.keep_days` |
+//! | `cl:ob:{N}:<destination>` | sorted set | pending delivery ids, scored by when they are due (a lease pushes the score out) |
+//! | `cl:dlo:{N}` | hash | claimed delivery id → the process token holding its lease |
+//! | `cl:dls:{N}:<status>` | sorted set | delivery ids with that status, scored by last update (ms) |
 //!
 //! Days are `hour / 24` (UTC). Counters live in one hash per shard and day so a report
 //! reads only the days it covers; the day index `cl:ctd:{N}` lists the days that exist,
@@ -53,7 +57,10 @@
 //! `SET … NX` and the counter increments therefore run in one Lua script (sent as
 //! `EVALSHA`, loaded on `NOSCRIPT`, e.g. after a restart of Redis), which Redis runs
 //! without interleaving other commands. Clicks expire through Redis's own TTL, so there
-//! is no sweep and no scan. Events carry a sequence number so that listing the log in
+//! is no sweep and no scan. A conversion's outbox entries are written by the same script
+//! that records it, in its shard; a claim moves due entries' scores to the end of the
+//! lease and names the owner, so another process skips them until the lease ends and a
+//! late outcome from a process that lost its lease is ignored. Events carry a sequence number so that listing the log in
 //! chunks skips entries that concurrent writes pushed back into a later chunk.
 //!
 //! # Durability
@@ -77,10 +84,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use super::record::{self, EncodedClick, InternKey};
-use super::{Store, StoreError, StoreLimits, StoreResult};
+use super::{Requeue, Store, StoreError, StoreLimits, StoreResult};
 use crate::clickid::ClickId;
 use crate::model::{
-    hour_of, link_key, Click, Conversion, Counters, Event, HourCounters, Link, Recorded, UnixHour, UnixMillis,
+    hour_of, link_key, Click, Conversion, Counters, Delivery, DeliveryStatus, Event, HourCounters, Link, Recorded,
+    UnixHour, UnixMillis,
 };
 
 /// Number of shards (hash tags). Fixed forever: changing it would orphan stored keys.
@@ -157,18 +165,115 @@ end
 return 0
 ";
 
-/// Stores a conversion unless present and, only if it was new, indexes and counts it.
-/// KEYS: conversion, time index, counters hash of its day, counter day index.
-/// ARGV: conversion bytes, at (ms), conversion id, day, then counter field/delta pairs.
+/// Stores a conversion unless present and, only if it was new, indexes and counts it and
+/// enqueues its deliveries.
+/// KEYS: conversion, time index, counters hash of its day, counter day index,
+/// pending-status index, then per delivery its key and its destination's outbox.
+/// ARGV: conversion bytes, at (ms), conversion id, day, delivery count, then per delivery
+/// its id, bytes and due time, then counter field/delta pairs.
 const RECORD_CONVERSION: &str = r"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   return 0
 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-for i = 5, #ARGV, 2 do
+local n = tonumber(ARGV[5])
+for i = 1, n do
+  local a = 5 + (i - 1) * 3
+  local k = 5 + (i - 1) * 2
+  redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+  redis.call('ZADD', KEYS[k + 2], ARGV[a + 3], ARGV[a + 1])
+  redis.call('ZADD', KEYS[5], ARGV[a + 3], ARGV[a + 1])
+end
+for i = 6 + 3 * n, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
 end
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[4])
+return 1
+";
+
+/// [`RECORD_CLICKS`] for one person's click that some destination forwards: the same
+/// storage, plus its deliveries, in one step. Used only when a destination asked for
+/// clicks, so it keeps to one click and always writes the interned values.
+/// KEYS: the click's hour bucket, counters hash of its day, counter day index,
+/// pending-status index, then per delivery its key and its destination's outbox, then the
+/// interned values' keys.
+/// ARGV: record, bucket expiry (unix time), day, delivery count n, then per delivery its
+/// id, bytes and due time, then the click id, the interned count m, then per value its
+/// bytes and ttl, then counter field/delta pairs.
+const RECORD_FORWARDED_CLICK: &str = r"
+local n = tonumber(ARGV[4])
+local id = ARGV[5 + 3 * n]
+local m = tonumber(ARGV[6 + 3 * n])
+for i = 1, m do
+  redis.call('SET', KEYS[4 + 2 * n + i], ARGV[5 + 3 * n + 2 * i], 'EX', ARGV[6 + 3 * n + 2 * i])
+end
+if redis.call('HSETNX', KEYS[1], id, ARGV[1]) == 0 then
+  return 0
+end
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+for i = 1, n do
+  local a = 4 + (i - 1) * 3
+  local k = 4 + (i - 1) * 2
+  redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+  redis.call('ZADD', KEYS[k + 2], ARGV[a + 3], ARGV[a + 1])
+  redis.call('ZADD', KEYS[4], ARGV[a + 3], ARGV[a + 1])
+end
+for i = 7 + 3 * n + 2 * m, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[3])
+return 1
+";
+
+/// Leases up to ARGV[3] due deliveries of one shard to the owner ARGV[4] until ARGV[2].
+/// KEYS: outbox, lease owners. ARGV: now, lease end, limit, owner.
+const CLAIM_DELIVERIES: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+  redis.call('HSET', KEYS[2], id, ARGV[4])
+end
+return ids
+";
+
+/// Stores an attempt's outcome if the owner still holds the lease. A settled delivery
+/// expires after the retention (when there is one), and its status index drops entries
+/// older than that.
+/// KEYS: outbox, lease owners, delivery, pending-status index, new-status index.
+/// ARGV: owner, id, delivery bytes, '1' when still pending, due time, updated time,
+/// retention in ms (0 keeps it for ever).
+const FINISH_DELIVERY: &str = r"
+if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[1] then
+  return 0
+end
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[2])
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[2])
+else
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  local keep = tonumber(ARGV[7])
+  if keep > 0 then
+    redis.call('PEXPIRE', KEYS[3], keep)
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', string.format('(%d', tonumber(ARGV[6]) - keep))
+  end
+end
+return 1
+";
+
+/// Puts a dead-lettered delivery back in the queue, unless it changed since it was read.
+/// KEYS: delivery, outbox, its old status index, pending-status index.
+/// ARGV: bytes as read, new bytes, id, now.
+const REQUEUE_DELIVERY: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 return 1
 ";
 
@@ -223,6 +328,10 @@ pub struct RedisStore {
     limits: StoreLimits,
     clicks: mpsc::Sender<PendingClick>,
     record_conversion: Script,
+    record_forwarded_click: Script,
+    claim_deliveries: Script,
+    finish_delivery: Script,
+    requeue_delivery: Script,
     log_event: Script,
     /// Dropped with the store, which stops the personal-data sweep.
     _sweep_stop: oneshot::Sender<()>,
@@ -482,6 +591,37 @@ fn conversion_times_key(shard: u8) -> String {
     format!("cl:cvt:{{{shard}}}")
 }
 
+fn delivery_key(shard: u8, id: &str) -> String {
+    format!("cl:dl:{{{shard}}}:{id}")
+}
+
+fn outbox_key(shard: u8, destination: &str) -> String {
+    format!("cl:ob:{{{shard}}}:{destination}")
+}
+
+fn lease_owners_key(shard: u8) -> String {
+    format!("cl:dlo:{{{shard}}}")
+}
+
+fn delivery_status_key(shard: u8, status: DeliveryStatus) -> String {
+    format!("cl:dls:{{{shard}}}:{}", status.as_str())
+}
+
+/// Adds the outbox keys and arguments of new deliveries to a recording script's call.
+fn add_delivery_args(invocation: &mut ScriptInvocation<'_>, shard: u8, deliveries: &[Delivery]) {
+    invocation.key(delivery_status_key(shard, DeliveryStatus::Pending));
+    for d in deliveries {
+        invocation.key(delivery_key(shard, &d.id)).key(outbox_key(shard, &d.destination));
+    }
+}
+
+fn add_delivery_values(invocation: &mut ScriptInvocation<'_>, deliveries: &[Delivery]) {
+    invocation.arg(deliveries.len());
+    for d in deliveries {
+        invocation.arg(&d.id).arg(encode(d)).arg(d.next_at);
+    }
+}
+
 /// The counters-hash field of one counter of one link in one hour.
 fn counter_field(hour: UnixHour, name: &str, link: &str) -> String {
     format!("{hour}|{name}|{link}")
@@ -599,6 +739,10 @@ impl RedisStore {
             limits,
             clicks,
             record_conversion: Script::new(RECORD_CONVERSION),
+            record_forwarded_click: Script::new(RECORD_FORWARDED_CLICK),
+            claim_deliveries: Script::new(CLAIM_DELIVERIES),
+            finish_delivery: Script::new(FINISH_DELIVERY),
+            requeue_delivery: Script::new(REQUEUE_DELIVERY),
             log_event: Script::new(LOG_EVENT),
             _sweep_stop: sweep_stop,
         };
@@ -783,6 +927,9 @@ async fn shard_conversions(mut con: Conn, shard: u8, from: i64, to: i64) -> Stor
 #[async_trait]
 impl Store for RedisStore {
     async fn record_click(&self, click: &Click) -> StoreResult<()> {
+        if self.limits.outbox.wants_clicks() && !click.is_bot() {
+            return self.record_forwarded_click(click).await;
+        }
         let hour = hour_of(click.at);
         let counter = if click.is_bot() { "bot_hits" } else { "clicks" };
         let (reply, answer) = oneshot::channel();
@@ -832,11 +979,11 @@ impl Store for RedisStore {
             .key(conversion_key(n, &conversion.id))
             .key(conversion_times_key(n))
             .key(counters_key(n, day))
-            .key(counter_days_key(n))
-            .arg(encode(conversion))
-            .arg(at)
-            .arg(&conversion.id)
-            .arg(day);
+            .key(counter_days_key(n));
+        let deliveries = self.limits.outbox.for_conversion(conversion, super::now_ms());
+        add_delivery_args(&mut invocation, n, &deliveries);
+        invocation.arg(encode(conversion)).arg(at).arg(&conversion.id).arg(day);
+        add_delivery_values(&mut invocation, &deliveries);
         let delta = Counters::for_conversion(conversion);
         add_counter_args(&mut invocation, hour, &conversion.click.link, &delta);
         let new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
@@ -980,9 +1127,204 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        destination: &str,
+        now: UnixMillis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let until = now.saturating_add(lease.as_millis() as i64);
+        let owner = owner.to_owned();
+        let destination = destination.to_owned();
+        // Each shard may give up to `limit`; the caller takes what it asked for and the
+        // rest simply wait out their lease, which is short next to a retry.
+        let per_shard = limit.div_ceil(SHARDS as usize).max(1);
+        let script = self.claim_deliveries.clone();
+        let mut out = self
+            .all_shards(move |mut con, n| {
+                let script = script.clone();
+                let owner = owner.clone();
+                let outbox = outbox_key(n, &destination);
+                async move {
+                    let ids: Vec<String> = script
+                        .key(outbox)
+                        .key(lease_owners_key(n))
+                        .arg(now)
+                        .arg(until)
+                        .arg(per_shard)
+                        .arg(owner)
+                        .invoke_async(&mut con)
+                        .await
+                        .map_err(unavailable)?;
+                    read_deliveries(&mut con, n, &ids).await
+                }
+            })
+            .await?;
+        out.sort_by_key(|d| d.next_at);
+        Ok(out)
+    }
+
+    async fn finish_delivery(&self, owner: &str, delivery: &Delivery) -> StoreResult<bool> {
+        let n = shard(&delivery.subject.click().id);
+        let pending = delivery.status == DeliveryStatus::Pending;
+        let done: i64 = self
+            .finish_delivery
+            .key(outbox_key(n, &delivery.destination))
+            .key(lease_owners_key(n))
+            .key(delivery_key(n, &delivery.id))
+            .key(delivery_status_key(n, DeliveryStatus::Pending))
+            .key(delivery_status_key(n, delivery.status))
+            .arg(owner)
+            .arg(&delivery.id)
+            .arg(encode(delivery))
+            .arg(if pending { "1" } else { "0" })
+            .arg(delivery.next_at)
+            .arg(delivery.updated_at)
+            .arg(self.limits.outbox.keep_settled().map_or(0, |k| k.as_millis() as u64))
+            .invoke_async(&mut self.con())
+            .await
+            .map_err(unavailable)?;
+        Ok(done == 1)
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let statuses: Vec<DeliveryStatus> = status.map_or_else(|| DeliveryStatus::ALL.to_vec(), |s| vec![s]);
+        // Filtering by destination happens after reading, so read more to fill the page.
+        let per_index = if destination.is_some() { limit.saturating_mul(8).min(10_000) } else { limit };
+        let mut out = self
+            .all_shards(move |mut con, n| {
+                let statuses = statuses.clone();
+                async move {
+                    let mut pipe = redis::pipe();
+                    for s in &statuses {
+                        pipe.cmd("ZREVRANGE").arg(delivery_status_key(n, *s)).arg(0).arg(per_index.max(1) - 1);
+                    }
+                    let lists: Vec<Vec<String>> = pipe.query_async(&mut con).await.map_err(unavailable)?;
+                    let ids: Vec<String> = lists.into_iter().flatten().collect();
+                    read_deliveries(&mut con, n, &ids).await
+                }
+            })
+            .await?;
+        out.retain(|d| status.is_none_or(|s| s == d.status) && destination.is_none_or(|name| name == d.destination));
+        out.sort_by(|a, b| (b.updated_at, &b.id).cmp(&(a.updated_at, &a.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn deliveries_of(&self, click_id: &str, event_id: &str) -> StoreResult<Vec<Delivery>> {
+        let n = shard(click_id);
+        let ids: Vec<String> = self.limits.outbox.destinations().map(|d| Delivery::id_for(event_id, d)).collect();
+        read_deliveries(&mut self.con(), n, &ids).await
+    }
+
+    async fn requeue_delivery(&self, id: &str, now: UnixMillis) -> StoreResult<Requeue> {
+        // The id does not name its shard; an admin call can afford to ask all sixteen.
+        let wanted = id.to_owned();
+        let found = self
+            .all_shards(move |mut con, n| {
+                let key = delivery_key(n, &wanted);
+                async move {
+                    let bytes: Option<Vec<u8>> =
+                        redis::cmd("GET").arg(key).query_async(&mut con).await.map_err(unavailable)?;
+                    Ok(bytes.map(|b| (n, b)).into_iter().collect())
+                }
+            })
+            .await?;
+        let Some((n, old_bytes)) = found.into_iter().next() else {
+            return Ok(Requeue::NotFound);
+        };
+        let old: Delivery = decode(&old_bytes)?;
+        if !old.status.can_requeue() {
+            return Ok(Requeue::NotDeadLettered(old.status));
+        }
+        let mut d = old.clone();
+        d.status = DeliveryStatus::Pending;
+        d.attempts = 0;
+        d.next_at = now;
+        d.updated_at = now;
+        let done: i64 = self
+            .requeue_delivery
+            .key(delivery_key(n, id))
+            .key(outbox_key(n, &old.destination))
+            .key(delivery_status_key(n, old.status))
+            .key(delivery_status_key(n, DeliveryStatus::Pending))
+            .arg(old_bytes)
+            .arg(encode(&d))
+            .arg(id)
+            .arg(now)
+            .invoke_async(&mut self.con())
+            .await
+            .map_err(unavailable)?;
+        // A concurrent requeue got there first: it is pending now either way.
+        Ok(if done == 1 { Requeue::Done(Box::new(d)) } else { Requeue::NotDeadLettered(DeliveryStatus::Pending) })
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<u64> {
+        let destinations: Vec<String> = self.limits.outbox.destinations().map(str::to_owned).collect();
+        if destinations.is_empty() {
+            return Ok(0);
+        }
+        let sizes = self
+            .all_shards(move |mut con, n| {
+                let mut pipe = redis::pipe();
+                for d in &destinations {
+                    pipe.cmd("ZCARD").arg(outbox_key(n, d));
+                }
+                async move { pipe.query_async::<Vec<u64>>(&mut con).await.map_err(unavailable) }
+            })
+            .await?;
+        Ok(sizes.into_iter().sum())
+    }
+
     fn backend(&self) -> &'static str {
         "redis"
     }
+}
+
+impl RedisStore {
+    /// Records a person's click together with its deliveries, in one script.
+    async fn record_forwarded_click(&self, click: &Click) -> StoreResult<()> {
+        let n = shard(&click.id);
+        let hour = hour_of(click.at);
+        let day = day_of_hour(hour);
+        let bucket = created_hour(&click.id);
+        let expires = (u64::from(bucket) + 1) * 3600 + self.limits.click_ttl.as_secs();
+        let encoded = record::encode(click);
+        let deliveries = self.limits.outbox.for_click(click, super::now_ms());
+        let mut invocation = self.record_forwarded_click.prepare_invoke();
+        invocation.key(click_bucket_key(n, bucket)).key(counters_key(n, day)).key(counter_days_key(n));
+        add_delivery_args(&mut invocation, n, &deliveries);
+        for (key, _) in &encoded.interns {
+            invocation.key(intern_key(n, key));
+        }
+        invocation.arg(encoded.record.as_slice()).arg(expires).arg(day);
+        add_delivery_values(&mut invocation, &deliveries);
+        invocation.arg(&click.id).arg(encoded.interns.len());
+        let intern_ttl = (self.limits.click_ttl + INTERN_SPARE).as_secs();
+        for (_, value) in &encoded.interns {
+            invocation.arg(value.as_slice()).arg(intern_ttl);
+        }
+        add_counter_args(&mut invocation, hour, &click.link, &Counters::for_click(click));
+        let _new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// The deliveries of shard `n` with these ids (missing ones skipped).
+async fn read_deliveries(con: &mut Conn, n: u8, ids: &[String]) -> StoreResult<Vec<Delivery>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = ids.iter().map(|id| delivery_key(n, id)).collect();
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(con).await.map_err(unavailable)?;
+    values.into_iter().flatten().map(|b| decode(&b)).collect()
 }
 
 #[cfg(test)]

@@ -50,8 +50,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::{Store, StoreError, StoreResult};
-use crate::model::{Click, Conversion, Event, HourCounters, Link, QueuedPostback, Recorded, UnixHour, UnixMillis};
+use super::{Requeue, Store, StoreError, StoreResult};
+use crate::model::{
+    Click, Conversion, Delivery, DeliveryStatus, Event, HourCounters, Link, QueuedPostback, Recorded, UnixHour,
+    UnixMillis,
+};
 use crate::telemetry;
 
 /// The spool file inside the spool directory.
@@ -678,6 +681,44 @@ impl Store for SpooledStore {
         self.inner.delete_link(network, slug).await
     }
 
+    // The outbox lives in the store: while it is down the worker's calls fail and it
+    // tries again later; deliveries are enqueued by the replayed conversions themselves.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        destination: &str,
+        now: UnixMillis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.inner.claim_deliveries(owner, destination, now, lease, limit).await
+    }
+
+    async fn finish_delivery(&self, owner: &str, delivery: &Delivery) -> StoreResult<bool> {
+        self.inner.finish_delivery(owner, delivery).await
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.inner.deliveries(status, destination, limit).await
+    }
+
+    async fn deliveries_of(&self, click_id: &str, event_id: &str) -> StoreResult<Vec<Delivery>> {
+        self.inner.deliveries_of(click_id, event_id).await
+    }
+
+    async fn requeue_delivery(&self, id: &str, now: UnixMillis) -> StoreResult<Requeue> {
+        self.inner.requeue_delivery(id, now).await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<u64> {
+        self.inner.outbox_depth().await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
@@ -744,6 +785,7 @@ mod tests {
             click_ttl: Duration::from_secs(86_400),
             event_log_max: 100,
             personal_ttl: crate::store::PERSONAL_DATA_TTL,
+            outbox: Default::default(),
         };
         Arc::new(EmbeddedStore::open(&dir.join("db"), Duration::from_millis(100), limits).expect("open the store"))
     }

@@ -434,7 +434,12 @@ async fn embedded_sweep_drops_expired_clicks() {
     let store = EmbeddedStore::open(
         &dir.path().join("db"),
         Duration::from_millis(100),
-        StoreLimits { click_ttl: ttl, event_log_max: 100, personal_ttl: cakelink::store::PERSONAL_DATA_TTL },
+        StoreLimits {
+            click_ttl: ttl,
+            event_log_max: 100,
+            personal_ttl: cakelink::store::PERSONAL_DATA_TTL,
+            outbox: Default::default(),
+        },
     )
     .expect("open the store");
     let ring = Keyring::new(SECRET, &[], ttl.as_secs());

@@ -334,3 +334,35 @@ pub fn attach(addr: SocketAddr, store: &StoreHandle) -> TestApp {
     let stand_in = StoreHandle { toml: store.toml.clone(), dir: tempfile::tempdir().expect("temp dir"), redis: None };
     TestApp { addr, base: format!("http://{addr}"), client: client(), store: stand_in, shutdown: None, task: None }
 }
+
+/// A cakelink with `extra` config (destinations, say) over an existing store that the
+/// caller keeps alive, so that it can be stopped and started again over the same data.
+pub async fn spawn_app_over(store: &StoreHandle, extra: &str) -> TestApp {
+    let text = config_text("127.0.0.1:0", &store.toml, "", extra);
+    // As in `spawn_app_on`: a stopped embedded store releases its lock a moment later.
+    let started = std::time::Instant::now();
+    let app = loop {
+        let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
+        match Application::build(config).await {
+            Ok(app) => break app,
+            Err(e) if format!("{e:#}").contains("Locked") && started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("app builds: {e:#}"),
+        }
+    };
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let stand_in = StoreHandle { toml: store.toml.clone(), dir: tempfile::tempdir().expect("temp dir"), redis: None };
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: client(),
+        store: stand_in,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}

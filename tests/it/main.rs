@@ -8,6 +8,7 @@ mod access;
 mod api;
 mod bad_input;
 mod durability;
+mod forward;
 mod outage;
 mod postback;
 mod redirect;

@@ -7,12 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cakelink::clickid::Keyring;
 use cakelink::model::{
-    Click, Conversion, Counters, Event, HourCounters, Link, LinkSource, LinkStatus, Recorded, UnixHour, UnixMillis,
+    Click, Conversion, Counters, Delivery, DeliveryStatus, Event, HourCounters, Link, LinkSource, LinkStatus, Recorded,
+    Subject, UnixHour, UnixMillis,
 };
 use cakelink::money::Money;
 use cakelink::store::embedded::EmbeddedStore;
 use cakelink::store::redis::RedisStore;
-use cakelink::store::{Store, StoreLimits};
+use cakelink::store::{OutboxRoute, OutboxRoutes, Requeue, Store, StoreLimits};
 
 use crate::redis_server::RedisServer;
 
@@ -25,7 +26,26 @@ const CLICK_TTL_SECS: u64 = 86_400 * 37;
 const PERSONAL_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 fn limits() -> StoreLimits {
-    StoreLimits { click_ttl: Duration::from_secs(CLICK_TTL_SECS), event_log_max: 5, personal_ttl: PERSONAL_TTL }
+    StoreLimits {
+        click_ttl: Duration::from_secs(CLICK_TTL_SECS),
+        event_log_max: 5,
+        personal_ttl: PERSONAL_TTL,
+        outbox: outbox_routes(),
+    }
+}
+
+/// Two destinations: `meta1` takes every conversion and people's clicks; `gads` takes
+/// purchases whose click carried a gclid.
+fn outbox_routes() -> OutboxRoutes {
+    OutboxRoutes::new(vec![
+        OutboxRoute { destination: "meta1".into(), events: None, clicks: true, requires_any: vec![] },
+        OutboxRoute {
+            destination: "gads".into(),
+            events: Some(vec!["Purchase".into()]),
+            clicks: false,
+            requires_any: vec!["gclid".into(), "gbraid".into(), "wbraid".into()],
+        },
+    ])
 }
 
 fn now_secs() -> u64 {
@@ -332,6 +352,134 @@ async fn check_ping_and_flush(store: &dyn Store) {
     store.flush().await.expect("flush");
 }
 
+fn now_ms() -> UnixMillis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+/// Claims as `owner` until nothing more is due at `now` (a Redis claim spreads its limit
+/// over the shards, so one call may return only part of what is due).
+async fn claim_all(store: &dyn Store, owner: &str, now: UnixMillis) -> Vec<Delivery> {
+    let mut all = Vec::new();
+    for destination in ["meta1", "gads"] {
+        loop {
+            let got = store.claim_deliveries(owner, destination, now, LEASE, 100).await.expect("claim");
+            if got.is_empty() {
+                break;
+            }
+            assert!(got.iter().all(|d| d.destination == destination));
+            all.extend(got);
+        }
+    }
+    all
+}
+
+async fn check_outbox_enqueues_with_the_record(store: &dyn Store) {
+    let mut with_gclid = click("cake1/spring", ms(H), None);
+    with_gclid.ad_click_ids.push(("gclid".into(), "EAIaIQ-gclid".into()));
+    store.record_click(&with_gclid).await.expect("record click");
+    let bot = click("cake1/spring", ms(H), Some("prefetch"));
+    store.record_click(&bot).await.expect("record bot");
+    let purchase = conversion(&with_gclid, "Purchase", "7", ms(H) + 5, "t1");
+    let lead = conversion(&with_gclid, "Lead", "0", ms(H) + 6, "t2");
+    assert_eq!(store.record_conversion(&purchase).await.expect("record"), Recorded::New);
+    assert_eq!(store.record_conversion(&lead).await.expect("record"), Recorded::New);
+    // A duplicate conversion enqueues nothing more.
+    assert_eq!(store.record_conversion(&purchase).await.expect("record"), Recorded::Duplicate);
+    store.flush().await.expect("flush");
+
+    // The click for meta1; the purchase for both; the lead for meta1 only; no bot.
+    assert_eq!(store.outbox_depth().await.expect("depth"), 4);
+    let mut ids: Vec<String> = claim_all(store, "a", now_ms()).await.into_iter().map(|d| d.id).collect();
+    ids.sort();
+    let mut expected = vec![
+        Delivery::id_for(&with_gclid.id, "meta1"),
+        Delivery::id_for(&purchase.id, "meta1"),
+        Delivery::id_for(&purchase.id, "gads"),
+        Delivery::id_for(&lead.id, "meta1"),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let of_purchase = store.deliveries_of(&with_gclid.id, &purchase.id).await.expect("deliveries of");
+    assert_eq!(of_purchase.len(), 2);
+    for d in &of_purchase {
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.subject, Subject::Conversion(Box::new(purchase.clone())));
+    }
+    let clicks = store.deliveries_of(&with_gclid.id, &with_gclid.id).await.expect("deliveries of");
+    assert_eq!(clicks.len(), 1);
+    assert_eq!(clicks[0].subject, Subject::Click(Box::new(with_gclid.clone())));
+}
+
+async fn check_outbox_leases_and_outcomes(store: &dyn Store) {
+    let c = click("cake1/spring", ms(H), None);
+    let conv = conversion(&c, "Lead", "0", ms(H) + 1, "t");
+    store.record_conversion(&conv).await.expect("record");
+    let now = now_ms();
+    let claimed = claim_all(store, "a", now).await;
+    let conv_delivery =
+        claimed.iter().find(|d| d.subject.event_id() == conv.id).expect("the conversion is due").clone();
+    // Leased: another owner sees nothing until the lease ends.
+    assert!(claim_all(store, "b", now + 1000).await.is_empty());
+    // After the lease, another owner takes it over, and the first one's late outcome is ignored.
+    let later = now + LEASE.as_millis() as i64 + 1000;
+    let taken = claim_all(store, "b", later).await;
+    assert!(taken.iter().any(|d| d.id == conv_delivery.id));
+    let mut done = conv_delivery.clone();
+    done.status = DeliveryStatus::Delivered;
+    done.attempts = 1;
+    done.last_status = Some(200);
+    done.updated_at = later;
+    assert!(!store.finish_delivery("a", &done).await.expect("finish"));
+    assert!(store.finish_delivery("b", &done).await.expect("finish"));
+    assert!(!store.finish_delivery("b", &done).await.expect("finish twice"));
+    store.flush().await.expect("flush");
+    assert_eq!(store.outbox_depth().await.expect("depth"), 0);
+    let delivered = store.deliveries(Some(DeliveryStatus::Delivered), None, 10).await.expect("list");
+    assert_eq!(delivered, vec![done.clone()]);
+    assert_eq!(store.deliveries(None, Some("gads"), 10).await.expect("list"), vec![]);
+    assert_eq!(store.deliveries(None, Some("meta1"), 10).await.expect("list"), vec![done.clone()]);
+
+    // A retry goes back in the queue at its due time.
+    let c2 = click("cake1/spring", ms(H), None);
+    let conv2 = conversion(&c2, "Lead", "0", ms(H) + 1, "t");
+    store.record_conversion(&conv2).await.expect("record");
+    let now = now_ms();
+    let mut d2 = claim_all(store, "a", now).await.into_iter().next().expect("due");
+    d2.attempts = 1;
+    d2.last_error = Some("HTTP 503".into());
+    d2.next_at = now + 10_000;
+    d2.updated_at = now;
+    assert!(store.finish_delivery("a", &d2).await.expect("finish"));
+    assert!(claim_all(store, "a", now + 5_000).await.is_empty(), "not due before next_at");
+    let again = claim_all(store, "a", now + 10_000).await;
+    assert_eq!(again, vec![d2.clone()]);
+
+    // Dead-lettered, then re-queued through the API's path.
+    let mut failed = d2.clone();
+    failed.status = DeliveryStatus::Failed;
+    failed.attempts = 2;
+    assert!(store.finish_delivery("a", &failed).await.expect("finish"));
+    store.flush().await.expect("flush");
+    assert_eq!(store.deliveries(Some(DeliveryStatus::Failed), None, 10).await.expect("list"), vec![failed.clone()]);
+    assert_eq!(
+        store.requeue_delivery(&done.id, now).await.expect("requeue"),
+        Requeue::NotDeadLettered(DeliveryStatus::Delivered)
+    );
+    assert_eq!(store.requeue_delivery("nope~meta1", now).await.expect("requeue"), Requeue::NotFound);
+    match store.requeue_delivery(&failed.id, now + 20_000).await.expect("requeue") {
+        Requeue::Done(d) => assert_eq!((d.status, d.attempts, d.next_at), (DeliveryStatus::Pending, 0, now + 20_000)),
+        other => panic!("{other:?}"),
+    }
+    store.flush().await.expect("flush");
+    assert_eq!(store.deliveries(Some(DeliveryStatus::Failed), None, 10).await.expect("list"), vec![]);
+    let back = claim_all(store, "a", now + 20_000).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].id, failed.id);
+}
+
 /// One test per check and backend: `store_contract::embedded::check_x`,
 /// `store_contract::on_redis::check_x` and `store_contract::on_redis_cluster::check_x`
 /// (a one-node cluster, which refuses any command or script that spans slots).
@@ -395,6 +543,8 @@ contract!(
     check_event_log,
     check_links,
     check_ping_and_flush,
+    check_outbox_enqueues_with_the_record,
+    check_outbox_leases_and_outcomes,
 );
 
 /// A plain connection for looking at what the store wrote.
@@ -523,4 +673,54 @@ async fn redis_connect_names_the_url_when_nobody_answers() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains(&url), "{err}");
+}
+
+/// Records one conversion and settles its `meta1` delivery as delivered at `updated_at`.
+async fn settle_one(store: &dyn Store, updated_at: UnixMillis) -> Delivery {
+    let c = click("cake1/spring", ms(H), None);
+    let conv = conversion(&c, "Lead", "0", ms(H) + 1, "t");
+    store.record_conversion(&conv).await.expect("record");
+    let mut d = store.claim_deliveries("a", "meta1", now_ms(), LEASE, 10).await.expect("claim").remove(0);
+    d.status = DeliveryStatus::Delivered;
+    d.updated_at = updated_at;
+    assert!(store.finish_delivery("a", &d).await.expect("finish"));
+    d
+}
+
+#[tokio::test]
+async fn embedded_settled_deliveries_are_swept_after_their_retention() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let keep = Duration::from_secs(3600);
+    let limits = StoreLimits { outbox: outbox_routes().keep_settled_for(keep), ..limits() };
+    let store = EmbeddedStore::open(dir.path(), Duration::from_millis(1000), limits).expect("open");
+    let old = settle_one(&store, now_ms() - 2 * 3_600_000).await;
+    let recent = settle_one(&store, now_ms() - 60_000).await;
+    store.sweep().await.expect("sweep");
+    let left = store.deliveries(None, None, 10).await.expect("list");
+    assert_eq!(left, vec![recent]);
+    let click_id = old.subject.click().id.clone();
+    assert_eq!(store.deliveries_of(&click_id, old.subject.event_id()).await.expect("of"), vec![]);
+}
+
+#[tokio::test]
+async fn redis_settled_deliveries_expire_after_their_retention() {
+    let server = RedisServer::start();
+    let keep = Duration::from_secs(3600);
+    let limits = StoreLimits { outbox: outbox_routes().keep_settled_for(keep), ..limits() };
+    let store = RedisStore::connect(&server.url(), limits).await.expect("connect");
+    let d = settle_one(&store, now_ms()).await;
+    let mut con = raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("cl:dl:*").query_async(&mut con).await.expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].ends_with(&d.id), "{keys:?}");
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query_async(&mut con).await.expect("TTL");
+    assert!((3595..=3600).contains(&ttl), "TTL {ttl}");
+    // Pending deliveries never expire.
+    let c = click("cake1/spring", ms(H), None);
+    store.record_conversion(&conversion(&c, "Lead", "0", ms(H) + 1, "t2")).await.expect("record");
+    let pending: Vec<String> = redis::cmd("KEYS").arg("cl:dl:*").query_async(&mut con).await.expect("KEYS");
+    for key in pending.iter().filter(|k| !k.ends_with(&d.id)) {
+        let ttl: i64 = redis::cmd("TTL").arg(key).query_async(&mut con).await.expect("TTL");
+        assert_eq!(ttl, -1, "{key}");
+    }
 }
