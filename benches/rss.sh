@@ -45,9 +45,11 @@ sleep "$WARMUP"
 echo "| seconds | RSS (MiB) |"
 echo "|---|---|"
 first=""
+samples=()
 for t in $(seq 0 "$EVERY" "$DURATION"); do
   [ "$t" -gt 0 ] && sleep "$EVERY"
   kib=$(rss_kib)
+  samples+=("$kib")
   [ -z "$first" ] && first=$kib
   awk -v t="$t" -v k="$kib" 'BEGIN { printf "| %s | %.1f |\n", t, k / 1024 }'
 done
@@ -56,4 +58,11 @@ wait "$WRK" || true
 line=$(grep '^RESULT' "$WORK/wrk.out")
 echo
 echo "load: ${line#RESULT } over $((DURATION + WARMUP)) s with $CONNS connections"
-python3 -c "print(f'RSS change after the warm-up: {($last - $first) / $first * 100:+.1f}% ({$first / 1024:.1f} MiB to {$last / 1024:.1f} MiB)')"
+python3 - "$first" "$last" "${samples[@]}" <<'PY'
+import statistics, sys
+first, last, *samples = (int(x) / 1024 for x in sys.argv[1:])
+mean = statistics.mean(samples)
+print(f"RSS change after the warm-up: {(last - first) / first * 100:+.1f}% ({first:.1f} MiB to {last:.1f} MiB)")
+print(f"RSS samples: mean {mean:.1f} MiB, min {min(samples):.1f} ({(min(samples) - mean) / mean * 100:+.1f}%), "
+      f"max {max(samples):.1f} ({(max(samples) - mean) / mean * 100:+.1f}%)")
+PY

@@ -11,11 +11,27 @@ use crate::config::PrivacyConfig;
 
 /// The visitor address as a click stores it.
 pub fn stored_ip(privacy: &PrivacyConfig, ip: IpAddr) -> String {
-    if privacy.anonymize_ip {
-        anonymize(ip).to_string()
-    } else {
-        ip.to_string()
+    ip_text(if privacy.anonymize_ip { anonymize(ip) } else { ip })
+}
+
+/// `ip` as text. IPv4 (nearly every visitor) is written digit by digit: the formatting
+/// machinery costs more than the rest of building a click.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else { return ip.to_string() };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
     }
+    text
 }
 
 /// The address with its host part zeroed: /24 for IPv4, /48 for IPv6. An IPv4 address
@@ -44,6 +60,17 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_are_written_as_the_standard_library_writes_them() {
+        for o in 0..=255u8 {
+            let v4 = IpAddr::from([o, 255 - o, o / 3, 7]);
+            assert_eq!(ip_text(v4), v4.to_string());
+        }
+        for text in ["2001:db8::1", "::ffff:1.2.3.4", "::"] {
+            assert_eq!(ip_text(ip(text)), ip(text).to_string());
+        }
     }
 
     #[test]

@@ -45,6 +45,10 @@ use crate::model::{
 const MAX_BATCH: usize = 4096;
 /// Requests waiting for the writer before senders wait too (backpressure).
 const QUEUE_DEPTH: usize = 65_536;
+/// Most bytes of journal kept before memtables are written out to make room.
+const JOURNAL_MAX: u64 = 128 * 1024 * 1024;
+/// Memtable size of the clicks keyspace.
+const CLICKS_MEMTABLE: u64 = 16 * 1024 * 1024;
 /// How often expired clicks are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -66,10 +70,15 @@ struct Tables {
 
 impl Tables {
     fn open(path: &Path) -> Result<Tables, fjall::Error> {
-        let db = Database::builder(path).open()?;
+        // The journal is kept until every keyspace with writes in it has flushed; bounding
+        // it bounds the disk it takes and the time a restart spends replaying it.
+        let db = Database::builder(path).max_journaling_size(JOURNAL_MAX).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        // Clicks fill their memtable fastest; a smaller one keeps the process's memory
+        // steady (it grows to this size, then is written out) and its skiplist shallow.
+        let clicks = db.keyspace("clicks", || KeyspaceCreateOptions::default().max_memtable_size(CLICKS_MEMTABLE))?;
         Ok(Tables {
-            clicks: ks("clicks")?,
+            clicks,
             conversions: ks("conversions")?,
             conversion_ids: ks("conversion_ids")?,
             counters: ks("counters")?,
@@ -491,7 +500,7 @@ struct Writer {
     first_event: u64,
     /// Interned values known to be stored, so each is written once, not once per click.
     /// Cleared when it grows large; rewriting an interned value is harmless.
-    known: HashSet<InternKey>,
+    known: HashSet<InternKey, foldhash::fast::FixedState>,
 }
 
 /// Interned keys remembered by the writer before it starts over.
@@ -541,7 +550,13 @@ impl Writer {
         };
         let last = seq(t.events.last_key_value())?;
         let first = seq(t.events.first_key_value())?;
-        Ok(Writer { last_event: last.unwrap_or(0), first_event: first.unwrap_or(1), t, limits, known: HashSet::new() })
+        Ok(Writer {
+            last_event: last.unwrap_or(0),
+            first_event: first.unwrap_or(1),
+            t,
+            limits,
+            known: HashSet::default(),
+        })
     }
 
     fn run(&mut self, mut rx: mpsc::Receiver<Op>) {
@@ -566,7 +581,7 @@ impl Writer {
         let mut batch = self.t.db.batch();
         let mut replies = Vec::with_capacity(ops.len());
         let mut flushes = Vec::new();
-        let mut deltas: HashMap<(UnixHour, String), Counters> = HashMap::new();
+        let mut deltas: HashMap<(UnixHour, String), Counters, foldhash::fast::FixedState> = HashMap::default();
         let mut new_ids: HashSet<String> = HashSet::new();
         let mut failure: Option<String> = None;
         let mut new_interns: Vec<InternKey> = Vec::new();

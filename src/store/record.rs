@@ -15,11 +15,10 @@
 //!
 //! The personal part comes last so that dropping it after seven days (it serves only the
 //! conversion APIs) is a truncation: [`strip_personal`]. Strings are a varint length and
-//! UTF-8 bytes. Interned values are postcard (the context) or raw bytes (the user agent).
+//! UTF-8 bytes. Interned values are the context, encoded the same way, and the user
+//! agent's raw bytes.
 
 use std::net::IpAddr;
-
-use serde::{Deserialize, Serialize};
 
 use super::{StoreError, StoreResult};
 use crate::memo::Memo;
@@ -37,14 +36,53 @@ pub struct EncodedClick {
     pub interns: Vec<(InternKey, Vec<u8>)>,
 }
 
-/// The parts of a click that many clicks share.
-#[derive(Serialize, Deserialize)]
-struct Context<'a> {
-    #[serde(borrow)]
-    link: &'a str,
-    referer: Option<&'a str>,
-    utm: Vec<(&'a str, &'a str)>,
-    subids: Vec<(&'a str, &'a str)>,
+/// The parts of a click that many clicks share, encoded: link, referer (tag byte 0 or 1,
+/// then the string), UTM parameters and sub-ids (each a varint count, then name/value
+/// strings).
+fn encode_context(click: &Click) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    put_str(&mut out, &click.link);
+    match &click.referer {
+        None => out.push(0),
+        Some(referer) => {
+            out.push(1);
+            put_str(&mut out, referer);
+        }
+    }
+    for pairs in [&click.utm, &click.subids] {
+        put_varint(&mut out, pairs.len() as u64);
+        for (name, value) in pairs {
+            put_str(&mut out, name);
+            put_str(&mut out, value);
+        }
+    }
+    out
+}
+
+/// The context's parts: link, referer, UTM parameters, sub-ids.
+type Context = (String, Option<String>, Vec<(String, String)>, Vec<(String, String)>);
+
+fn decode_context(bytes: &[u8]) -> StoreResult<Context> {
+    let mut r = Reader { bytes, pos: 0 };
+    let link = r.string()?;
+    let referer = match r.byte()? {
+        0 => None,
+        1 => Some(r.string()?),
+        _ => return Err(corrupt("context: referer tag")),
+    };
+    let mut pairs = || -> StoreResult<Vec<(String, String)>> {
+        let n = r.varint()?;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push((r.string()?, r.string()?));
+        }
+        Ok(out)
+    };
+    let (utm, subids) = (pairs()?, pairs()?);
+    if !r.at_end() {
+        return Err(corrupt("context: trailing bytes"));
+    }
+    Ok((link, referer, utm, subids))
 }
 
 thread_local! {
@@ -78,14 +116,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Encodes `click` (its id is the key, not part of the record).
 pub fn encode(click: &Click) -> EncodedClick {
-    let context = Context {
-        link: &click.link,
-        referer: click.referer.as_deref(),
-        utm: click.utm.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-        subids: click.subids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-    };
-    // Serializing borrowed strings into a Vec cannot fail.
-    let context = postcard::to_stdvec(&context).unwrap_or_default();
+    let context = encode_context(click);
     let context_key = CONTEXT_KEYS.with(|m| m.get_or(&context, || intern_key(b'c', &context)));
     let mut interns = Vec::with_capacity(2);
     interns.push((context_key, context));
@@ -256,19 +287,18 @@ impl ParsedClick {
     /// The whole click, given the interned values its keys name. A missing user agent
     /// (interned values outlive their clicks, so only damage loses one) reads as none.
     pub fn into_click(self, id: String, context: &[u8], user_agent: Option<&[u8]>) -> StoreResult<Click> {
-        let ctx: Context<'_> = postcard::from_bytes(context).map_err(|e| corrupt(&format!("context: {e}")))?;
-        let owned = |pairs: Vec<(&str, &str)>| pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let (link, referer, utm, subids) = decode_context(context)?;
         Ok(Click {
             id,
-            link: ctx.link.to_owned(),
+            link,
             at: self.at,
             bot: self.bot,
             ip: self.ip,
             user_agent: user_agent.map(|ua| String::from_utf8_lossy(ua).into_owned()),
-            referer: ctx.referer.map(str::to_owned),
-            utm: owned(ctx.utm),
+            referer,
+            utm,
             ad_click_ids: self.ad_click_ids,
-            subids: owned(ctx.subids),
+            subids,
         })
     }
 }
