@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use super::{ad_click_id, by_status, clip, money_number, retry_after, transport_failure, Context, Outcome, Platform};
+use super::{ad_click_id, answer, by_status, clip, money_number, Answer, Context, Outcome, Platform};
 use crate::config::Secret;
 use crate::model::Subject;
 
@@ -98,11 +98,8 @@ impl Google {
             ("client_secret", self.config.client_secret.expose()),
             ("refresh_token", self.config.refresh_token.expose()),
         ];
-        let res = http.post(&self.config.token_url).timeout(timeout).form(&form).send().await;
-        let res = res.map_err(|e| transport_failure(&e))?;
-        let status = res.status();
-        let after = retry_after(&res);
-        let text = res.text().await.unwrap_or_default();
+        let Answer { status, after, text } =
+            answer(http.post(&self.config.token_url).timeout(timeout).form(&form)).await?;
         if !status.is_success() {
             // A refused refresh token (400/401) will not fix itself; a 5xx may.
             return Err(match by_status(status, after, &text) {
@@ -184,13 +181,10 @@ impl Platform for Google {
         if let Some(login) = &self.config.login_customer_id {
             req = req.header("login-customer-id", login);
         }
-        let res = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return transport_failure(&e).for_all(items.len()),
+        let Answer { status, after, text } = match answer(req).await {
+            Ok(a) => a,
+            Err(outcome) => return outcome.for_all(items.len()),
         };
-        let status = res.status();
-        let after = retry_after(&res);
-        let text = res.text().await.unwrap_or_default();
         if status.as_u16() == 401 {
             // The token was revoked or expired early: fetch a new one next time.
             self.forget_token();

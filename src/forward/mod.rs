@@ -240,7 +240,24 @@ pub fn by_status(status: reqwest::StatusCode, retry_after: Option<Duration>, bod
 }
 
 /// The `Retry-After` header in seconds, if present.
-pub fn retry_after(res: &reqwest::Response) -> Option<Duration> {
+/// A platform's answer to one request.
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    /// `Retry-After`, when given in seconds.
+    pub after: Option<Duration>,
+    pub text: String,
+}
+
+/// Sends `request`: the platform's answer, or the outcome of getting none.
+pub async fn answer(request: reqwest::RequestBuilder) -> Result<Answer, Outcome> {
+    let res = request.send().await.map_err(|e| transport_failure(&e))?;
+    let status = res.status();
+    let after = retry_after(&res);
+    let text = res.text().await.unwrap_or_default();
+    Ok(Answer { status, after, text })
+}
+
+fn retry_after(res: &reqwest::Response) -> Option<Duration> {
     res.headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())

@@ -8,9 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use super::{
-    ad_click_id, by_status, clip, money_number, retry_after, sha256_hex, transport_failure, Context, Outcome, Platform,
-};
+use super::{ad_click_id, answer, by_status, clip, money_number, sha256_hex, Context, Outcome, Platform};
 use crate::config::Secret;
 use crate::model::Subject;
 
@@ -88,21 +86,12 @@ impl Platform for TikTok {
         if let Some(code) = &self.config.test_event_code {
             body["test_event_code"] = json!(code);
         }
-        let res = http
-            .post(&self.url)
-            .timeout(timeout)
-            .header("Access-Token", self.config.access_token.expose())
-            .json(&body)
-            .send()
-            .await;
-        let res = match res {
-            Ok(r) => r,
-            Err(e) => return transport_failure(&e).for_all(items.len()),
-        };
-        let status = res.status();
-        let after = retry_after(&res);
-        let text = res.text().await.unwrap_or_default();
-        classify(status, after, &text).for_all(items.len())
+        let request =
+            http.post(&self.url).timeout(timeout).header("Access-Token", self.config.access_token.expose()).json(&body);
+        match answer(request).await {
+            Ok(a) => classify(a.status, a.after, &a.text).for_all(items.len()),
+            Err(outcome) => outcome.for_all(items.len()),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{by_status, retry_after, transport_failure, Context, Outcome, Platform};
+use super::{answer, by_status, Context, Outcome, Platform};
 use crate::config::Secret;
 use crate::model::Subject;
 use crate::reports::rfc3339;
@@ -101,23 +101,16 @@ impl Platform for Webhook {
             let body = item.to_string().into_bytes();
             let timestamp =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let res = http
+            let request = http
                 .post(&self.config.url)
                 .timeout(timeout)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(TIMESTAMP_HEADER, timestamp.to_string())
                 .header(SIGNATURE_HEADER, signature(self.config.secret.expose(), timestamp, &body))
-                .body(body)
-                .send()
-                .await;
-            out.push(match res {
-                Ok(res) => {
-                    let status = res.status();
-                    let after = retry_after(&res);
-                    let text = res.text().await.unwrap_or_default();
-                    by_status(status, after, &text)
-                }
-                Err(e) => transport_failure(&e),
+                .body(body);
+            out.push(match answer(request).await {
+                Ok(a) => by_status(a.status, a.after, &a.text),
+                Err(outcome) => outcome,
             });
         }
         out

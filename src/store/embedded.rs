@@ -780,36 +780,46 @@ impl Writer {
         let cutoff = now_ms().saturating_sub(keep.as_millis() as i64);
         let mut dropped = 0usize;
         for status in DeliveryStatus::ALL.into_iter().filter(|s| *s != DeliveryStatus::Pending) {
-            let start = status_key(status, 0, "");
-            let end = status_key(status, cutoff, "");
-            loop {
-                let mut batch = self.t.db.batch();
-                let mut n = 0;
-                for kv in self.t.delivery_status.range(start.clone()..end.clone()).take(MAX_BATCH) {
-                    match kv.key() {
-                        Ok(k) => {
-                            batch.remove(&self.t.deliveries, k[9..].to_vec());
-                            batch.remove(&self.t.delivery_status, k);
-                            n += 1;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "delivery sweep stopped");
-                            return;
-                        }
-                    }
-                }
-                if n == 0 {
-                    break;
-                }
-                if let Err(e) = batch.commit() {
-                    tracing::warn!(error = %e, "delivery sweep failed");
+            let range = status_key(status, 0, "")..status_key(status, cutoff, "");
+            let removed = self.remove_range(&self.t.delivery_status, range, |batch, k| {
+                batch.remove(&self.t.deliveries, k[9..].to_vec());
+            });
+            match removed {
+                Ok(n) => dropped += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery sweep stopped");
                     return;
                 }
-                dropped += n;
             }
         }
         if dropped > 0 {
             tracing::info!(dropped, "settled deliveries past their retention dropped");
+        }
+    }
+
+    /// Removes every key of `range` from `keyspace`, a bounded batch at a time, letting
+    /// `also` remove what belongs to each key elsewhere in the same batch; how many.
+    fn remove_range<R: std::ops::RangeBounds<Vec<u8>> + Clone>(
+        &self,
+        keyspace: &Keyspace,
+        range: R,
+        also: impl Fn(&mut fjall::OwnedWriteBatch, &[u8]),
+    ) -> Result<usize, fjall::Error> {
+        let mut removed = 0;
+        loop {
+            let mut batch = self.t.db.batch();
+            let mut n = 0;
+            for kv in keyspace.range(range.clone()).take(MAX_BATCH) {
+                let k = kv.key()?;
+                also(&mut batch, &k);
+                batch.remove(keyspace, k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            batch.commit()?;
+            removed += n;
         }
     }
 
@@ -823,34 +833,11 @@ impl Writer {
     /// expired keys are visited.
     fn drop_expired_clicks(&mut self) {
         let cutoff = now_secs().saturating_sub(self.limits.click_ttl.as_secs());
-        let bound = ClickId::lower_bound(cutoff);
-        let mut dropped = 0usize;
-        loop {
-            let mut batch = self.t.db.batch();
-            let mut n = 0;
-            for kv in self.t.clicks.range(..bound.as_str().as_bytes()).take(MAX_BATCH) {
-                match kv.key() {
-                    Ok(k) => {
-                        batch.remove(&self.t.clicks, k);
-                        n += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "expiry sweep stopped");
-                        return;
-                    }
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            if let Err(e) = batch.commit() {
-                tracing::warn!(error = %e, "expiry sweep failed");
-                return;
-            }
-            dropped += n;
-        }
-        if dropped > 0 {
-            tracing::info!(dropped, "expired clicks dropped");
+        let bound = ClickId::lower_bound(cutoff).as_str().as_bytes().to_vec();
+        match self.remove_range(&self.t.clicks, ..bound, |_, _| {}) {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "expired clicks dropped"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep stopped"),
         }
     }
 

@@ -3,10 +3,9 @@
 //! `302` the visitor received still resolves, with the counters intact, on both stores.
 //! Clicks expire after attribution_days + postback_grace_days, without a scan.
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,8 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::helpers::{
-    attach, click_id_in, config_text, count, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp, CHROME,
-    POSTBACK_KEY, SECRET,
+    attach, click_id_in, config_text, count, serve_command, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp,
+    CHROME, POSTBACK_KEY, SECRET,
 };
 use crate::on_both_stores;
 use crate::redis_server::RedisServer;
@@ -69,21 +68,7 @@ impl Process {
                 .replace("[server]\n", &format!("[server]\n{server}"));
             std::fs::write(&config, text).expect("write config");
             let log = store.dir.path().join(format!("cakelink-{run}-{attempt}.log"));
-            let child = Command::new(env!("CARGO_BIN_EXE_cakelink"))
-                .arg("serve")
-                .arg("--config")
-                .arg(&config)
-                .env_remove("CAKELINK_CONFIG")
-                .env_remove("CAKELINK_LISTEN")
-                .env_remove("CAKELINK_STORE_URL")
-                .env_remove("CAKELINK_SECRET")
-                .env_remove("CAKELINK_ADMIN_TOKEN")
-                .env_remove("CAKELINK_POSTBACK_KEY")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).expect("log file"))
-                .spawn()
-                .expect("start the cakelink binary");
+            let child = serve_command(&config, &log).spawn().expect("start the cakelink binary");
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
             let mut process = Process { child, app: attach(addr, store), log };
             match process.wait_healthy().await {

@@ -298,12 +298,18 @@ pub async fn spawn_app_on(store: &StoreHandle, secret: &str, previous: &[&str]) 
     let text = text.replace(&format!("secret = \"{SECRET}\"\n"), &secret_line);
     let text = text.replace("previous_secrets = [\"an-older-secret-0123456789\"]", &previous_line);
     assert!(text.contains(&secret_line) && text.contains(&previous_line), "the secret lines were replaced");
+    serve_over(store, &text).await
+}
+
+/// Serves config `text` over an existing store (which the caller keeps alive); the
+/// returned app's own `store` is an empty stand-in, so stopping it leaves `store`.
+async fn serve_over(store: &StoreHandle, text: &str) -> TestApp {
     // A stopped embedded store lets go of its directory lock when its background threads
     // notice (up to ~0.5 s after the stop in-process; at once when a process exits), so a
     // restart over the same directory retries while the lock is still held.
     let started = std::time::Instant::now();
     let app = loop {
-        let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
+        let config = Config::parse(text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
         match Application::build(config).await {
             Ok(app) => break app,
             Err(e) if format!("{e:#}").contains("Locked") && started.elapsed() < Duration::from_secs(10) => {
@@ -338,31 +344,27 @@ pub fn attach(addr: SocketAddr, store: &StoreHandle) -> TestApp {
 /// A cakelink with `extra` config (destinations, say) over an existing store that the
 /// caller keeps alive, so that it can be stopped and started again over the same data.
 pub async fn spawn_app_over(store: &StoreHandle, extra: &str) -> TestApp {
-    let text = config_text("127.0.0.1:0", &store.toml, "", extra);
-    // As in `spawn_app_on`: a stopped embedded store releases its lock a moment later.
-    let started = std::time::Instant::now();
-    let app = loop {
-        let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
-        match Application::build(config).await {
-            Ok(app) => break app,
-            Err(e) if format!("{e:#}").contains("Locked") && started.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("app builds: {e:#}"),
-        }
-    };
-    let addr = app.local_addr();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(app.run_until(async {
-        let _ = rx.await;
-    }));
-    let stand_in = StoreHandle { toml: store.toml.clone(), dir: tempfile::tempdir().expect("temp dir"), redis: None };
-    TestApp {
-        addr,
-        base: format!("http://{addr}"),
-        client: client(),
-        store: stand_in,
-        shutdown: Some(tx),
-        task: Some(task),
+    serve_over(store, &config_text("127.0.0.1:0", &store.toml, "", extra)).await
+}
+
+/// The cakelink binary serving `config`, logging to `log`, with none of the test
+/// environment's `CAKELINK_*` variables leaking in.
+pub fn serve_command(config: &std::path::Path, log: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cakelink"));
+    command.arg("serve").arg("--config").arg(config);
+    for var in [
+        "CAKELINK_CONFIG",
+        "CAKELINK_LISTEN",
+        "CAKELINK_STORE_URL",
+        "CAKELINK_SECRET",
+        "CAKELINK_ADMIN_TOKEN",
+        "CAKELINK_POSTBACK_KEY",
+    ] {
+        command.env_remove(var);
     }
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    command
 }

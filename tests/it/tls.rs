@@ -2,10 +2,9 @@
 //! made here, and the real binary reloading its certificate on SIGHUP without dropping
 //! the connections already open. The binary's log, at debug level, never holds a secret.
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cakelink::app::Application;
@@ -15,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    click_id_in, config_text, spawn_app_edited, Backend, StoreHandle, ADMIN_TOKEN, CHROME, POSTBACK_KEY, SECRET,
+    click_id_in, config_text, serve_command, spawn_app_edited, Backend, StoreHandle, ADMIN_TOKEN, CHROME, POSTBACK_KEY,
+    SECRET,
 };
 
 /// The name the test certificates are made for; clients resolve it to the server.
@@ -146,20 +146,8 @@ impl TlsProcess {
             let config = store.dir.path().join("cakelink.toml");
             std::fs::write(&config, text).expect("write config");
             let log = store.dir.path().join(format!("cakelink-{attempt}.log"));
-            let child = Command::new(env!("CARGO_BIN_EXE_cakelink"))
-                .arg("serve")
-                .arg("--config")
-                .arg(&config)
+            let child = serve_command(&config, &log)
                 .env("RUST_LOG", "debug,fjall=warn,lsm_tree=warn")
-                .env_remove("CAKELINK_CONFIG")
-                .env_remove("CAKELINK_LISTEN")
-                .env_remove("CAKELINK_STORE_URL")
-                .env_remove("CAKELINK_SECRET")
-                .env_remove("CAKELINK_ADMIN_TOKEN")
-                .env_remove("CAKELINK_POSTBACK_KEY")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).expect("log file"))
                 .spawn()
                 .expect("start the cakelink binary");
             let mut process = TlsProcess { child, addr, log };
