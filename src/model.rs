@@ -39,6 +39,15 @@ impl Click {
     pub fn is_bot(&self) -> bool {
         self.bot.is_some()
     }
+
+    /// Forgets the IP address and user agent (kept only as long as the conversion APIs
+    /// take them); whether there was anything to forget.
+    pub fn drop_personal_data(&mut self) -> bool {
+        let had = self.ip.is_some() || self.user_agent.is_some();
+        self.ip = None;
+        self.user_agent = None;
+        had
+    }
 }
 
 /// A conversion recorded from a postback, with a copy of its click so that reports and

@@ -857,42 +857,62 @@ impl Writer {
             return;
         }
         let (from, to) = (ClickId::lower_bound(since), ClickId::lower_bound(until));
-        let mut rewritten = 0usize;
+        let clicks = self.rewrite_range(&self.t.clicks, from.as_str().as_bytes()..to.as_str().as_bytes(), |v| {
+            record::strip_personal(v)
+        });
+        // Conversions keep a copy of their click for reports and forwarding: the same
+        // rule applies to it, by the conversion's time (its click is older still).
+        let (from, to) = ((since * 1000).to_be_bytes(), (until * 1000).to_be_bytes());
+        let conversions = self.rewrite_range(&self.t.conversions, from.as_slice()..to.as_slice(), |v| {
+            let mut conversion: Conversion = decode(v)?;
+            Ok(conversion.click.drop_personal_data().then(|| encode(&conversion)))
+        });
+        let outcome = clicks.and_then(|c| Ok((c, conversions?))).and_then(|counts| {
+            let mut batch = self.t.db.batch();
+            batch.insert(&self.t.meta, PERSONAL_DROPPED_UNTIL, until.to_be_bytes());
+            batch.commit().map_err(unavailable)?;
+            Ok(counts)
+        });
+        match outcome {
+            Ok((0, 0)) => {}
+            Ok((clicks, conversions)) => tracing::info!(
+                clicks,
+                conversions,
+                "IP addresses and user agents dropped from clicks past their lifetime"
+            ),
+            Err(e) => tracing::warn!(error = %e, "personal-data sweep stopped; it resumes on the next pass"),
+        }
+    }
+
+    /// Replaces each value of `range` in `keyspace` by what `rewrite` makes of it (`None`:
+    /// leave it), a bounded batch at a time; how many were replaced. A damaged value is
+    /// left as it is: reading it reports the damage.
+    fn rewrite_range<'r>(
+        &self,
+        keyspace: &Keyspace,
+        range: std::ops::Range<&'r [u8]>,
+        rewrite: impl Fn(&[u8]) -> StoreResult<Option<Vec<u8>>>,
+    ) -> StoreResult<usize> {
+        let mut rewritten = 0;
         let mut batch = self.t.db.batch();
         let mut pending = 0;
-        for kv in self.t.clicks.range(from.as_str().as_bytes()..to.as_str().as_bytes()) {
-            let stripped =
-                kv.into_inner().map_err(unavailable).and_then(|(k, v)| Ok(record::strip_personal(&v)?.map(|s| (k, s))));
-            match stripped {
-                Ok(Some((k, v))) => {
-                    batch.insert(&self.t.clicks, k, v);
+        for kv in keyspace.range(range) {
+            let (k, v) = kv.into_inner().map_err(unavailable)?;
+            match rewrite(&v) {
+                Ok(Some(new)) => {
+                    batch.insert(keyspace, k, new);
                     pending += 1;
                 }
-                Ok(None) => {}
-                // A damaged record is left as it is; reading it reports the damage.
-                Err(StoreError::Corrupt(_)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "personal-data sweep stopped");
-                    return;
-                }
+                Ok(None) | Err(StoreError::Corrupt(_)) => {}
+                Err(e) => return Err(e),
             }
             if pending >= MAX_BATCH {
-                if let Err(e) = std::mem::replace(&mut batch, self.t.db.batch()).commit() {
-                    tracing::warn!(error = %e, "personal-data sweep failed");
-                    return;
-                }
+                std::mem::replace(&mut batch, self.t.db.batch()).commit().map_err(unavailable)?;
                 rewritten += pending;
                 pending = 0;
             }
         }
-        batch.insert(&self.t.meta, PERSONAL_DROPPED_UNTIL, until.to_be_bytes());
-        if let Err(e) = batch.commit() {
-            tracing::warn!(error = %e, "personal-data sweep failed");
-            return;
-        }
-        rewritten += pending;
-        if rewritten > 0 {
-            tracing::info!(rewritten, "IP addresses and user agents dropped from clicks past their lifetime");
-        }
+        batch.commit().map_err(unavailable)?;
+        Ok(rewritten + pending)
     }
 }

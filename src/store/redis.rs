@@ -874,6 +874,7 @@ impl PersonalSweep {
                     }
                     cursor = next;
                 }
+                rewritten += strip_conversions(con, shard, hour).await?;
             }
             let _: () =
                 redis::cmd("SET").arg(PERSONAL_CURSOR_KEY).arg(hour).query_async(con).await.map_err(unavailable)?;
@@ -883,6 +884,37 @@ impl PersonalSweep {
         }
         Ok(rewritten)
     }
+}
+
+/// Drops the personal data of the click copies in the conversions of `shard` recorded in
+/// UTC hour `hour` (their clicks are older still); how many were rewritten.
+async fn strip_conversions(con: &mut Conn, shard: u8, hour: u64) -> StoreResult<usize> {
+    let from = hour * 3_600_000;
+    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(conversion_times_key(shard))
+        .arg(from)
+        .arg(format!("({}", from + 3_600_000))
+        .query_async(con)
+        .await
+        .map_err(unavailable)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<String> = ids.iter().map(|id| conversion_key(shard, id)).collect();
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(con).await.map_err(unavailable)?;
+    let mut pipe = redis::pipe();
+    let mut n = 0;
+    for (key, value) in keys.iter().zip(values) {
+        let Some(Ok(mut conversion)) = value.map(|v| decode::<Conversion>(&v)) else { continue };
+        if conversion.click.drop_personal_data() {
+            pipe.cmd("SET").arg(key).arg(encode(&conversion)).ignore();
+            n += 1;
+        }
+    }
+    if n > 0 {
+        let _: () = pipe.query_async(con).await.map_err(unavailable)?;
+    }
+    Ok(n)
 }
 
 /// Every `(field, value)` of the counter hashes of `shard` for the days covering

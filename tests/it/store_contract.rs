@@ -154,11 +154,21 @@ async fn check_personal_data_dropped_after_its_lifetime(store: &dyn Store) {
     let recent = click("cake1/spring", ms(H), None);
     store.record_click(&old).await.expect("record old click");
     store.record_click(&recent).await.expect("record recent click");
+    // Conversions keep a copy of their click: the old one's goes too, the recent one's stays.
+    let old_at = old.at + 60_000;
+    let recent_at = (now_secs() as i64 - 60) * 1000;
+    let old_conversion = conversion(&old, "Purchase", "5", old_at, "t-old");
+    let recent_conversion = conversion(&old, "Purchase", "6", recent_at, "t-new");
+    store.record_conversion(&old_conversion).await.expect("record old conversion");
+    store.record_conversion(&recent_conversion).await.expect("record recent conversion");
 
     store.sweep().await.expect("sweep");
     let stripped = Click { ip: None, user_agent: None, ..old.clone() };
     assert_eq!(store.find_click(&old.id).await.expect("find old click"), Some(stripped.clone()));
     assert_eq!(store.find_click(&recent.id).await.expect("find recent click"), Some(recent.clone()));
+    let conversions = store.conversions(old_at, recent_at + 1).await.expect("conversions");
+    let old_stripped = Conversion { click: stripped.clone(), ..old_conversion };
+    assert_eq!(conversions, vec![old_stripped, recent_conversion]);
     // A second pass finds nothing more to do and changes nothing.
     store.sweep().await.expect("sweep again");
     assert_eq!(store.find_click(&old.id).await.expect("find old click"), Some(stripped));
