@@ -887,10 +887,10 @@ impl Writer {
     /// Replaces each value of `range` in `keyspace` by what `rewrite` makes of it (`None`:
     /// leave it), a bounded batch at a time; how many were replaced. A damaged value is
     /// left as it is: reading it reports the damage.
-    fn rewrite_range<'r>(
+    fn rewrite_range(
         &self,
         keyspace: &Keyspace,
-        range: std::ops::Range<&'r [u8]>,
+        range: std::ops::Range<&[u8]>,
         rewrite: impl Fn(&[u8]) -> StoreResult<Option<Vec<u8>>>,
     ) -> StoreResult<usize> {
         let mut rewritten = 0;
