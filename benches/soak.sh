@@ -48,7 +48,7 @@ cleanup() {
   REDIS_PID=$(cat "$WORK/redis.pid" 2>/dev/null || true)
   for p in "$CAKELINK_PID" "$REDIS_PID"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   sleep 0.3
-  rm -rf "$WORK"
+  [ -n "${SOAK_KEEP:-}" ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
 

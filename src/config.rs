@@ -426,7 +426,7 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             _ => PathBuf::from("data/cakelink.spool"),
         }),
     };
-    let spool_max_bytes = st.uint("spool_max_bytes", 4096, 1 << 40, errors).unwrap_or(512 << 20);
+    let spool_max_bytes = st.uint("spool_max_bytes", 4096, 1 << 40, errors).unwrap_or(4 << 30);
     if let (Some(spool), Some(Backend::Embedded { path, .. })) = (&spool_path, &backend) {
         if spool == path {
             st.err(errors, "spool_path", "must not be the embedded store's own directory");
@@ -998,7 +998,7 @@ redirect = 200
     fn the_spool_sits_beside_the_store_unless_configured() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.store.spool.path, PathBuf::from("x.spool"));
-        assert_eq!(c.store.spool.max_bytes, 512 << 20);
+        assert_eq!(c.store.spool.max_bytes, 4 << 30);
         let text =
             GOOD.replace("path = \"x\"", "path = \"x\"\nspool_path = \"/var/spool/cakelink\"\nspool_max_bytes = 8192");
         let c = parse(&text).unwrap();
