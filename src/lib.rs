@@ -25,6 +25,7 @@
 //! - [`forward`]: the outbox worker and the ad platforms' conversion APIs (Meta, Google
 //!   Ads, TikTok) and signed webhooks.
 //! - [`telemetry`]: Prometheus metrics and logging.
+//! - [`text`]: small text helpers (cutting at a character boundary).
 //! - [`cli`]: the command-line verbs.
 
 pub mod access;
@@ -46,4 +47,5 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tls;

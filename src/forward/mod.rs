@@ -213,11 +213,7 @@ pub fn ad_click_id<'a>(subject: &'a Subject, name: &str) -> Option<&'a str> {
 
 /// `text` cut to [`ERROR_TEXT_MAX`] bytes on a character boundary.
 pub fn clip(text: &str) -> String {
-    let mut end = text.len().min(ERROR_TEXT_MAX);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    crate::text::clip(text, ERROR_TEXT_MAX).to_owned()
 }
 
 /// Outcome of a request that got no answer, or an answer no platform rule covers.

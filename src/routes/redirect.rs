@@ -19,6 +19,7 @@ use crate::app::AppState;
 use crate::bots::{self, RequestTraits};
 use crate::model::{Click, LinkStatus};
 use crate::telemetry;
+use crate::text::clip;
 
 /// Headers a browser sets on a prefetch, parsed once.
 static PURPOSE_HEADERS: LazyLock<[HeaderName; 3]> = LazyLock::new(|| {
@@ -128,8 +129,8 @@ pub async fn redirect(
         at: now_ms,
         bot: bot.map(|b| b.to_string()),
         ip: Some(crate::privacy::stored_ip(&state.config.privacy, peer.ip())),
-        user_agent: user_agent.map(|u| clip(u).to_owned()),
-        referer: header(&REFERER).map(|r| clip(r).to_owned()),
+        user_agent: user_agent.map(|u| clip(u, MAX_KEPT_HEADER).to_owned()),
+        referer: header(&REFERER).map(|r| clip(r, MAX_KEPT_HEADER).to_owned()),
         utm,
         ad_click_ids,
         subids,
@@ -162,18 +163,6 @@ fn form_decode(raw: &str) -> Cow<'_, str> {
     }
     let spaced = raw.replace('+', " ");
     Cow::Owned(percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned())
-}
-
-/// At most [`MAX_KEPT_HEADER`] bytes of `value`, cut at a character boundary.
-fn clip(value: &str) -> &str {
-    if value.len() <= MAX_KEPT_HEADER {
-        return value;
-    }
-    let mut end = MAX_KEPT_HEADER;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    &value[..end]
 }
 
 /// A redirect that no cache may keep: a cached redirect would skip cakelink and reuse

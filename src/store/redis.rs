@@ -364,22 +364,40 @@ struct PendingClick {
     reply: oneshot::Sender<StoreResult<()>>,
 }
 
+/// A key a batch's script touches, named by what it holds: its text is built once per
+/// batch, however many clicks use it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum BatchKey {
+    Bucket(u8, UnixHour),
+    Counters(u8, u32),
+    CounterDays(u8),
+    Intern(u8, InternKey),
+}
+
+impl BatchKey {
+    fn text(self) -> Vec<u8> {
+        match self {
+            BatchKey::Bucket(shard, hour) => click_bucket_key(shard, hour).into_bytes(),
+            BatchKey::Counters(shard, day) => counters_key(shard, day).into_bytes(),
+            BatchKey::CounterDays(shard) => counter_days_key(shard).into_bytes(),
+            BatchKey::Intern(shard, key) => intern_key(shard, &key),
+        }
+    }
+}
+
 /// The keys of one script call, each once, numbered as Lua's `KEYS` are (from 1).
 #[derive(Default)]
 struct KeyList {
     keys: Vec<Vec<u8>>,
-    index: HashMap<Vec<u8>, u64>,
+    index: HashMap<BatchKey, u64, foldhash::fast::FixedState>,
 }
 
 impl KeyList {
-    fn index(&mut self, key: Vec<u8>) -> u64 {
-        if let Some(&i) = self.index.get(&key) {
-            return i;
-        }
-        self.keys.push(key.clone());
-        let i = self.keys.len() as u64;
-        self.index.insert(key, i);
-        i
+    fn index(&mut self, key: BatchKey) -> u64 {
+        *self.index.entry(key).or_insert_with(|| {
+            self.keys.push(key.text());
+            self.keys.len() as u64
+        })
     }
 }
 
@@ -464,8 +482,6 @@ impl Batcher {
     /// `all_interns`, else only of those not known to be stored.
     async fn call(&self, clicks: &[PendingClick], all_interns: bool) -> Result<Recording, RedisError> {
         let mut keys = KeyList::default();
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(clicks.len() * 5 + 8);
-        let num = |n: u64| n.to_string().into_bytes();
         let mut days: Vec<(u8, u32)> = Vec::new();
         let mut buckets: Vec<(u8, UnixHour)> = Vec::new();
         let mut sent: Vec<(u8, InternKey, &[u8])> = Vec::new();
@@ -489,40 +505,37 @@ impl Batcher {
                 }
             }
         }
-        args.push(num(named.len() as u64));
+        // Arguments go straight into the call; keys are numbered as they are first named
+        // and added once all are known.
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(named.len());
         for (shard, key) in &named {
-            args.push(num(keys.index(intern_key(*shard, key))));
+            invocation.arg(keys.index(BatchKey::Intern(*shard, *key)));
         }
-        args.push(num(clicks.len() as u64));
+        invocation.arg(clicks.len());
         for c in clicks {
-            args.push(num(keys.index(click_bucket_key(c.shard, c.bucket_hour).into_bytes())));
-            args.push(c.id.clone().into_bytes());
-            args.push(c.encoded.record.clone());
-            args.push(num(keys.index(counters_key(c.shard, c.counter_day).into_bytes())));
-            args.push(c.counter_field.clone().into_bytes());
+            invocation
+                .arg(keys.index(BatchKey::Bucket(c.shard, c.bucket_hour)))
+                .arg(&c.id)
+                .arg(c.encoded.record.as_slice())
+                .arg(keys.index(BatchKey::Counters(c.shard, c.counter_day)))
+                .arg(&c.counter_field);
         }
         let intern_ttl = (self.click_ttl + INTERN_SPARE).as_secs();
-        args.push(num(sent.len() as u64));
+        invocation.arg(sent.len());
         for (shard, key, value) in &sent {
-            args.push(num(keys.index(intern_key(*shard, key))));
-            args.push(value.to_vec());
-            args.push(num(intern_ttl));
+            invocation.arg(keys.index(BatchKey::Intern(*shard, *key))).arg(*value).arg(intern_ttl);
         }
-        args.push(num(buckets.len() as u64));
+        invocation.arg(buckets.len());
         for (shard, hour) in &buckets {
-            args.push(num(keys.index(click_bucket_key(*shard, *hour).into_bytes())));
-            args.push(num((u64::from(*hour) + 1) * 3600 + self.click_ttl.as_secs()));
+            let expires = (u64::from(*hour) + 1) * 3600 + self.click_ttl.as_secs();
+            invocation.arg(keys.index(BatchKey::Bucket(*shard, *hour))).arg(expires);
         }
         for (shard, day) in &days {
-            args.push(num(keys.index(counter_days_key(*shard).into_bytes())));
-            args.push(num(u64::from(*day)));
+            invocation.arg(keys.index(BatchKey::CounterDays(*shard))).arg(*day);
         }
-        let mut invocation = self.script.prepare_invoke();
         for key in &keys.keys {
             invocation.key(key.as_slice());
-        }
-        for arg in &args {
-            invocation.arg(arg.as_slice());
         }
         let missing: i64 = invocation.invoke_async(&mut self.con.clone()).await?;
         if missing > 0 {
