@@ -56,12 +56,14 @@ fn links(c: &mut Criterion) {
         personal_ttl: cakelink::store::PERSONAL_DATA_TTL,
         outbox: Default::default(),
     };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    // The store's fsync timer and sweep are tasks: it opens inside the runtime.
+    let _in_runtime = rt.enter();
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(1), limits).expect("store opens"));
     let mut nets = BTreeMap::new();
     nets.insert("cake".to_owned(), cake);
     let catalog = LinkCatalog::new(&[demo_link()], Arc::new(nets), store).expect("catalog");
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     c.bench_function("link/lookup", |b| {
         b.iter(|| rt.block_on(async { black_box(catalog.find("cake", "demo").await) }))
     });

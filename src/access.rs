@@ -12,7 +12,7 @@ use ipnet::IpNet;
 
 /// The address a postback is judged by. `forwarded_for` holds every `X-Forwarded-For`
 /// header value, in the order received.
-pub fn postback_source<'a>(
+pub(crate) fn postback_source<'a>(
     peer: IpAddr,
     forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
     trusted_proxies: &[IpNet],

@@ -4,56 +4,21 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::clickid::Keyring;
 use crate::config::Config;
 use crate::forward::Forwarder;
-use crate::links::LinkCatalog;
 use crate::model::QueuedPostback;
 use crate::postback::{self, Context};
+use crate::server;
+use crate::state::AppState;
 use crate::store::spool::{Resolve, SpooledStore};
-use crate::store::{self, Store, StoreLimits, StoreResult};
+use crate::store::{self, Storage, Store, StoreLimits, StoreResult};
 use crate::tls::{self, Tls};
-use crate::{server, telemetry};
-
-/// What every request handler shares; cheap to reach through an `Arc`.
-pub struct AppState {
-    pub config: Config,
-    /// The configured backend, wrapped in the outage spool.
-    pub store: Arc<dyn Store>,
-    /// The same object, for what only the spool answers: its state, queued postbacks,
-    /// and the redirect's click recording without a boxed future.
-    pub spool: Arc<SpooledStore>,
-    pub links: LinkCatalog,
-    pub keyring: Keyring,
-    pub metrics: Option<PrometheusHandle>,
-    /// Metric handles of the redirect path.
-    pub hot: telemetry::HotMetrics,
-}
-
-impl AppState {
-    /// Builds the state around an opened store.
-    pub fn new(config: Config, spool: Arc<SpooledStore>) -> anyhow::Result<AppState> {
-        let store: Arc<dyn Store> = spool.clone();
-        let networks = Arc::new(config.networks.clone());
-        let links = LinkCatalog::new(&config.links, networks, store.clone()).map_err(anyhow::Error::msg)?;
-        let previous: Vec<String> = config.security.previous_secrets.iter().map(|s| s.expose().to_owned()).collect();
-        let keyring = Keyring::new(config.security.secret.expose(), &previous, config.store.click_ttl().as_secs());
-        let metrics = telemetry::metrics();
-        Ok(AppState { config, store, spool, links, keyring, metrics, hot: telemetry::HotMetrics::new() })
-    }
-
-    /// Now, in milliseconds since the epoch.
-    pub fn now_ms(&self) -> i64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-    }
-}
 
 /// A bound, ready-to-serve cakelink.
 pub struct Application {
@@ -72,13 +37,13 @@ impl Application {
             personal_ttl: store::PERSONAL_DATA_TTL,
             outbox: config.forward.routes(),
         };
-        let inner = store::open(&config.store.backend, limits).await.context("opening the store")?;
-        let spool = SpooledStore::open(inner, &config.store.spool).context("opening the outage spool")?;
+        let backend = store::open(&config.store.backend, limits).await.context("opening the store")?;
+        let spool = SpooledStore::open(backend.clone(), &config.store.spool).context("opening the outage spool")?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
-        let state = Arc::new(AppState::new(config, spool)?);
-        state.spool.start(Arc::new(QueuedPostbacks(Arc::downgrade(&state))));
+        let state = Arc::new(AppState::new(config, Storage::new(backend, spool))?);
+        state.store.spool().start(Arc::new(QueuedPostbacks(Arc::downgrade(&state))));
         Ok(Application { listener, state, tls: tls.map(Arc::new) })
     }
 
@@ -86,13 +51,8 @@ impl Application {
         self.listener.local_addr().unwrap_or_else(|_| self.state.config.server.listen)
     }
 
-    pub fn state(&self) -> Arc<AppState> {
+    pub(crate) fn state(&self) -> Arc<AppState> {
         self.state.clone()
-    }
-
-    /// Whether it speaks HTTPS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests, replays the
@@ -108,7 +68,7 @@ impl Application {
             let _ = mark.set(Instant::now());
         };
         let config = &self.state.config;
-        let forwarder = Forwarder::spawn(self.state.store.clone(), &config.forward, &config.server.public_url);
+        let forwarder = Forwarder::spawn(self.state.store.outbox(), &config.forward, &config.server.public_url);
         let reloader = tokio::spawn(tls::reload_on_sighup(self.tls.clone()));
         server::serve(self.listener, self.state.clone(), self.tls, shutdown).await;
         reloader.abort();
@@ -121,8 +81,8 @@ impl Application {
         let state = self.state.clone();
         let finish = async move {
             let resolver = QueuedPostbacks(Arc::downgrade(&state));
-            state.spool.close(&resolver).await.context("closing the outage spool")?;
-            state.store.flush().await.context("flushing the store at shutdown")
+            state.store.spool().close(&resolver).await.context("closing the outage spool")?;
+            state.store.health().flush().await.context("flushing the store at shutdown")
         };
         match tokio::time::timeout(remaining, finish).await {
             Ok(done) => done,
@@ -130,7 +90,7 @@ impl Application {
                 // Out of time: the spool's records are already in the operating system's
                 // buffers; one fsync makes them durable too.
                 tracing::warn!("shutdown deadline reached before the store was flushed");
-                self.state.spool.sync_and_report().context("syncing the outage spool at the shutdown deadline")
+                self.state.store.spool().sync_and_report().context("syncing the outage spool at the shutdown deadline")
             }
         }
     }
@@ -142,7 +102,7 @@ struct QueuedPostbacks(Weak<AppState>);
 
 #[async_trait]
 impl Resolve for QueuedPostbacks {
-    async fn resolve(&self, store: &Arc<dyn Store>, queued: &QueuedPostback) -> StoreResult<()> {
+    async fn resolve(&self, store: &dyn Store, queued: &QueuedPostback) -> StoreResult<()> {
         let Some(state) = self.0.upgrade() else {
             return Err(store::StoreError::Closed);
         };
@@ -150,7 +110,14 @@ impl Resolve for QueuedPostbacks {
             tracing::error!(network = %queued.network, "queued postback for a network no longer configured; dropped");
             return Ok(());
         };
-        let ctx = Context { store, links: &state.links, keyring: &state.keyring, spool: None };
+        let ctx = Context {
+            clicks: store,
+            conversions: store,
+            events: store,
+            links: &state.links,
+            keyring: &state.keyring,
+            spool: None,
+        };
         postback::resolve_queued(&ctx, network, queued).await.map(|_| ())
     }
 }

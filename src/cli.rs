@@ -107,7 +107,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = app.state();
     tracing::info!(
         address = %app.local_addr(),
-        store = state.store.backend(),
+        store = state.store.health().backend(),
         links = state.config.links.len(),
         "cakelink serving; postback URL: {}",
         state.config.networks.get("cake").map(|n| n.postback_url(&state.config.server.public_url, "<postback_key>")).unwrap_or_default()

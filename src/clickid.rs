@@ -163,10 +163,6 @@ impl Keyring {
         }
     }
 
-    pub fn lifetime_secs(&self) -> u64 {
-        self.lifetime_secs
-    }
-
     /// Mints a fresh id created at `now_secs`.
     pub fn mint(&self, now_secs: u64) -> ClickId {
         let mut raw = [0u8; RAW_LEN];

@@ -28,24 +28,29 @@
 //! - [`text`]: small text helpers (cutting at a character boundary).
 //! - [`cli`]: the command-line verbs.
 
-pub mod access;
+// The library's public API: what the binary, the benches, the fuzz targets and the
+// integration tests use.
 pub mod app;
 pub mod bots;
 pub mod cli;
 pub mod clickid;
 pub mod config;
-pub mod forward;
 pub mod links;
-pub mod memo;
 pub mod model;
 pub mod money;
 pub mod networks;
 pub mod postback;
-pub mod privacy;
-pub mod reports;
-pub mod routes;
-pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod text;
-pub mod tls;
+
+mod access;
+mod clock;
+mod forward;
+mod memo;
+mod privacy;
+mod reports;
+mod routes;
+mod server;
+mod state;
+mod text;
+mod tls;

@@ -15,7 +15,7 @@ use moka::sync::Cache;
 
 use crate::model::{link_key, Link};
 use crate::networks::Network;
-use crate::store::{Store, StoreResult};
+use crate::store::{LinkStore, StoreResult};
 
 /// How long a link read from the store is trusted.
 pub const LINK_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -148,7 +148,7 @@ pub struct LinkCatalog {
     /// network → slug → link: looked up by borrowed names, with no key built per request.
     config: HashMap<String, HashMap<String, Arc<CompiledLink>>>,
     networks: Arc<BTreeMap<String, Network>>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn LinkStore>,
     api: Cache<String, Option<Arc<CompiledLink>>>,
 }
 
@@ -156,7 +156,7 @@ impl LinkCatalog {
     pub fn new(
         config_links: &[Link],
         networks: Arc<BTreeMap<String, Network>>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn LinkStore>,
     ) -> Result<LinkCatalog, String> {
         let mut config = HashMap::new();
         for link in config_links {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 const MAX_ENTRIES: usize = 4096;
 
 /// Remembered results of one function; use it from a `thread_local!`.
-pub struct Memo<V: Copy> {
+pub(crate) struct Memo<V: Copy> {
     map: RefCell<HashMap<Box<[u8]>, V, foldhash::fast::FixedState>>,
 }
 
@@ -23,7 +23,7 @@ impl<V: Copy> Default for Memo<V> {
 
 impl<V: Copy> Memo<V> {
     /// The remembered result for `input`, or `compute()`'s, remembered.
-    pub fn get_or(&self, input: &[u8], compute: impl FnOnce() -> V) -> V {
+    pub(crate) fn get_or(&self, input: &[u8], compute: impl FnOnce() -> V) -> V {
         if let Some(v) = self.map.borrow().get(input) {
             return *v;
         }

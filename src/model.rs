@@ -110,12 +110,69 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// What a postback came to: the status of its event-log entry.
+///
+/// Stored and shown as its name (`"no_match"`), so that the stored event log reads the
+/// same whatever order the variants are declared in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventStatus {
+    Ok,
+    Duplicate,
+    NoMatch,
+    Rejected,
+    Queued,
+}
+
+impl EventStatus {
+    pub const ALL: [EventStatus; 5] =
+        [EventStatus::Ok, EventStatus::Duplicate, EventStatus::NoMatch, EventStatus::Rejected, EventStatus::Queued];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Ok => "ok",
+            EventStatus::Duplicate => "duplicate",
+            EventStatus::NoMatch => "no_match",
+            EventStatus::Rejected => "rejected",
+            EventStatus::Queued => "queued",
+        }
+    }
+
+    /// The status named `name`, if any.
+    pub fn parse(name: &str) -> Option<EventStatus> {
+        EventStatus::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for EventStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EventStatus, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        EventStatus::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown event status {name:?}")))
+    }
+}
+
+/// The event a conversion without a value is recorded as.
+pub const LEAD: &str = "Lead";
+/// The event a conversion with a value is recorded as.
+pub const PURCHASE: &str = "Purchase";
+
 /// One entry of the postback event log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub received_at: UnixMillis,
     pub network: String,
-    pub status: String,
+    pub status: EventStatus,
     pub reason: String,
     pub click_id: Option<String>,
     pub conversion_id: Option<String>,
@@ -162,8 +219,8 @@ impl Counters {
     pub fn for_conversion(conversion: &Conversion) -> Counters {
         Counters {
             conversions: 1,
-            leads: (conversion.event == "Lead") as u64,
-            purchases: (conversion.event == "Purchase") as u64,
+            leads: (conversion.event == LEAD) as u64,
+            purchases: (conversion.event == PURCHASE) as u64,
             revenue: conversion.value,
             ..Counters::default()
         }

@@ -5,15 +5,13 @@
 //! [`process`] turns it into an answer: resolve the click id, decide the event,
 //! de-duplicate, record, log. Nothing here knows HTTP beyond the status code it suggests.
 
-use std::sync::Arc;
-
 use crate::clickid::{ClickIdError, Keyring};
 use crate::links::LinkCatalog;
-use crate::model::{Conversion, Event, QueuedPostback, Recorded, UnixMillis};
+use crate::model::{Conversion, Event, EventStatus, QueuedPostback, Recorded, UnixMillis, LEAD, PURCHASE};
 use crate::money::Money;
 use crate::networks::{is_absent, Network};
 use crate::store::spool::SpooledStore;
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{ClickStore, ConversionStore, EventLog, StoreError, StoreResult};
 
 /// Field names whose values are credentials and never reach the event log.
 const REDACTED: &[&str] = &["key", "postback_key", "token", "access_token", "api_key", "password", "secret"];
@@ -165,37 +163,15 @@ pub fn decide_event(postback_event: Option<&str>, link_event: Option<&str>, valu
         return e.to_owned();
     }
     match value {
-        Some(v) if !v.is_zero() => "Purchase".to_owned(),
-        _ => "Lead".to_owned(),
-    }
-}
-
-/// The statuses of the event log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    Duplicate,
-    NoMatch,
-    Rejected,
-    Queued,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Duplicate => "duplicate",
-            Status::NoMatch => "no_match",
-            Status::Rejected => "rejected",
-            Status::Queued => "queued",
-        }
+        Some(v) if !v.is_zero() => PURCHASE.to_owned(),
+        _ => LEAD.to_owned(),
     }
 }
 
 /// What a postback came to; the route turns it into an HTTP answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
-    pub status: Status,
+    pub status: EventStatus,
     pub reason: String,
     /// HTTP status code to answer with.
     pub http: u16,
@@ -204,17 +180,17 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn new(status: Status, http: u16, reason: impl Into<String>) -> Answer {
+    fn new(status: EventStatus, http: u16, reason: impl Into<String>) -> Answer {
         Answer { status, reason: reason.into(), http, click_id: None, conversion_id: None }
     }
 
     /// A postback refused before its fields were looked at (bad key, unreadable body).
     pub fn rejected(http: u16, reason: impl Into<String>) -> Answer {
-        Answer::new(Status::Rejected, http, reason)
+        Answer::new(EventStatus::Rejected, http, reason)
     }
 
     pub fn no_match(reason: impl Into<String>) -> Answer {
-        Answer::new(Status::NoMatch, 200, reason)
+        Answer::new(EventStatus::NoMatch, 200, reason)
     }
 
     /// The event-log entry recording this answer.
@@ -222,7 +198,7 @@ impl Answer {
         Event {
             received_at,
             network: network.to_owned(),
-            status: self.status.as_str().to_owned(),
+            status: self.status,
             reason: self.reason.clone(),
             click_id: self.click_id.clone(),
             conversion_id: self.conversion_id.clone(),
@@ -233,7 +209,9 @@ impl Answer {
 
 /// What processing a postback needs.
 pub struct Context<'a> {
-    pub store: &'a Arc<dyn Store>,
+    pub clicks: &'a dyn ClickStore,
+    pub conversions: &'a dyn ConversionStore,
+    pub events: &'a dyn EventLog,
     pub links: &'a LinkCatalog,
     pub keyring: &'a Keyring,
     /// Where a postback waits while the store is down; `None` when resolving one that
@@ -259,10 +237,10 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
         }
     };
     // Only an unreachable store is worth waiting for; a corrupt record stays corrupt.
-    let outage = !matches!(failure, Some(StoreError::Corrupt(_)));
+    let outage = failure.as_ref().is_none_or(StoreError::is_outage);
     let (Some(spool), true) = (ctx.spool, outage) else {
         tracing::error!(error = ?failure, "store failed while resolving a postback");
-        return Answer { status: Status::Rejected, http: 503, reason: "store_unavailable".into(), ..base };
+        return Answer { status: EventStatus::Rejected, http: 503, reason: "store_unavailable".into(), ..base };
     };
     if let Some(e) = &failure {
         tracing::warn!(error = %e, "store failed while resolving a postback; queueing it");
@@ -271,7 +249,7 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
         Ok(()) => queued(base),
         Err(e) => {
             tracing::error!(error = %e, "postback could not be queued");
-            Answer { status: Status::Rejected, http: 503, reason: "store_unavailable: retry later".into(), ..base }
+            Answer { status: EventStatus::Rejected, http: 503, reason: "store_unavailable: retry later".into(), ..base }
         }
     }
 }
@@ -279,7 +257,7 @@ pub async fn process(ctx: &Context<'_>, network: &Network, fields: &Fields, now:
 /// The answer to a postback kept in the outage spool.
 fn queued(base: Answer) -> Answer {
     Answer {
-        status: Status::Queued,
+        status: EventStatus::Queued,
         http: 202,
         reason: "store_unavailable: kept, and resolved when the store is back".into(),
         conversion_id: None,
@@ -303,10 +281,10 @@ pub async fn resolve_queued(
             let answer = match record(ctx, network, &fields, value, &base, now).await {
                 Ok(answer) => answer,
                 // Retrying cannot mend a corrupt record, and would hold up the replay.
-                Err(StoreError::Corrupt(e)) => {
+                Err(e @ StoreError::Corrupt { .. }) => {
                     tracing::error!(error = %e, "stored record is corrupt; the queued postback is rejected");
                     Answer {
-                        status: Status::Rejected,
+                        status: EventStatus::Rejected,
                         http: 500,
                         reason: "stored_record_corrupt".into(),
                         ..base.clone()
@@ -316,12 +294,12 @@ pub async fn resolve_queued(
             };
             // Written after the outcome is known, so that a store failing again in
             // between does not log the `queued` entry twice.
-            ctx.store.log_event(&queued(base).to_event(&network.name, &fields, now)).await?;
+            ctx.events.log_event(&queued(base).to_event(&network.name, &fields, now)).await?;
             answer
         }
         Err(answer) => answer,
     };
-    ctx.store.log_event(&answer.to_event(&network.name, &fields, now)).await?;
+    ctx.events.log_event(&answer.to_event(&network.name, &fields, now)).await?;
     tracing::info!(network = %network.name, status = answer.status.as_str(), reason = %answer.reason, "queued postback resolved");
     Ok(answer)
 }
@@ -384,7 +362,7 @@ async fn record(
     now: UnixMillis,
 ) -> StoreResult<Answer> {
     let click_id = base.click_id.clone().unwrap_or_default();
-    let Some(click) = ctx.store.find_click(&click_id).await? else {
+    let Some(click) = ctx.clicks.find_click(&click_id).await? else {
         return Ok(Answer { reason: "unknown_click_id: genuine but not in the store".into(), ..base.clone() });
     };
 
@@ -408,18 +386,18 @@ async fn record(
         fields: fields.present().to_vec(),
         click,
     };
-    let recorded = ctx.store.record_conversion(&conversion).await?;
+    let recorded = ctx.conversions.record_conversion(&conversion).await?;
     let base = base.clone();
     Ok(match recorded {
         Recorded::New => Answer {
-            status: Status::Ok,
+            status: EventStatus::Ok,
             http: 200,
             reason: format!("{event} recorded"),
             conversion_id: Some(id),
             ..base
         },
         Recorded::Duplicate => Answer {
-            status: Status::Duplicate,
+            status: EventStatus::Duplicate,
             http: 200,
             reason: format!("{event} already recorded"),
             conversion_id: Some(id),

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::config::PrivacyConfig;
 
 /// The visitor address as a click stores it.
-pub fn stored_ip(privacy: &PrivacyConfig, ip: IpAddr) -> String {
+pub(crate) fn stored_ip(privacy: &PrivacyConfig, ip: IpAddr) -> String {
     ip_text(if privacy.anonymize_ip { anonymize(ip) } else { ip })
 }
 
@@ -36,7 +36,7 @@ fn ip_text(ip: IpAddr) -> String {
 
 /// The address with its host part zeroed: /24 for IPv4, /48 for IPv6. An IPv4 address
 /// mapped into IPv6 (a dual-stack listener) is treated as the IPv4 address it is.
-pub fn anonymize(ip: IpAddr) -> IpAddr {
+pub(crate) fn anonymize(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(anonymize_v4(v4)),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -16,14 +16,14 @@ use crate::model::{Counters, HourCounters, UnixHour, UnixMillis};
 
 /// How rows are keyed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Group {
+pub(crate) enum Group {
     Link,
     Day,
 }
 
 /// A date range in a time zone, `from` and `to` inclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Period {
+pub(crate) struct Period {
     pub from: Date,
     pub to: Date,
     pub offset: UtcOffset,
@@ -34,7 +34,7 @@ const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
 
 impl Period {
     /// Reads `from`, `to` (`YYYY-MM-DD`) and `tz` (`±HH:MM`, whole hours; default UTC).
-    pub fn parse(from: Option<&str>, to: Option<&str>, tz: Option<&str>) -> Result<Period, String> {
+    pub(crate) fn parse(from: Option<&str>, to: Option<&str>, tz: Option<&str>) -> Result<Period, String> {
         let date = |name: &str, v: Option<&str>| -> Result<Date, String> {
             let v = v.ok_or_else(|| format!("{name} is required (YYYY-MM-DD)"))?;
             Date::parse(v, DATE).map_err(|_| format!("{name}={v:?} is not a date like 2026-11-24"))
@@ -55,14 +55,14 @@ impl Period {
     }
 
     /// The period as milliseconds, `start..end`.
-    pub fn millis(&self) -> (UnixMillis, UnixMillis) {
+    pub(crate) fn millis(&self) -> (UnixMillis, UnixMillis) {
         let start = self.from.midnight().assume_offset(self.offset).unix_timestamp();
         let end = self.to.next_day().unwrap_or(self.to).midnight().assume_offset(self.offset).unix_timestamp();
         (start * 1000, end * 1000)
     }
 
     /// The UTC hours the period covers, inclusive.
-    pub fn hours(&self) -> (UnixHour, UnixHour) {
+    pub(crate) fn hours(&self) -> (UnixHour, UnixHour) {
         let (start, end) = self.millis();
         (crate::model::hour_of(start), crate::model::hour_of(end).saturating_sub(1))
     }
@@ -94,7 +94,7 @@ fn parse_offset(tz: &str) -> Result<UtcOffset, String> {
 
 /// One report row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     pub key: String,
     pub clicks: u64,
     pub bot_hits: u64,
@@ -106,7 +106,7 @@ pub struct Row {
 }
 
 /// Sums hourly counters into rows keyed by link or by local day, sorted by key.
-pub fn aggregate(period: &Period, group: Group, hours: &[HourCounters]) -> Vec<Row> {
+pub(crate) fn aggregate(period: &Period, group: Group, hours: &[HourCounters]) -> Vec<Row> {
     let (first, last) = period.hours();
     let mut sums: BTreeMap<String, Counters> = BTreeMap::new();
     for h in hours.iter().filter(|h| (first..=last).contains(&h.hour)) {
@@ -130,7 +130,7 @@ pub fn aggregate(period: &Period, group: Group, hours: &[HourCounters]) -> Vec<R
 }
 
 /// RFC 3339 text of a time in milliseconds, in UTC.
-pub fn rfc3339(ms: UnixMillis) -> String {
+pub(crate) fn rfc3339(ms: UnixMillis) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())

@@ -23,13 +23,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::app::AppState;
 use crate::routes;
+use crate::state::AppState;
 use crate::tls::Tls;
 
 /// Serves connections from `listener` (through `tls` when given) until `shutdown`
 /// completes.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     tls: Option<Arc<Tls>>,

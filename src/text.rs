@@ -1,7 +1,7 @@
 //! Small text helpers shared by the routes and the forwarding code.
 
 /// At most `max_bytes` of `text`, cut at a character boundary (never inside one).
-pub fn clip(text: &str, max_bytes: usize) -> &str {
+pub(crate) fn clip(text: &str, max_bytes: usize) -> &str {
     let mut end = text.len().min(max_bytes);
     while !text.is_char_boundary(end) {
         end -= 1;

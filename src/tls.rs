@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsFiles;
 
 /// The TLS side of the listener: an acceptor whose certificate can be swapped.
-pub struct Tls {
+pub(crate) struct Tls {
     files: TlsFiles,
     current: Arc<Swappable>,
     acceptor: TlsAcceptor,
@@ -28,7 +28,7 @@ pub struct Tls {
 
 impl Tls {
     /// Loads the certificate and key; an error names the config key at fault.
-    pub fn load(files: &TlsFiles) -> Result<Tls, String> {
+    pub(crate) fn load(files: &TlsFiles) -> Result<Tls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = load_key(files, &provider)?;
         let current = Arc::new(Swappable(ArcSwap::from_pointee(key)));
@@ -41,13 +41,13 @@ impl Tls {
         Ok(Tls { files: files.clone(), current, acceptor: TlsAcceptor::from(Arc::new(config)) })
     }
 
-    pub fn acceptor(&self) -> &TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
 
     /// Reads the files again and, if they load, serves the new certificate to new
     /// connections. On error the old certificate stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub(crate) fn reload(&self) -> Result<(), String> {
         let provider = rustls::crypto::ring::default_provider();
         let key = load_key(&self.files, &provider)?;
         self.current.0.store(Arc::new(key));
@@ -88,7 +88,7 @@ impl ResolvesServerCert for Swappable {
 /// Reloads `tls` on every SIGHUP while the returned future runs. The handler is in place
 /// when this returns, before the future is first polled. Without TLS a SIGHUP is logged
 /// and otherwise ignored (it must not end the process).
-pub fn reload_on_sighup(tls: Option<Arc<Tls>>) -> impl std::future::Future<Output = ()> + Send {
+pub(crate) fn reload_on_sighup(tls: Option<Arc<Tls>>) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     async move {

@@ -51,14 +51,14 @@ pub struct GoogleConfig {
     pub consent: Option<String>,
 }
 
-pub struct Google {
+pub(crate) struct Google {
     config: GoogleConfig,
     url: String,
     token: Mutex<Option<(String, Instant)>>,
 }
 
 impl Google {
-    pub fn new(config: GoogleConfig) -> Google {
+    pub(crate) fn new(config: GoogleConfig) -> Google {
         let url = format!(
             "{}/v22/customers/{}:uploadClickConversions",
             config.api_url.trim_end_matches('/'),

@@ -35,13 +35,13 @@ pub struct MetaConfig {
     pub test_event_code: Option<String>,
 }
 
-pub struct Meta {
+pub(crate) struct Meta {
     config: MetaConfig,
     url: String,
 }
 
 impl Meta {
-    pub fn new(config: MetaConfig) -> Meta {
+    pub(crate) fn new(config: MetaConfig) -> Meta {
         let url = format!("{}/{}/{}/events", config.graph_url.trim_end_matches('/'), config.version, config.pixel_id);
         Meta { config, url }
     }

@@ -17,10 +17,10 @@
 //! - [`tiktok`]: TikTok Events API.
 //! - [`webhook`]: any URL, HMAC-SHA256 signed.
 
-pub mod google;
-pub mod meta;
-pub mod tiktok;
-pub mod webhook;
+pub(crate) mod google;
+pub(crate) mod meta;
+pub(crate) mod tiktok;
+pub(crate) mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,9 +33,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::clock::now_ms;
 use crate::model::{Delivery, DeliveryStatus, Subject, UnixMillis};
 use crate::money::Money;
-use crate::store::{now_ms, OutboxRoute, OutboxRoutes, Store};
+use crate::store::{Outbox, OutboxRoute, OutboxRoutes};
 use crate::telemetry;
 
 /// Most deliveries one round claims.
@@ -143,7 +144,7 @@ pub enum PlatformConfig {
 
 /// What one attempt did to one event.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Taken (or already there: platforms that de-duplicate say so).
     Delivered { status: Option<u16>, note: Option<String> },
     /// Worth trying again; `after` when the platform says when.
@@ -161,7 +162,7 @@ impl Outcome {
 
 /// A platform's encoder and sender.
 #[async_trait]
-pub trait Platform: Send + Sync {
+pub(crate) trait Platform: Send + Sync {
     /// Most events one request may carry.
     fn batch_limit(&self) -> usize;
 
@@ -183,7 +184,7 @@ pub trait Platform: Send + Sync {
 }
 
 /// What encoders need beside the event.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// Base URL of the tracking links (`server.public_url`).
     pub public_url: &'a str,
     pub destination: &'a Destination,
@@ -191,40 +192,40 @@ pub struct Context<'a> {
 
 impl Context<'_> {
     /// The tracking link the click went through.
-    pub fn link_url(&self, subject: &Subject) -> String {
+    pub(crate) fn link_url(&self, subject: &Subject) -> String {
         format!("{}/go/{}", self.public_url, subject.click().link)
     }
 }
 
 /// Lower-case hex SHA-256, as the platforms want identifiers hashed.
-pub fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Money as a JSON number with its exact decimal digits (`7.00` stays `7.00`).
-pub fn money_number(money: Money) -> Value {
+pub(crate) fn money_number(money: Money) -> Value {
     money.to_string().parse::<serde_json::Number>().map_or(Value::Null, Value::Number)
 }
 
 /// The click's value of one ad click id (`fbclid`, `gclid`…).
-pub fn ad_click_id<'a>(subject: &'a Subject, name: &str) -> Option<&'a str> {
+pub(crate) fn ad_click_id<'a>(subject: &'a Subject, name: &str) -> Option<&'a str> {
     subject.click().ad_click_ids.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// `text` cut to [`ERROR_TEXT_MAX`] bytes on a character boundary.
-pub fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     crate::text::clip(text, ERROR_TEXT_MAX).to_owned()
 }
 
 /// Outcome of a request that got no answer, or an answer no platform rule covers.
-pub fn transport_failure(e: &reqwest::Error) -> Outcome {
+pub(crate) fn transport_failure(e: &reqwest::Error) -> Outcome {
     let what = if e.is_timeout() { "timed out" } else { "failed" };
     Outcome::Retry { status: None, error: format!("request {what}: {e}"), after: None }
 }
 
 /// The generic reading of an HTTP status: 2xx taken, 408/429/5xx worth a retry, other
 /// 4xx refused. `Retry-After` (seconds) is honoured.
-pub fn by_status(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &str) -> Outcome {
+pub(crate) fn by_status(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &str) -> Outcome {
     let code = Some(status.as_u16());
     if status.is_success() {
         Outcome::Delivered { status: code, note: None }
@@ -237,7 +238,7 @@ pub fn by_status(status: reqwest::StatusCode, retry_after: Option<Duration>, bod
 
 /// The `Retry-After` header in seconds, if present.
 /// A platform's answer to one request.
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: reqwest::StatusCode,
     /// `Retry-After`, when given in seconds.
     pub after: Option<Duration>,
@@ -245,7 +246,7 @@ pub struct Answer {
 }
 
 /// Sends `request`: the platform's answer, or the outcome of getting none.
-pub async fn answer(request: reqwest::RequestBuilder) -> Result<Answer, Outcome> {
+pub(crate) async fn answer(request: reqwest::RequestBuilder) -> Result<Answer, Outcome> {
     let res = request.send().await.map_err(|e| transport_failure(&e))?;
     let status = res.status();
     let after = retry_after(&res);
@@ -286,8 +287,8 @@ impl Sender {
 
 /// The background delivery worker: one loop per enabled destination, so that a slow or
 /// failing platform holds up only its own deliveries.
-pub struct Forwarder {
-    store: Arc<dyn Store>,
+pub(crate) struct Forwarder {
+    store: Arc<dyn Outbox>,
     http: reqwest::Client,
     /// This process's lease token.
     owner: String,
@@ -297,7 +298,7 @@ pub struct Forwarder {
 }
 
 /// A running [`Forwarder`]; [`ForwarderHandle::stop`] ends it.
-pub struct ForwarderHandle {
+pub(crate) struct ForwarderHandle {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -305,7 +306,7 @@ pub struct ForwarderHandle {
 impl ForwarderHandle {
     /// Stops the worker. A request in flight is abandoned: its delivery stays pending and
     /// is sent again (with the same event id) after a restart or when its lease ends.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
     }
@@ -313,7 +314,7 @@ impl ForwarderHandle {
 
 impl Forwarder {
     /// Starts the worker when some destination is enabled.
-    pub fn spawn(store: Arc<dyn Store>, config: &ForwardConfig, public_url: &str) -> Option<ForwarderHandle> {
+    pub(crate) fn spawn(store: Arc<dyn Outbox>, config: &ForwardConfig, public_url: &str) -> Option<ForwarderHandle> {
         let enabled: Vec<&Destination> = config.destinations.iter().filter(|d| d.enabled).collect();
         if enabled.is_empty() {
             return None;

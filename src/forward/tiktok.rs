@@ -30,13 +30,13 @@ pub struct TikTokConfig {
     pub test_event_code: Option<String>,
 }
 
-pub struct TikTok {
+pub(crate) struct TikTok {
     config: TikTokConfig,
     url: String,
 }
 
 impl TikTok {
-    pub fn new(config: TikTokConfig) -> TikTok {
+    pub(crate) fn new(config: TikTokConfig) -> TikTok {
         let url = format!("{}/open_api/v1.3/event/track/", config.api_url.trim_end_matches('/'));
         TikTok { config, url }
     }

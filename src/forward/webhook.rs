@@ -18,8 +18,8 @@ use crate::config::Secret;
 use crate::model::Subject;
 use crate::reports::rfc3339;
 
-pub const TIMESTAMP_HEADER: &str = "x-cakelink-timestamp";
-pub const SIGNATURE_HEADER: &str = "x-cakelink-signature";
+pub(crate) const TIMESTAMP_HEADER: &str = "x-cakelink-timestamp";
+pub(crate) const SIGNATURE_HEADER: &str = "x-cakelink-signature";
 
 /// A webhook destination's settings.
 #[derive(Clone, Debug)]
@@ -28,18 +28,18 @@ pub struct WebhookConfig {
     pub secret: Secret,
 }
 
-pub struct Webhook {
+pub(crate) struct Webhook {
     config: WebhookConfig,
 }
 
 impl Webhook {
-    pub fn new(config: WebhookConfig) -> Webhook {
+    pub(crate) fn new(config: WebhookConfig) -> Webhook {
         Webhook { config }
     }
 }
 
 /// `v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
-pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
+pub(crate) fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
     // HMAC takes a key of any length, so the error arm is never taken.
     let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) else {
         return String::new();

@@ -9,18 +9,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::{error, json, method_not_allowed, path_segment, secret_matches, text, Body};
-use crate::app::AppState;
+use crate::clock::now_ms;
 use crate::links::validate_link;
-use crate::model::{Click, Conversion, Delivery, DeliveryStatus, Event, Link, LinkSource, LinkStatus};
+use crate::model::{Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, Link, LinkSource, LinkStatus};
 use crate::postback::valid_percent_encoding;
 use crate::reports::{self, rfc3339, Group, Period};
+use crate::state::AppState;
+use crate::store::ClickStore;
 use crate::store::Requeue;
 
 /// Most events one `/api/events` call returns.
 const MAX_EVENTS: usize = 1000;
 
 /// Serves `/api/...`.
-pub async fn api(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn api(state: &AppState, req: Request<Incoming>) -> Response<Body> {
     if !authorized(state, &req) {
         let mut res = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         res.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -92,7 +94,7 @@ struct Links<'a> {
 }
 
 async fn list_links(state: &AppState) -> Response<Body> {
-    let stored = match state.store.links().await {
+    let stored = match state.store.links().links().await {
         Ok(l) => l,
         Err(e) => return store_error(e),
     };
@@ -105,7 +107,7 @@ async fn get_link(state: &AppState, network: &str, slug: &str) -> Response<Body>
     if let Some(l) = state.links.config_links().find(|l| l.network == network && l.slug == slug) {
         return json(StatusCode::OK, l);
     }
-    match state.store.link(network, slug).await {
+    match state.store.links().link(network, slug).await {
         Ok(Some(link)) => json(StatusCode::OK, &link),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such link"),
         Err(e) => store_error(e),
@@ -168,7 +170,7 @@ async fn create_link(state: &AppState, body: LinkBody, path: Option<(String, Str
         let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         return error(StatusCode::BAD_REQUEST, &text.join("; "));
     }
-    let existed = match state.store.link(&link.network, &link.slug).await {
+    let existed = match state.store.links().link(&link.network, &link.slug).await {
         Ok(found) => found.is_some(),
         Err(e) => return store_error(e),
     };
@@ -178,7 +180,7 @@ async fn create_link(state: &AppState, body: LinkBody, path: Option<(String, Str
             "a link with this network and slug exists; PUT /api/links/{network}/{slug} replaces it",
         );
     }
-    if let Err(e) = state.store.put_link(&link).await {
+    if let Err(e) = state.store.links().put_link(&link).await {
         return store_error(e);
     }
     state.links.invalidate(&link.network, &link.slug);
@@ -189,7 +191,7 @@ async fn delete_link(state: &AppState, network: &str, slug: &str) -> Response<Bo
     if state.links.is_config_link(network, slug) {
         return error(StatusCode::CONFLICT, "this link is defined in the config file and is read-only here");
     }
-    match state.store.delete_link(network, slug).await {
+    match state.store.links().delete_link(network, slug).await {
         Ok(true) => {
             state.links.invalidate(network, slug);
             let mut res = text(StatusCode::NO_CONTENT, "");
@@ -228,7 +230,7 @@ async fn stats(state: &AppState, query: &HashMap<String, String>) -> Response<Bo
         Some(other) => return error(StatusCode::BAD_REQUEST, &format!("group={other:?}: use link or day")),
     };
     let (from, to) = period.hours();
-    match state.store.counters(from, to).await {
+    match state.store.conversions().counters(from, to).await {
         Ok(hours) => json(StatusCode::OK, &Rows { rows: reports::aggregate(&period, group, &hours) }),
         Err(e) => store_error(e),
     }
@@ -296,7 +298,7 @@ async fn conversions(state: &AppState, query: &HashMap<String, String>) -> Respo
         Err(res) => return res,
     };
     let (from, to) = period.millis();
-    let list = match state.store.conversions(from, to).await {
+    let list = match state.store.conversions().conversions(from, to).await {
         Ok(l) => l,
         Err(e) => return store_error(e),
     };
@@ -403,12 +405,12 @@ impl<'a> ClickView<'a> {
 }
 
 async fn click(state: &AppState, id: &str) -> Response<Body> {
-    let now = (state.now_ms() / 1000) as u64;
+    let now = (now_ms() / 1000) as u64;
     let id = match state.keyring.verify(id, now) {
         Ok(id) => id,
         Err(e) => return error(StatusCode::NOT_FOUND, e.reason()),
     };
-    match state.store.find_click(id.as_str()).await {
+    match state.store.clicks().find_click(id.as_str()).await {
         Ok(Some(c)) => json(StatusCode::OK, &ClickView::new(&c)),
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown_click_id"),
         Err(e) => store_error(e),
@@ -498,14 +500,14 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
             return error(StatusCode::BAD_REQUEST, &format!("destination={name:?} is not a configured destination"));
         }
     }
-    match state.store.deliveries(status, destination, limit).await {
+    match state.store.outbox().deliveries(status, destination, limit).await {
         Ok(list) => json(StatusCode::OK, &Deliveries { deliveries: list.iter().map(DeliveryView::new).collect() }),
         Err(e) => store_error(e),
     }
 }
 
 async fn requeue(state: &AppState, id: &str) -> Response<Body> {
-    match state.store.requeue_delivery(id, state.now_ms()).await {
+    match state.store.outbox().requeue_delivery(id, now_ms()).await {
         Ok(Requeue::Done(d)) => json(StatusCode::OK, &DeliveryView::new(&d)),
         Ok(Requeue::NotFound) => error(StatusCode::NOT_FOUND, "no such delivery"),
         Ok(Requeue::NotDeadLettered(s)) => error(
@@ -522,16 +524,17 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response<B
         Some(Ok(n)) if (1..=MAX_EVENTS).contains(&n) => n,
         Some(_) => return error(StatusCode::BAD_REQUEST, &format!("limit must be a number from 1 to {MAX_EVENTS}")),
     };
-    let status = query.get("status").map(String::as_str);
-    if let Some(s) = status {
-        if !["ok", "duplicate", "no_match", "rejected", "queued"].contains(&s) {
+    let status = match query.get("status").map(|s| (s, EventStatus::parse(s))) {
+        None => None,
+        Some((_, Some(status))) => Some(status),
+        Some((s, None)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 &format!("status={s:?}: use ok, duplicate, no_match, rejected or queued"),
-            );
+            )
         }
-    }
-    let list = match state.store.events(status, limit).await {
+    };
+    let list = match state.store.events().events(status, limit).await {
         Ok(list) => list,
         Err(e) => return store_error(e),
     };
@@ -539,7 +542,7 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response<B
     for e in &list {
         let found = match (&e.click_id, &e.conversion_id) {
             (Some(click), Some(conversion)) if !state.config.forward.destinations.is_empty() => {
-                match state.store.deliveries_of(click, conversion).await {
+                match state.store.outbox().deliveries_of(click, conversion).await {
                     Ok(found) => found,
                     Err(err) => return store_error(err),
                 }
@@ -557,7 +560,7 @@ fn event_view<'a>(e: &'a Event, deliveries: &'a [Delivery]) -> EventView<'a> {
         deliveries: deliveries.iter().map(DeliveryView::new).collect(),
         received_at: rfc3339(e.received_at),
         network: &e.network,
-        status: &e.status,
+        status: e.status.as_str(),
         reason: &e.reason,
         click_id: e.click_id.as_deref(),
         conversion_id: e.conversion_id.as_deref(),

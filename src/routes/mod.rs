@@ -8,10 +8,10 @@
 //! Every answer that is not a redirect is built by [`json`] or [`text`]; internal error
 //! text goes to the log, never to the client.
 
-pub mod api;
-pub mod ops;
-pub mod postback;
-pub mod redirect;
+pub(crate) mod api;
+pub(crate) mod ops;
+pub(crate) mod postback;
+pub(crate) mod redirect;
 
 use std::net::SocketAddr;
 
@@ -22,12 +22,12 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Routes one request. Never fails: every problem is an HTTP answer.
-pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let limits = &state.config.server;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_target_bytes {
@@ -58,7 +58,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
 }
 
 /// A JSON answer.
-pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut res = Response::new(Full::new(Bytes::from(bytes)));
     *res.status_mut() = status;
@@ -67,7 +67,7 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
 }
 
 /// A plain-text answer.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
     res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -80,12 +80,12 @@ struct ErrorBody<'a> {
 }
 
 /// A JSON error: `{"error": reason}`.
-pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, reason: &str) -> Response<Body> {
     json(status, &ErrorBody { error: reason })
 }
 
 /// `405` naming the methods the route takes.
-pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut res = error(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
     res.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
     res
@@ -93,7 +93,7 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
 
 /// Percent-decodes one path segment, refusing bad escapes, invalid UTF-8 and control
 /// characters (NUL, CR, LF) that have no business in a slug or key.
-pub fn path_segment(raw: &str) -> Result<String, String> {
+pub(crate) fn path_segment(raw: &str) -> Result<String, String> {
     if !crate::postback::valid_percent_encoding(raw) {
         return Err(format!("invalid percent-encoding in path segment {:?}", truncate(raw)));
     }
@@ -112,7 +112,7 @@ fn truncate(s: &str) -> String {
 
 /// Bearer-token and key comparison in constant time. Both sides are hashed first, so
 /// that not even the secret's length shows in the timing.
-pub fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
     let (given, expected) = (blake3::hash(given), blake3::hash(expected));
     subtle::ConstantTimeEq::ct_eq(&given.as_bytes()[..], &expected.as_bytes()[..]).into()
 }

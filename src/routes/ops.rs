@@ -6,7 +6,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::{error, json, method_not_allowed, text, Body};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::spool::SpoolStatus;
 use crate::telemetry;
 
@@ -15,7 +15,7 @@ fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
 }
 
 /// `200` while the process serves.
-pub fn healthz(req: &Request<Incoming>) -> Response<Body> {
+pub(crate) fn healthz(req: &Request<Incoming>) -> Response<Body> {
     only_get(req).unwrap_or_else(|| text(StatusCode::OK, "ok\n"))
 }
 
@@ -30,34 +30,37 @@ struct Readiness {
 /// `200` while redirects can be served and their clicks kept: the store answers, or the
 /// outage spool has room (`503` once it is full). The body says the store's state and
 /// how full the spool is.
-pub async fn readyz(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+pub(crate) async fn readyz(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
     if let Some(r) = only_get(req) {
         return r;
     }
     let up = store_up(state).await;
-    let spool = state.spool.status();
+    let spool = state.store.spool().status();
     let (http, status) = match (up, spool.active, spool.full) {
         (_, true, true) => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
         (true, false, _) => (StatusCode::OK, "ready"),
         (true, true, _) => (StatusCode::OK, "replaying_spool"),
         (false, _, _) => (StatusCode::OK, "store_down_spooling"),
     };
-    json(http, &Readiness { status, store: state.store.backend(), store_up: up, spool })
+    json(http, &Readiness { status, store: state.store.health().backend(), store_up: up, spool })
 }
 
 async fn store_up(state: &AppState) -> bool {
     // While spooling, the spool's probe knows whether the store is back: a store that is
     // down must not make a load balancer or Prometheus wait for a ping to time out.
-    let up = match state.spool.probed_store_up() {
+    let up = match state.store.spool().probed_store_up() {
         Some(up) => up,
-        None => matches!(tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await, Ok(Ok(()))),
+        None => matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), state.store.health().ping()).await,
+            Ok(Ok(()))
+        ),
     };
-    metrics::gauge!(telemetry::STORE_UP, "backend" => state.store.backend()).set(if up { 1.0 } else { 0.0 });
+    metrics::gauge!(telemetry::STORE_UP, "backend" => state.store.health().backend()).set(if up { 1.0 } else { 0.0 });
     up
 }
 
 /// Prometheus text exposition.
-pub async fn metrics(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+pub(crate) async fn metrics(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
     if let Some(r) = only_get(req) {
         return r;
     }

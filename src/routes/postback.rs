@@ -15,8 +15,10 @@ use serde::Serialize;
 
 use super::{json, method_not_allowed, path_segment, secret_matches, Body};
 use crate::access;
-use crate::app::AppState;
-use crate::postback::{self, Answer, Context, Fields, Status};
+use crate::clock::now_ms;
+use crate::model::EventStatus;
+use crate::postback::{self, Answer, Context, Fields};
+use crate::state::AppState;
 use crate::telemetry;
 
 #[derive(Serialize)]
@@ -40,7 +42,7 @@ fn respond(answer: &Answer) -> Response<Body> {
 }
 
 /// Handles one postback.
-pub async fn postback(
+pub(crate) async fn postback(
     state: &AppState,
     req: Request<Incoming>,
     network: &str,
@@ -50,7 +52,7 @@ pub async fn postback(
     if req.method() != Method::GET && req.method() != Method::POST {
         return method_not_allowed("GET, POST");
     }
-    let now = state.now_ms();
+    let now = now_ms();
     let network_name = match path_segment(network) {
         Ok(n) => n,
         Err(e) => return respond(&Answer::rejected(400, e)),
@@ -85,9 +87,17 @@ pub async fn postback(
             return respond(&answer);
         }
     };
-    let ctx = Context { store: &state.store, links: &state.links, keyring: &state.keyring, spool: Some(&state.spool) };
+    let store = &state.store;
+    let ctx = Context {
+        clicks: store.clicks(),
+        conversions: store.conversions(),
+        events: store.events(),
+        links: &state.links,
+        keyring: &state.keyring,
+        spool: Some(store.spool()),
+    };
     let answer = postback::process(&ctx, network, &fields, now).await;
-    if answer.status == Status::Queued {
+    if answer.status == EventStatus::Queued {
         // Logged when it is resolved, with its `queued` entry first: logging it now
         // would put that entry after the spooled records it must precede.
         tracing::info!(network = %network.name, "postback queued while the store is down");
@@ -137,7 +147,7 @@ async fn read_fields(
 
 async fn log(state: &AppState, answer: &Answer, network: &str, fields: &Fields, now: i64) {
     let event = answer.to_event(network, fields, now);
-    if let Err(e) = state.store.log_event(&event).await {
+    if let Err(e) = state.store.events().log_event(&event).await {
         tracing::error!(error = %e, status = answer.status.as_str(), "postback could not be written to the event log");
     }
     tracing::info!(network, status = answer.status.as_str(), reason = %answer.reason, "postback");

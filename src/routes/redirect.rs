@@ -8,16 +8,18 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::{error, method_not_allowed, path_segment, text, Body};
-use crate::app::AppState;
 use crate::bots::{self, RequestTraits};
+use crate::clock::now_ms;
 use crate::model::{Click, LinkStatus};
+use crate::state::AppState;
+use crate::store::ClickOrigin;
 use crate::telemetry;
 use crate::text::clip;
 
@@ -32,7 +34,7 @@ const AD_CLICK_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid"
 const MAX_KEPT_HEADER: usize = 1024;
 
 /// Redirects a visitor to the link's offer and records the click.
-pub async fn redirect(
+pub(crate) async fn redirect(
     state: &AppState,
     req: &Request<Incoming>,
     network: &str,
@@ -84,7 +86,7 @@ pub async fn redirect(
     });
 
     // 3. A fresh click id.
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now_ms = now_ms();
     let click_id = state.keyring.mint((now_ms / 1000) as u64);
 
     // 4. What the visitor's query carries: UTM, ad click ids, sub-ids to pass through.
@@ -136,7 +138,7 @@ pub async fn redirect(
         subids,
     };
     let hot = &state.hot;
-    match state.spool.record_or_spool_click(&click, true).await {
+    match state.store.clicks().record_or_spool_click(&click, ClickOrigin::Minted).await {
         Ok(()) if click.is_bot() => hot.bot_hits.increment(1),
         Ok(()) => hot.clicks.increment(1),
         Err(e) => {

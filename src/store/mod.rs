@@ -1,4 +1,11 @@
-//! Storage: one trait, spoken in the domain's words, and a backend per file.
+//! Storage: small capabilities, spoken in the domain's words, over one schema.
+//!
+//! Each caller holds only the capability it uses: the redirect a [`ClickStore`] (through
+//! the spool), the postback clicks, conversions and the [`EventLog`], the link catalog a
+//! [`LinkStore`], the forwarding worker the [`Outbox`], `/readyz` the [`Health`]. A
+//! backend implements them all, which makes it a [`Store`]. What a write does (its
+//! record, interned values, counter increments and deliveries) is decided once, in
+//! [`schema`], so the backends keep only their I/O.
 //!
 //! - [`embedded`]: fjall in one directory, the default; no server to run.
 //! - [`redis`]: one Redis or a Redis Cluster, shared by several cakelink processes.
@@ -17,8 +24,9 @@
 //! processes sharing one Redis deliver each entry once and take over a dead one's entries.
 
 pub mod embedded;
-pub mod record;
+mod record;
 pub mod redis;
+mod schema;
 pub mod spool;
 
 use std::sync::Arc;
@@ -26,62 +34,120 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use schema::{OutboxRoute, OutboxRoutes};
+use spool::SpooledStore;
+
 use crate::model::{
-    Click, Conversion, Delivery, DeliveryStatus, Event, HourCounters, Link, Recorded, Subject, UnixHour, UnixMillis,
+    Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, UnixHour, UnixMillis,
 };
 
 /// A store failure. The cause is for the log; clients only learn that the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    #[error("stored record is corrupt: {0}")]
-    Corrupt(String),
+    /// The backend did not answer or refused the write; the source says why.
+    #[error("store unavailable: {what}")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// A stored record did not decode: retrying cannot mend it.
+    #[error("stored record is corrupt: {what}")]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The store is down and the outage spool has no room left for the write.
+    #[error("the store is down and the outage spool is full")]
+    SpoolFull,
     #[error("store is shutting down")]
     Closed,
 }
 
+/// Any error a backend's driver reports, kept as the source of a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// The store could not do `what`, because of `source`.
+    pub fn unavailable(what: &'static str, source: impl Into<BoxError>) -> StoreError {
+        StoreError::Unavailable { what, source: source.into() }
+    }
+
+    /// A record (`what`) that does not decode.
+    pub fn corrupt(what: impl Into<String>) -> StoreError {
+        StoreError::Corrupt { what: what.into(), source: None }
+    }
+
+    /// Whether waiting can mend it (the store is down or busy), unlike a corrupt record.
+    pub fn is_outage(&self) -> bool {
+        !matches!(self, StoreError::Corrupt { .. })
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// What every backend keeps and answers.
+/// Where a click's id came from, which tells a backend whether the click can be stored
+/// already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClickOrigin {
+    /// Minted for this very request: with 96 random bits it cannot be stored yet, so the
+    /// backend need not look.
+    Minted,
+    /// Seen before, or possibly (a replay of the outage spool, an import): the backend
+    /// records it only if it is not there yet.
+    Replayed,
+}
+
+/// Clicks: what the redirect writes and the postback reads.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait ClickStore: Send + Sync + 'static {
     /// Stores a click and counts it (as a click or a bot hit) in its hour. Once this
     /// returns `Ok`, the click survives a crash of the process. Recording the same click
     /// id again changes nothing.
-    async fn record_click(&self, click: &Click) -> StoreResult<()>;
-
-    /// [`Store::record_click`] for a click whose id was minted for this very request: with
-    /// 96 random bits in it, it cannot be stored already, so a backend may skip looking.
-    async fn record_new_click(&self, click: &Click) -> StoreResult<()> {
-        self.record_click(click).await
-    }
+    async fn record_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()>;
 
     /// The stored click, or `None` when it is unknown or has expired.
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>>;
+}
 
+/// Conversions, and the figures reports read.
+#[async_trait]
+pub trait ConversionStore: Send + Sync + 'static {
     /// Stores a conversion and counts it, unless a conversion with the same id exists.
     async fn record_conversion(&self, conversion: &Conversion) -> StoreResult<Recorded>;
-
-    /// Appends to the capped event log (oldest entries dropped first).
-    async fn log_event(&self, event: &Event) -> StoreResult<()>;
-
-    /// Newest first, optionally only those with `status`, at most `limit`.
-    async fn events(&self, status: Option<&str>, limit: usize) -> StoreResult<Vec<Event>>;
 
     /// Counters of every link for the hours `from..=to`.
     async fn counters(&self, from: UnixHour, to: UnixHour) -> StoreResult<Vec<HourCounters>>;
 
     /// Conversions recorded in `from..to` (milliseconds), oldest first.
     async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>>;
+}
 
-    /// Links created through the API (config links live in the config).
+/// The capped log of every postback.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends to the capped event log (oldest entries dropped first).
+    async fn log_event(&self, event: &Event) -> StoreResult<()>;
+
+    /// Newest first, optionally only those with `status`, at most `limit`.
+    async fn events(&self, status: Option<EventStatus>, limit: usize) -> StoreResult<Vec<Event>>;
+}
+
+/// Links created through the API (config links live in the config).
+#[async_trait]
+pub trait LinkStore: Send + Sync + 'static {
     async fn links(&self) -> StoreResult<Vec<Link>>;
     async fn link(&self, network: &str, slug: &str) -> StoreResult<Option<Link>>;
     async fn put_link(&self, link: &Link) -> StoreResult<()>;
     /// Whether a link was there to delete.
     async fn delete_link(&self, network: &str, slug: &str) -> StoreResult<bool>;
+}
 
+/// The forwarding outbox: deliveries are enqueued by the writes that record conversions
+/// (and forwarded clicks); the worker claims, attempts and settles them.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
     /// Up to `limit` pending deliveries to `destination` due at `now`, leased to `owner`
     /// until `now + lease`: no other claim returns them before the lease ends or `owner`
     /// settles them. Each destination has its own queue, so a slow one holds up no other.
@@ -117,7 +183,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pending deliveries of the configured destinations, leased ones included.
     async fn outbox_depth(&self) -> StoreResult<u64>;
+}
 
+/// Health and housekeeping.
+#[async_trait]
+pub trait Health: Send + Sync + 'static {
     /// Answers when the store can take writes.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -134,6 +204,13 @@ pub trait Store: Send + Sync + 'static {
     /// Short name for `/readyz` and `/metrics`.
     fn backend(&self) -> &'static str;
 }
+
+/// A whole backend: every capability. Only the code that opens a store, the outage
+/// spool's replay and the store tests hold one; everything else holds the capability it
+/// uses.
+pub trait Store: ClickStore + ConversionStore + EventLog + LinkStore + Outbox + Health {}
+
+impl<T: ClickStore + ConversionStore + EventLog + LinkStore + Outbox + Health> Store for T {}
 
 /// How long stored clicks keep their IP address and user agent: long enough for every
 /// conversion API (Meta takes events up to 7 days old), no longer.
@@ -162,98 +239,59 @@ pub enum Requeue {
     NotDeadLettered(DeliveryStatus),
 }
 
-/// One destination as the outbox sees it: which events it takes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxRoute {
-    pub destination: String,
-    /// Conversion events it takes; `None` for all of them.
-    pub events: Option<Vec<String>>,
-    /// Whether it takes people's clicks (as `ViewContent`).
-    pub clicks: bool,
-    /// Ad click ids of which the click must carry one (Google needs a gclid, gbraid or
-    /// wbraid); empty when any click will do.
-    pub requires_any: Vec<String>,
-}
-
-impl OutboxRoute {
-    fn takes(&self, click: &Click) -> bool {
-        self.requires_any.is_empty() || click.ad_click_ids.iter().any(|(k, _)| self.requires_any.contains(k))
-    }
-}
-
-/// The enabled destinations, in config order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OutboxRoutes {
-    routes: Vec<OutboxRoute>,
-    wants_clicks: bool,
-    /// How long settled deliveries are kept; `None` keeps them for ever.
-    keep_settled: Option<Duration>,
-}
-
-impl OutboxRoutes {
-    pub fn new(routes: Vec<OutboxRoute>) -> OutboxRoutes {
-        let wants_clicks = routes.iter().any(|r| r.clicks);
-        OutboxRoutes { routes, wants_clicks, keep_settled: None }
-    }
-
-    /// Drops delivered, failed, expired and dry-run deliveries `keep` after their last
-    /// update.
-    pub fn keep_settled_for(mut self, keep: Duration) -> OutboxRoutes {
-        self.keep_settled = Some(keep);
-        self
-    }
-
-    pub fn keep_settled(&self) -> Option<Duration> {
-        self.keep_settled
-    }
-
-    /// Whether any destination takes clicks; when none does, recording a click does no
-    /// outbox work at all.
-    pub fn wants_clicks(&self) -> bool {
-        self.wants_clicks
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
-    pub fn destinations(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|r| r.destination.as_str())
-    }
-
-    /// The deliveries recording `conversion` enqueues.
-    pub fn for_conversion(&self, conversion: &Conversion, now: UnixMillis) -> Vec<Delivery> {
-        self.routes
-            .iter()
-            .filter(|r| r.events.as_ref().is_none_or(|e| e.contains(&conversion.event)) && r.takes(&conversion.click))
-            .map(|r| Delivery::new(&r.destination, Subject::Conversion(Box::new(conversion.clone())), now))
-            .collect()
-    }
-
-    /// The deliveries recording `click` enqueues: none for a bot.
-    pub fn for_click(&self, click: &Click, now: UnixMillis) -> Vec<Delivery> {
-        if !self.wants_clicks || click.is_bot() {
-            return Vec::new();
-        }
-        self.routes
-            .iter()
-            .filter(|r| r.clicks && r.takes(click))
-            .map(|r| Delivery::new(&r.destination, Subject::Click(Box::new(click.clone())), now))
-            .collect()
-    }
-}
-
-/// Now, in milliseconds since the epoch.
-pub(crate) fn now_ms() -> UnixMillis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Where the data lives, from `[store]`.
 #[derive(Clone, Debug)]
 pub enum Backend {
     Embedded { path: std::path::PathBuf, fsync: Duration },
     Redis { url: String },
     RedisCluster { urls: Vec<String> },
+}
+
+/// The store as the application holds it: the backend behind the outage spool, handed
+/// out one capability at a time. Writes that must survive an outage (clicks, events,
+/// conversions) and health go through the spool; links and the outbox go straight to
+/// the backend, which the spool would only pass them to.
+#[derive(Clone)]
+pub struct Storage {
+    spool: Arc<SpooledStore>,
+    backend: Arc<dyn Store>,
+}
+
+impl Storage {
+    pub fn new(backend: Arc<dyn Store>, spool: Arc<SpooledStore>) -> Storage {
+        Storage { spool, backend }
+    }
+
+    /// Clicks, through the spool (its inherent `record_click` is what the redirect calls,
+    /// awaited in place without a boxed future).
+    pub fn clicks(&self) -> &SpooledStore {
+        &self.spool
+    }
+
+    pub fn conversions(&self) -> &dyn ConversionStore {
+        &*self.spool
+    }
+
+    pub fn events(&self) -> &dyn EventLog {
+        &*self.spool
+    }
+
+    pub fn links(&self) -> Arc<dyn LinkStore> {
+        self.backend.clone()
+    }
+
+    pub fn outbox(&self) -> Arc<dyn Outbox> {
+        self.backend.clone()
+    }
+
+    pub fn health(&self) -> &dyn Health {
+        &*self.spool
+    }
+
+    /// The outage spool itself: its state, queued postbacks, replay and shutdown.
+    pub fn spool(&self) -> &Arc<SpooledStore> {
+        &self.spool
+    }
 }
 
 /// Opens the configured backend.

@@ -27,10 +27,10 @@ use crate::model::Click;
 const VERSION: u8 = 1;
 
 /// Content hash naming an interned value.
-pub type InternKey = [u8; 8];
+pub(super) type InternKey = [u8; 8];
 
 /// A click ready to store: its record and the interned values it refers to.
-pub struct EncodedClick {
+pub(super) struct EncodedClick {
     pub record: Vec<u8>,
     /// (hash, value) of the context and, when the click has one, the user agent.
     pub interns: Vec<(InternKey, Vec<u8>)>,
@@ -115,7 +115,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Encodes `click` (its id is the key, not part of the record).
-pub fn encode(click: &Click) -> EncodedClick {
+pub(super) fn encode(click: &Click) -> EncodedClick {
     let context = encode_context(click);
     let context_key = CONTEXT_KEYS.with(|m| m.get_or(&context, || intern_key(b'c', &context)));
     let mut interns = Vec::with_capacity(2);
@@ -163,7 +163,7 @@ pub fn encode(click: &Click) -> EncodedClick {
 }
 
 /// A decoded record whose interned parts are still to be looked up.
-pub struct ParsedClick {
+pub(super) struct ParsedClick {
     at: i64,
     bot: Option<String>,
     ad_click_ids: Vec<(String, String)>,
@@ -178,7 +178,7 @@ struct Reader<'a> {
 }
 
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("click record: {what}"))
+    StoreError::corrupt(format!("click record: {what}"))
 }
 
 impl<'a> Reader<'a> {
@@ -246,7 +246,7 @@ fn parse_core(r: &mut Reader<'_>) -> StoreResult<Core> {
 }
 
 /// Decodes a record; the context and user agent are then looked up by their keys.
-pub fn parse(bytes: &[u8]) -> StoreResult<ParsedClick> {
+pub(super) fn parse(bytes: &[u8]) -> StoreResult<ParsedClick> {
     let mut r = Reader { bytes, pos: 0 };
     let Core { at, bot, context, ad_click_ids } = parse_core(&mut r)?;
     let (mut ip, mut user_agent) = (None, None);
@@ -277,7 +277,7 @@ pub fn parse(bytes: &[u8]) -> StoreResult<ParsedClick> {
 }
 
 /// The record without its personal part, or `None` when it has none left to drop.
-pub fn strip_personal(bytes: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+pub(super) fn strip_personal(bytes: &[u8]) -> StoreResult<Option<Vec<u8>>> {
     let mut r = Reader { bytes, pos: 0 };
     parse_core(&mut r)?;
     Ok((!r.at_end()).then(|| bytes[..r.pos].to_vec()))
@@ -286,7 +286,7 @@ pub fn strip_personal(bytes: &[u8]) -> StoreResult<Option<Vec<u8>>> {
 impl ParsedClick {
     /// The whole click, given the interned values its keys name. A missing user agent
     /// (interned values outlive their clicks, so only damage loses one) reads as none.
-    pub fn into_click(self, id: String, context: &[u8], user_agent: Option<&[u8]>) -> StoreResult<Click> {
+    pub(super) fn into_click(self, id: String, context: &[u8], user_agent: Option<&[u8]>) -> StoreResult<Click> {
         let (link, referer, utm, subids) = decode_context(context)?;
         Ok(Click {
             id,

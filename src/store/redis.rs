@@ -78,16 +78,19 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use super::record::{self, EncodedClick, InternKey};
-use super::{Requeue, Store, StoreError, StoreLimits, StoreResult};
+use super::schema::{self, decode, encode, ClickPlan, ConversionPlan};
+use super::{
+    ClickOrigin, ClickStore, ConversionStore, EventLog, Health, LinkStore, Outbox, Requeue, StoreError, StoreLimits,
+    StoreResult,
+};
 use crate::clickid::ClickId;
+use crate::clock::{now_ms, now_secs};
 use crate::model::{
-    hour_of, link_key, Click, Conversion, Counters, Delivery, DeliveryStatus, Event, HourCounters, Link, Recorded,
+    link_key, Click, Conversion, Counters, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded,
     UnixHour, UnixMillis,
 };
 
@@ -473,7 +476,7 @@ impl Batcher {
             // A request that gave up (its connection closed) no longer listens.
             let _ = c.reply.send(match &failure {
                 None => Ok(()),
-                Some(e) => Err(StoreError::Unavailable(e.clone())),
+                Some(e) => Err(StoreError::unavailable("Redis refused a batch of clicks", e.clone())),
             });
         }
     }
@@ -556,16 +559,7 @@ enum Recording {
 }
 
 fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing the crate's own plain structs into a Vec cannot fail.
-    postcard::to_stdvec(value).unwrap_or_default()
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    StoreError::unavailable("Redis failed", e)
 }
 
 /// The shard of everything that belongs to `click_id`.
@@ -656,7 +650,7 @@ fn day_of_hour(hour: UnixHour) -> u32 {
 
 /// Splits a counters-hash field back into hour, counter name and link.
 fn parse_counter_field(field: &str) -> StoreResult<(UnixHour, &str, &str)> {
-    let corrupt = || StoreError::Corrupt(format!("counter field {field:?}"));
+    let corrupt = || StoreError::corrupt(format!("counter field {field:?}"));
     let mut parts = field.splitn(3, '|');
     let hour = parts.next().and_then(|h| h.parse().ok()).ok_or_else(corrupt)?;
     let name = parts.next().ok_or_else(corrupt)?;
@@ -666,7 +660,7 @@ fn parse_counter_field(field: &str) -> StoreResult<(UnixHour, &str, &str)> {
 
 /// Splits an event-log entry into its sequence number and event.
 fn parse_event_entry(entry: &[u8]) -> StoreResult<(u64, Event)> {
-    let corrupt = || StoreError::Corrupt("event-log entry without a sequence number".to_owned());
+    let corrupt = || StoreError::corrupt("event-log entry without a sequence number");
     let bar = entry.iter().position(|&b| b == b'|').ok_or_else(corrupt)?;
     let seq = std::str::from_utf8(&entry[..bar]).ok().and_then(|s| s.parse().ok()).ok_or_else(corrupt)?;
     Ok((seq, decode(&entry[bar + 1..])?))
@@ -806,7 +800,7 @@ impl RedisStore {
         }
         let mut out = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let part = joined.map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            let part = joined.map_err(|e| StoreError::unavailable("a per-shard Redis read did not finish", e))??;
             out.extend(part);
         }
         Ok(out)
@@ -826,9 +820,9 @@ struct PersonalSweep {
 impl PersonalSweep {
     async fn drop_personal_data(&self) -> StoreResult<usize> {
         let mut con = self.con.clone();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = now_secs();
         // Buckets whose every click is older than the personal-data lifetime.
-        let Some(last) = (now.saturating_sub(self.limits.personal_ttl.as_secs()) / 3600).checked_sub(1) else {
+        let Some(last) = (schema::personal_cutoff_secs(now, self.limits.personal_ttl) / 3600).checked_sub(1) else {
             return Ok(0);
         };
         let locked: bool = redis::cmd("SET")
@@ -918,9 +912,9 @@ async fn strip_conversions(con: &mut Conn, shard: u8, hour: u64) -> StoreResult<
     let mut pipe = redis::pipe();
     let mut n = 0;
     for (key, value) in keys.iter().zip(values) {
-        let Some(Ok(mut conversion)) = value.map(|v| decode::<Conversion>(&v)) else { continue };
-        if conversion.click.drop_personal_data() {
-            pipe.cmd("SET").arg(key).arg(encode(&conversion)).ignore();
+        // A damaged record is left as it is: reading it reports the damage.
+        if let Some(Ok(Some(stripped))) = value.map(|v| schema::strip_conversion(&v)) {
+            pipe.cmd("SET").arg(key).arg(stripped).ignore();
             n += 1;
         }
     }
@@ -970,21 +964,24 @@ async fn shard_conversions(mut con: Conn, shard: u8, from: i64, to: i64) -> Stor
 }
 
 #[async_trait]
-impl Store for RedisStore {
-    async fn record_click(&self, click: &Click) -> StoreResult<()> {
-        if self.limits.outbox.wants_clicks() && !click.is_bot() {
-            return self.record_forwarded_click(click).await;
+impl ClickStore for RedisStore {
+    /// Redis checks for the click itself (`HSETNX`), so the origin changes nothing here.
+    async fn record_click(&self, click: &Click, _origin: ClickOrigin) -> StoreResult<()> {
+        let plan = ClickPlan::of(click, &self.limits.outbox, now_ms());
+        if !plan.deliveries.is_empty() {
+            return self.record_forwarded_click(plan).await;
         }
-        let hour = hour_of(click.at);
-        let counter = if click.is_bot() { "bot_hits" } else { "clicks" };
         let (reply, answer) = oneshot::channel();
+        // A click moves one counter by one (a click or a bot hit); the batch script adds
+        // one per click to the field it names.
+        let name = plan.counters.fields().into_iter().find(|(_, v)| *v != 0).map_or("clicks", |(name, _)| name);
         let pending = PendingClick {
-            shard: shard(&click.id),
-            id: click.id.clone(),
-            bucket_hour: created_hour(&click.id),
-            counter_day: day_of_hour(hour),
-            counter_field: counter_field(hour, counter, &click.link),
-            encoded: record::encode(click),
+            shard: shard(&plan.id),
+            bucket_hour: created_hour(&plan.id),
+            counter_day: day_of_hour(plan.hour),
+            counter_field: counter_field(plan.hour, name, &plan.link),
+            id: plan.id,
+            encoded: plan.encoded,
             reply,
         };
         self.clicks.send(pending).await.map_err(|_| StoreError::Closed)?;
@@ -1010,14 +1007,18 @@ impl Store for RedisStore {
         let mut values: Vec<Option<Vec<u8>>> = get.query_async(&mut con).await.map_err(unavailable)?;
         let user_agent = if parsed.user_agent.is_some() { values.pop().flatten() } else { None };
         let context =
-            values.pop().flatten().ok_or_else(|| StoreError::Corrupt(format!("context of click {click_id}")))?;
+            values.pop().flatten().ok_or_else(|| StoreError::corrupt(format!("context of click {click_id}")))?;
         parsed.into_click(click_id.to_owned(), &context, user_agent.as_deref()).map(Some)
     }
+}
 
+#[async_trait]
+impl ConversionStore for RedisStore {
     async fn record_conversion(&self, conversion: &Conversion) -> StoreResult<Recorded> {
         let n = shard(&conversion.click.id);
         let at = conversion.at.max(0);
-        let hour = hour_of(at);
+        let plan = ConversionPlan::of(conversion, &self.limits.outbox, now_ms());
+        let hour = plan.hour;
         let day = day_of_hour(hour);
         let mut invocation = self.record_conversion.prepare_invoke();
         invocation
@@ -1025,16 +1026,46 @@ impl Store for RedisStore {
             .key(conversion_times_key(n))
             .key(counters_key(n, day))
             .key(counter_days_key(n));
-        let deliveries = self.limits.outbox.for_conversion(conversion, super::now_ms());
-        add_delivery_args(&mut invocation, n, &deliveries);
+        add_delivery_args(&mut invocation, n, &plan.deliveries);
         invocation.arg(encode(conversion)).arg(at).arg(&conversion.id).arg(day);
-        add_delivery_values(&mut invocation, &deliveries);
-        let delta = Counters::for_conversion(conversion);
-        add_counter_args(&mut invocation, hour, &conversion.click.link, &delta);
+        add_delivery_values(&mut invocation, &plan.deliveries);
+        add_counter_args(&mut invocation, hour, &conversion.click.link, &plan.counters);
         let new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
         Ok(if new == 1 { Recorded::New } else { Recorded::Duplicate })
     }
 
+    async fn counters(&self, from: UnixHour, to: UnixHour) -> StoreResult<Vec<HourCounters>> {
+        if to < from {
+            return Ok(Vec::new());
+        }
+        let fields = self.all_shards(move |con, n| shard_counters(con, n, from, to)).await?;
+        let mut totals: BTreeMap<(UnixHour, String), Counters> = BTreeMap::new();
+        for (field, value) in &fields {
+            let (hour, name, link) = parse_counter_field(field)?;
+            if hour < from || hour > to {
+                continue;
+            }
+            let mut delta = Counters::default();
+            delta.set_field(name, *value);
+            totals.entry((hour, link.to_owned())).or_default().add(&delta);
+        }
+        Ok(totals.into_iter().map(|((hour, link), counters)| HourCounters { hour, link, counters }).collect())
+    }
+
+    async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>> {
+        let (from, to) = (from.max(0), to.max(0));
+        if to <= from {
+            return Ok(Vec::new());
+        }
+        let stored = self.all_shards(move |con, n| shard_conversions(con, n, from, to)).await?;
+        let mut out = stored.iter().map(|bytes| decode::<Conversion>(bytes)).collect::<StoreResult<Vec<_>>>()?;
+        out.sort_by(|a, b| (a.at.max(0), &a.id).cmp(&(b.at.max(0), &b.id)));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl EventLog for RedisStore {
     async fn log_event(&self, event: &Event) -> StoreResult<()> {
         let _: i64 = self
             .log_event
@@ -1048,7 +1079,7 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn events(&self, status: Option<&str>, limit: usize) -> StoreResult<Vec<Event>> {
+    async fn events(&self, status: Option<EventStatus>, limit: usize) -> StoreResult<Vec<Event>> {
         let want = limit.min(self.limits.event_log_max.max(1));
         let mut out = Vec::new();
         if want == 0 {
@@ -1089,36 +1120,10 @@ impl Store for RedisStore {
             start += chunk;
         }
     }
+}
 
-    async fn counters(&self, from: UnixHour, to: UnixHour) -> StoreResult<Vec<HourCounters>> {
-        if to < from {
-            return Ok(Vec::new());
-        }
-        let fields = self.all_shards(move |con, n| shard_counters(con, n, from, to)).await?;
-        let mut totals: BTreeMap<(UnixHour, String), Counters> = BTreeMap::new();
-        for (field, value) in &fields {
-            let (hour, name, link) = parse_counter_field(field)?;
-            if hour < from || hour > to {
-                continue;
-            }
-            let mut delta = Counters::default();
-            delta.set_field(name, *value);
-            totals.entry((hour, link.to_owned())).or_default().add(&delta);
-        }
-        Ok(totals.into_iter().map(|((hour, link), counters)| HourCounters { hour, link, counters }).collect())
-    }
-
-    async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>> {
-        let (from, to) = (from.max(0), to.max(0));
-        if to <= from {
-            return Ok(Vec::new());
-        }
-        let stored = self.all_shards(move |con, n| shard_conversions(con, n, from, to)).await?;
-        let mut out = stored.iter().map(|bytes| decode::<Conversion>(bytes)).collect::<StoreResult<Vec<_>>>()?;
-        out.sort_by(|a, b| (a.at.max(0), &a.id).cmp(&(b.at.max(0), &b.id)));
-        Ok(out)
-    }
-
+#[async_trait]
+impl LinkStore for RedisStore {
     async fn links(&self) -> StoreResult<Vec<Link>> {
         // A BTreeMap orders by `network/slug`, as the embedded store lists them.
         let stored: BTreeMap<String, Vec<u8>> =
@@ -1156,7 +1161,10 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         Ok(removed > 0)
     }
+}
 
+#[async_trait]
+impl Health for RedisStore {
     async fn ping(&self) -> StoreResult<()> {
         let _: String = redis::cmd("PING").query_async(&mut self.con()).await.map_err(unavailable)?;
         Ok(())
@@ -1172,6 +1180,13 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[async_trait]
+impl Outbox for RedisStore {
     async fn claim_deliveries(
         &self,
         owner: &str,
@@ -1258,9 +1273,7 @@ impl Store for RedisStore {
             })
             .await?;
         out.retain(|d| status.is_none_or(|s| s == d.status) && destination.is_none_or(|name| name == d.destination));
-        out.sort_by(|a, b| (b.updated_at, &b.id).cmp(&(a.updated_at, &a.id)));
-        out.truncate(limit);
-        Ok(out)
+        Ok(schema::newest_first(out, limit))
     }
 
     async fn deliveries_of(&self, click_id: &str, event_id: &str) -> StoreResult<Vec<Delivery>> {
@@ -1286,14 +1299,10 @@ impl Store for RedisStore {
             return Ok(Requeue::NotFound);
         };
         let old: Delivery = decode(&old_bytes)?;
-        if !old.status.can_requeue() {
-            return Ok(Requeue::NotDeadLettered(old.status));
-        }
-        let mut d = old.clone();
-        d.status = DeliveryStatus::Pending;
-        d.attempts = 0;
-        d.next_at = now;
-        d.updated_at = now;
+        let d = match schema::requeued(&old, now) {
+            Ok(d) => d,
+            Err(refused) => return Ok(refused),
+        };
         let done: i64 = self
             .requeue_delivery
             .key(delivery_key(n, id))
@@ -1327,22 +1336,16 @@ impl Store for RedisStore {
             .await?;
         Ok(sizes.into_iter().sum())
     }
-
-    fn backend(&self) -> &'static str {
-        "redis"
-    }
 }
 
 impl RedisStore {
     /// Records a person's click together with its deliveries, in one script.
-    async fn record_forwarded_click(&self, click: &Click) -> StoreResult<()> {
-        let n = shard(&click.id);
-        let hour = hour_of(click.at);
+    async fn record_forwarded_click(&self, plan: ClickPlan) -> StoreResult<()> {
+        let ClickPlan { id, hour, link, counters, encoded, deliveries } = plan;
+        let n = shard(&id);
         let day = day_of_hour(hour);
-        let bucket = created_hour(&click.id);
+        let bucket = created_hour(&id);
         let expires = (u64::from(bucket) + 1) * 3600 + self.limits.click_ttl.as_secs();
-        let encoded = record::encode(click);
-        let deliveries = self.limits.outbox.for_click(click, super::now_ms());
         let mut invocation = self.record_forwarded_click.prepare_invoke();
         invocation.key(click_bucket_key(n, bucket)).key(counters_key(n, day)).key(counter_days_key(n));
         add_delivery_args(&mut invocation, n, &deliveries);
@@ -1351,12 +1354,12 @@ impl RedisStore {
         }
         invocation.arg(encoded.record.as_slice()).arg(expires).arg(day);
         add_delivery_values(&mut invocation, &deliveries);
-        invocation.arg(&click.id).arg(encoded.interns.len());
+        invocation.arg(&id).arg(encoded.interns.len());
         let intern_ttl = (self.limits.click_ttl + INTERN_SPARE).as_secs();
         for (_, value) in &encoded.interns {
             invocation.arg(value.as_slice()).arg(intern_ttl);
         }
-        add_counter_args(&mut invocation, hour, &click.link, &Counters::for_click(click));
+        add_counter_args(&mut invocation, hour, &link, &counters);
         let _new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
         Ok(())
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cakelink::clickid::Keyring;
 use cakelink::model::{hour_of, Click};
 use cakelink::store::embedded::EmbeddedStore;
-use cakelink::store::{Store, StoreLimits};
+use cakelink::store::{ClickOrigin, ClickStore, ConversionStore, Health, StoreLimits};
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -433,13 +433,13 @@ async fn embedded_sweep_drops_expired_clicks() {
     let mut ids = Vec::new();
     for age in ages {
         let id = ring.mint(now - age).to_string();
-        store.record_click(&click_at(&id, now - age)).await.expect("record");
+        store.record_click(&click_at(&id, now - age), ClickOrigin::Replayed).await.expect("record");
         assert!(store.find_click(&id).await.expect("read").is_some());
         ids.push(id);
     }
     // A fresh id that sorts last, with a 60 s margin against a slow machine.
     let fresh = ring.mint(now + 60).to_string();
-    store.record_click(&click_at(&fresh, now)).await.expect("record");
+    store.record_click(&click_at(&fresh, now), ClickOrigin::Replayed).await.expect("record");
 
     store.sweep().await.expect("sweep");
 

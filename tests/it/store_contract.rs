@@ -7,13 +7,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cakelink::clickid::Keyring;
 use cakelink::model::{
-    Click, Conversion, Counters, Delivery, DeliveryStatus, Event, HourCounters, Link, LinkSource, LinkStatus, Recorded,
-    Subject, UnixHour, UnixMillis,
+    Click, Conversion, Counters, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, LinkSource,
+    LinkStatus, Recorded, Subject, UnixHour, UnixMillis,
 };
 use cakelink::money::Money;
 use cakelink::store::embedded::EmbeddedStore;
 use cakelink::store::redis::RedisStore;
-use cakelink::store::{OutboxRoute, OutboxRoutes, Requeue, Store, StoreLimits};
+use cakelink::store::{
+    ClickOrigin, ClickStore, ConversionStore, EventLog, Health, LinkStore, Outbox, OutboxRoute, OutboxRoutes, Requeue,
+    Store, StoreLimits,
+};
 
 use crate::redis_server::RedisServer;
 
@@ -98,11 +101,11 @@ fn conversion(click: &Click, event: &str, value: &str, at: UnixMillis, tid: &str
     }
 }
 
-fn event(received_at: UnixMillis, status: &str) -> Event {
+fn event(received_at: UnixMillis, status: EventStatus) -> Event {
     Event {
         received_at,
         network: "cake1".to_owned(),
-        status: status.to_owned(),
+        status,
         reason: format!("reason {received_at}"),
         click_id: Some(new_id()),
         conversion_id: None,
@@ -133,7 +136,7 @@ fn clicks(n: u64) -> Counters {
 
 async fn check_click_round_trip(store: &dyn Store) {
     let c = click("cake1/spring", ms(H) + 1234, None);
-    store.record_click(&c).await.expect("record click");
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
     assert_eq!(store.find_click(&c.id).await.expect("find click"), Some(c));
 
     let mut minimal = click("cake1/spring", ms(H), Some("prefetch"));
@@ -143,7 +146,7 @@ async fn check_click_round_trip(store: &dyn Store) {
     minimal.utm.clear();
     minimal.ad_click_ids.clear();
     minimal.subids.clear();
-    store.record_click(&minimal).await.expect("record click");
+    store.record_click(&minimal, ClickOrigin::Replayed).await.expect("record click");
     assert_eq!(store.find_click(&minimal.id).await.expect("find click"), Some(minimal));
 }
 
@@ -152,8 +155,8 @@ async fn check_personal_data_dropped_after_its_lifetime(store: &dyn Store) {
     let mut old = click("cake1/spring", eight_days_ago as i64 * 1000, None);
     old.id = Keyring::new("s", &[], CLICK_TTL_SECS).mint(eight_days_ago).to_string();
     let recent = click("cake1/spring", ms(H), None);
-    store.record_click(&old).await.expect("record old click");
-    store.record_click(&recent).await.expect("record recent click");
+    store.record_click(&old, ClickOrigin::Replayed).await.expect("record old click");
+    store.record_click(&recent, ClickOrigin::Replayed).await.expect("record recent click");
     // Conversions keep a copy of their click: the old one's goes too, the recent one's stays.
     let old_at = old.at + 60_000;
     let recent_at = (now_secs() as i64 - 60) * 1000;
@@ -182,21 +185,27 @@ async fn check_unknown_click_is_none(store: &dyn Store) {
 
 async fn check_same_click_counts_once(store: &dyn Store) {
     let c = click("cake1/spring", ms(H) + 10, None);
-    store.record_click(&c).await.expect("record click");
-    store.record_click(&c).await.expect("record click again");
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click again");
     // A replay with other details is still the same click.
     let mut replay = c.clone();
     replay.ip = Some("198.51.100.1".to_owned());
-    store.record_click(&replay).await.expect("record replay");
+    store.record_click(&replay, ClickOrigin::Replayed).await.expect("record replay");
 
     assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", clicks(1))]);
     assert_eq!(store.find_click(&c.id).await.expect("find click"), Some(c));
 }
 
 async fn check_bot_clicks_count_as_bot_hits(store: &dyn Store) {
-    store.record_click(&click("cake1/spring", ms(H), Some("facebookexternalhit"))).await.expect("record bot click");
-    store.record_click(&click("cake1/spring", ms(H) + 1, Some("prefetch"))).await.expect("record bot click");
-    store.record_click(&click("cake1/spring", ms(H) + 2, None)).await.expect("record click");
+    store
+        .record_click(&click("cake1/spring", ms(H), Some("facebookexternalhit")), ClickOrigin::Replayed)
+        .await
+        .expect("record bot click");
+    store
+        .record_click(&click("cake1/spring", ms(H) + 1, Some("prefetch")), ClickOrigin::Replayed)
+        .await
+        .expect("record bot click");
+    store.record_click(&click("cake1/spring", ms(H) + 2, None), ClickOrigin::Replayed).await.expect("record click");
     let expected = Counters { clicks: 1, bot_hits: 2, ..Counters::default() };
     assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", expected)]);
 }
@@ -212,7 +221,7 @@ async fn check_counters_by_hour_and_link(store: &dyn Store) {
         ("cake2/a", H + 30, 8),
     ];
     for (l, hour, offset) in records {
-        store.record_click(&click(l, ms(hour) + offset, None)).await.expect("record click");
+        store.record_click(&click(l, ms(hour) + offset, None), ClickOrigin::Replayed).await.expect("record click");
     }
 
     assert_eq!(
@@ -238,7 +247,7 @@ async fn check_counters_by_hour_and_link(store: &dyn Store) {
 
 async fn check_conversion_counts_once(store: &dyn Store) {
     let c = click("cake1/spring", ms(H) + 1, None);
-    store.record_click(&c).await.expect("record click");
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
     let purchase = conversion(&c, "Purchase", "12.345678", ms(H + 1) + 5, "tid-1");
     let lead = conversion(&c, "Lead", "0.000001", ms(H + 1) + 6, "tid-2");
     let other = conversion(&c, "Install", "0", ms(H + 1) + 7, "tid-3");
@@ -299,31 +308,31 @@ async fn check_conversions_range_excludes_to(store: &dyn Store) {
 async fn check_event_log(store: &dyn Store) {
     // The cap is 5: of 8 events only the 5 newest stay.
     for i in 0..8 {
-        let status = if i % 2 == 0 { "accepted" } else { "rejected" };
+        let status = if i % 2 == 0 { EventStatus::Ok } else { EventStatus::Rejected };
         store.log_event(&event(1_000 + i, status)).await.expect("log event");
     }
     let times = |events: Vec<Event>| events.iter().map(|e| e.received_at).collect::<Vec<_>>();
 
     let all = store.events(None, 100).await.expect("events");
-    assert_eq!(all[0], event_like(&all[0], 1_007, "rejected"));
+    assert_eq!(all[0], event_like(&all[0], 1_007, EventStatus::Rejected));
     assert_eq!(times(all), vec![1_007, 1_006, 1_005, 1_004, 1_003]);
     assert_eq!(times(store.events(None, 2).await.expect("events")), vec![1_007, 1_006]);
-    assert_eq!(times(store.events(Some("rejected"), 100).await.expect("events")), vec![1_007, 1_005, 1_003]);
-    assert_eq!(times(store.events(Some("accepted"), 1).await.expect("events")), vec![1_006]);
-    assert_eq!(times(store.events(Some("duplicate"), 100).await.expect("events")), Vec::<i64>::new());
+    assert_eq!(times(store.events(Some(EventStatus::Rejected), 100).await.expect("events")), vec![1_007, 1_005, 1_003]);
+    assert_eq!(times(store.events(Some(EventStatus::Ok), 1).await.expect("events")), vec![1_006]);
+    assert_eq!(times(store.events(Some(EventStatus::Duplicate), 100).await.expect("events")), Vec::<i64>::new());
     assert_eq!(times(store.events(None, 0).await.expect("events")), Vec::<i64>::new());
 
     // And the log keeps rolling.
-    store.log_event(&event(2_000, "accepted")).await.expect("log event");
+    store.log_event(&event(2_000, EventStatus::Ok)).await.expect("log event");
     assert_eq!(times(store.events(None, 100).await.expect("events")), vec![2_000, 1_007, 1_006, 1_005, 1_004]);
 }
 
 /// `stored` must be exactly the event written with these values (all fields survive).
-fn event_like(stored: &Event, received_at: UnixMillis, status: &str) -> Event {
+fn event_like(stored: &Event, received_at: UnixMillis, status: EventStatus) -> Event {
     Event {
         received_at,
         network: "cake1".to_owned(),
-        status: status.to_owned(),
+        status,
         reason: format!("reason {received_at}"),
         click_id: stored.click_id.clone(),
         conversion_id: None,
@@ -388,9 +397,9 @@ async fn claim_all(store: &dyn Store, owner: &str, now: UnixMillis) -> Vec<Deliv
 async fn check_outbox_enqueues_with_the_record(store: &dyn Store) {
     let mut with_gclid = click("cake1/spring", ms(H), None);
     with_gclid.ad_click_ids.push(("gclid".into(), "EAIaIQ-gclid".into()));
-    store.record_click(&with_gclid).await.expect("record click");
+    store.record_click(&with_gclid, ClickOrigin::Replayed).await.expect("record click");
     let bot = click("cake1/spring", ms(H), Some("prefetch"));
-    store.record_click(&bot).await.expect("record bot");
+    store.record_click(&bot, ClickOrigin::Replayed).await.expect("record bot");
     let purchase = conversion(&with_gclid, "Purchase", "7", ms(H) + 5, "t1");
     let lead = conversion(&with_gclid, "Lead", "0", ms(H) + 6, "t2");
     assert_eq!(store.record_conversion(&purchase).await.expect("record"), Recorded::New);
@@ -571,7 +580,7 @@ async fn redis_click_keys_expire_after_the_click_lifetime() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
-    store.record_click(&c).await.expect("record click");
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
 
     let mut con = raw(&server).await;
     // Clicks live in hour buckets: the bucket of the click's creation hour holds it, and
@@ -598,9 +607,9 @@ async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
-    store.record_click(&c).await.expect("record click");
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
     store.record_conversion(&conversion(&c, "Lead", "2", ms(H) + 5, "t")).await.expect("record conversion");
-    store.log_event(&event(1, "accepted")).await.expect("log event");
+    store.log_event(&event(1, EventStatus::Ok)).await.expect("log event");
     store.put_link(&link("cake1", "spring")).await.expect("put link");
 
     let mut con = raw(&server).await;
@@ -620,13 +629,13 @@ async fn redis_interned_values_lost_by_redis_are_written_again() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let first = click("cake1/spring", ms(H), None);
-    store.record_click(&first).await.expect("record click");
+    store.record_click(&first, ClickOrigin::Replayed).await.expect("record click");
 
     // Redis loses everything (a restart without persistence would too); this process
     // still remembers the user agent and context as stored.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw(&server).await).await.expect("FLUSHALL");
     let second = click("cake1/spring", ms(H), None);
-    store.record_click(&second).await.expect("record click");
+    store.record_click(&second, ClickOrigin::Replayed).await.expect("record click");
     assert_eq!(store.find_click(&second.id).await.expect("find click"), Some(second.clone()));
     assert_eq!(store.find_click(&first.id).await.expect("find click"), None);
 }
@@ -636,7 +645,7 @@ async fn redis_store_survives_a_restart_of_redis() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
-    store.record_click(&c).await.expect("record click");
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
 
     server.restart();
 
@@ -656,7 +665,7 @@ async fn redis_store_survives_a_restart_of_redis() {
 
     // The restarted Redis has no scripts cached: EVALSHA must load them again, and the
     // replayed click must still count once.
-    store.record_click(&c).await.expect("record click again");
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click again");
     assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", clicks(1))]);
 }
 

@@ -1,0 +1,38 @@
+//! What every request handler shares.
+//!
+//! Its own module so that the server, the routes and the application that builds it all
+//! depend on it, and none on each other in a circle.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::clickid::Keyring;
+use crate::config::Config;
+use crate::links::LinkCatalog;
+use crate::store::Storage;
+use crate::telemetry;
+
+/// What every request handler shares; cheap to reach through an `Arc`.
+pub(crate) struct AppState {
+    pub config: Config,
+    /// The configured backend behind the outage spool, one capability at a time.
+    pub store: Storage,
+    pub links: LinkCatalog,
+    pub keyring: Keyring,
+    pub metrics: Option<PrometheusHandle>,
+    /// Metric handles of the redirect path.
+    pub hot: telemetry::HotMetrics,
+}
+
+impl AppState {
+    /// Builds the state around an opened store.
+    pub(crate) fn new(config: Config, store: Storage) -> anyhow::Result<AppState> {
+        let networks = Arc::new(config.networks.clone());
+        let links = LinkCatalog::new(&config.links, networks, store.links()).map_err(anyhow::Error::msg)?;
+        let previous: Vec<String> = config.security.previous_secrets.iter().map(|s| s.expose().to_owned()).collect();
+        let keyring = Keyring::new(config.security.secret.expose(), &previous, config.store.click_ttl().as_secs());
+        let metrics = telemetry::metrics();
+        Ok(AppState { config, store, links, keyring, metrics, hot: telemetry::HotMetrics::new() })
+    }
+}

@@ -1,0 +1,490 @@
+//! The embedded store: fjall, an LSM engine in one directory.
+//!
+//! All writes go through one writer thread that drains whatever requests are waiting
+//! and commits them as one batch (group commit): one journal write, flushed to the
+//! operating system's buffers, acknowledges a whole burst of clicks. Once in the OS
+//! buffers a write survives a kill of the process; a background thread fsyncs the
+//! journal every `fsync_ms` for power loss, as Redis's `appendfsync everysec` does.
+//! Because one thread applies every write, "insert unless present" and counter updates
+//! are atomic without locks. Reads go straight to fjall on the blocking pool.
+//!
+//! Keyspaces: `clicks` (id → compact click record, see [`super::record`]; ids sort by
+//! creation time, so expired clicks are a key range), `interns` (content hash → a value
+//! many clicks share), `meta` (how far personal data has been dropped), `conversions`
+//! (time ‖ id → conversion), `conversion_ids` (id → time), `counters` (hour ‖ link →
+//! counters), `events` (sequence → event), `links`,
+//! `deliveries` (delivery id → delivery) and `outbox` (destination ‖ 0 ‖ next attempt
+//! time ‖ delivery id → nothing: each destination's pending deliveries in the order they
+//! fall due), `delivery_status` (status ‖ last update ‖ delivery id → nothing: the
+//! listing by status, and what the sweep drops once settled deliveries are old enough).
+//!
+//! Only one process can open the directory, so the leases of claimed deliveries live in
+//! memory: a restart forgets them, and what was in flight is due again at once.
+
+mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::{self, InternKey};
+use super::schema::{self, decode, ClickPlan};
+use super::{
+    BoxError, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, LinkStore, Outbox, OutboxRoutes, Requeue,
+    StoreError, StoreLimits, StoreResult,
+};
+use crate::clock::{every, now_ms};
+use crate::model::{
+    link_key, Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, UnixHour,
+    UnixMillis,
+};
+use writer::Writer;
+
+/// Most requests one batch takes; bounds the latency one commit adds.
+const MAX_BATCH: usize = 4096;
+/// Requests waiting for the writer before senders wait too (backpressure).
+const QUEUE_DEPTH: usize = 65_536;
+/// Most bytes of journal kept before memtables are written out to make room.
+const JOURNAL_MAX: u64 = 128 * 1024 * 1024;
+/// Memtable size of the clicks keyspace.
+const CLICKS_MEMTABLE: u64 = 16 * 1024 * 1024;
+/// How often expired clicks are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct Tables {
+    db: Database,
+    clicks: Keyspace,
+    conversions: Keyspace,
+    conversion_ids: Keyspace,
+    counters: Keyspace,
+    events: Keyspace,
+    links: Keyspace,
+    interns: Keyspace,
+    meta: Keyspace,
+    deliveries: Keyspace,
+    outbox: Keyspace,
+    delivery_status: Keyspace,
+}
+
+impl Tables {
+    fn open(path: &Path) -> Result<Tables, fjall::Error> {
+        // The journal is kept until every keyspace with writes in it has flushed; bounding
+        // it bounds the disk it takes and the time a restart spends replaying it.
+        let db = Database::builder(path).max_journaling_size(JOURNAL_MAX).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        // Clicks fill their memtable fastest; a smaller one keeps the process's memory
+        // steady (it grows to this size, then is written out) and its skiplist shallow.
+        let clicks = db.keyspace("clicks", || KeyspaceCreateOptions::default().max_memtable_size(CLICKS_MEMTABLE))?;
+        Ok(Tables {
+            clicks,
+            conversions: ks("conversions")?,
+            conversion_ids: ks("conversion_ids")?,
+            counters: ks("counters")?,
+            events: ks("events")?,
+            links: ks("links")?,
+            interns: ks("interns")?,
+            meta: ks("meta")?,
+            deliveries: ks("deliveries")?,
+            outbox: ks("outbox")?,
+            delivery_status: ks("delivery_status")?,
+            db,
+        })
+    }
+}
+
+/// A click on its way to the writer: planned by the caller, which may run on another core.
+struct NewClick {
+    plan: ClickPlan,
+    /// Minted for this request, so certainly not stored yet: no need to look.
+    fresh: bool,
+}
+
+enum Op {
+    Click(Box<NewClick>, oneshot::Sender<StoreResult<()>>),
+    Conversion(Box<Conversion>, oneshot::Sender<StoreResult<Recorded>>),
+    Event(Event, oneshot::Sender<StoreResult<()>>),
+    PutLink(Link, oneshot::Sender<StoreResult<()>>),
+    DeleteLink(String, oneshot::Sender<StoreResult<bool>>),
+    FinishDelivery(Box<Delivery>, oneshot::Sender<StoreResult<bool>>),
+    Requeue(String, UnixMillis, oneshot::Sender<StoreResult<Requeue>>),
+    Sweep,
+    Flush(oneshot::Sender<StoreResult<()>>),
+}
+
+/// The fjall-backed store.
+pub struct EmbeddedStore {
+    tables: Tables,
+    ops: mpsc::Sender<Op>,
+    stop: Arc<AtomicBool>,
+    /// Claimed deliveries: id → (owner, lease end in ms).
+    leases: Mutex<HashMap<String, (String, UnixMillis)>>,
+    /// Which destinations a click is enqueued for (decided by the caller, off the writer).
+    outbox: OutboxRoutes,
+}
+
+fn unavailable(e: impl Into<BoxError>) -> StoreError {
+    StoreError::unavailable("the embedded store failed", e)
+}
+
+/// The outbox key of a pending delivery: its destination, then the due time, so that a
+/// range read finds what is due for one destination.
+fn outbox_key(destination: &str, next_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(destination.len() + 9 + id.len());
+    key.extend_from_slice(destination.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&(next_at.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The status-index key of a delivery: newest last within a status.
+fn status_key(status: DeliveryStatus, updated_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + id.len());
+    key.push(status_byte(status));
+    key.extend_from_slice(&(updated_at.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn status_byte(status: DeliveryStatus) -> u8 {
+    DeliveryStatus::ALL.iter().position(|s| *s == status).unwrap_or(0) as u8
+}
+
+impl EmbeddedStore {
+    /// Opens (creating when missing) the store directory and starts its writer, its
+    /// fsync timer and its expiry sweep.
+    ///
+    /// Must be called within a tokio runtime: the fsync timer and the expiry sweep are
+    /// tasks on it (so tests can drive them with paused time). The writer is a thread of
+    /// its own, see [`Writer`].
+    pub fn open(path: &Path, fsync: Duration, limits: StoreLimits) -> anyhow::Result<EmbeddedStore> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| anyhow::anyhow!("cannot create store directory {}: {e}", path.display()))?;
+        let tables = Tables::open(path).map_err(|e| anyhow::anyhow!("cannot open store at {}: {e}", path.display()))?;
+        let (ops, rx) = mpsc::channel(QUEUE_DEPTH);
+        let stop = Arc::new(AtomicBool::new(false));
+        let outbox = limits.outbox.clone();
+
+        let mut writer = Writer::new(tables.clone(), limits)?;
+        std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx))?;
+
+        let db = tables.db.clone();
+        let stop_sync = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = every(fsync);
+            loop {
+                tick.tick().await;
+                if stop_sync.load(Ordering::Relaxed) {
+                    return;
+                }
+                let db = db.clone();
+                match tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "fsync of the store journal failed"),
+                    Err(e) => tracing::error!(error = %e, "fsync of the store journal did not finish"),
+                }
+            }
+        });
+
+        // A weak sender: once the store is dropped the writer's queue closes, and so
+        // does this task.
+        let sweep = ops.downgrade();
+        tokio::spawn(async move {
+            let mut tick = every(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(ops) = sweep.upgrade() else { return };
+                if ops.send(Op::Sweep).await.is_err() {
+                    return;
+                }
+            }
+        });
+
+        Ok(EmbeddedStore { tables, ops, stop, leases: Mutex::new(HashMap::new()), outbox })
+    }
+
+    async fn submit<T>(&self, op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreResult<T> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(op(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Tables) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let tables = self.tables.clone();
+        tokio::task::spawn_blocking(move || f(&tables)).await.map_err(unavailable)?
+    }
+}
+
+impl NewClick {
+    fn of(click: &Click, origin: ClickOrigin, outbox: &OutboxRoutes) -> NewClick {
+        NewClick { plan: ClickPlan::of(click, outbox, now_ms()), fresh: origin == ClickOrigin::Minted }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl ClickStore for EmbeddedStore {
+    async fn record_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()> {
+        self.submit(|tx| Op::Click(Box::new(NewClick::of(click, origin, &self.outbox)), tx)).await
+    }
+
+    async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
+        let id = click_id.to_owned();
+        self.read(move |t| {
+            let Some(bytes) = t.clicks.get(id.as_bytes()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let parsed = record::parse(&bytes)?;
+            let interned = |key: InternKey| t.interns.get(key).map_err(unavailable);
+            let context = interned(parsed.context)?.ok_or_else(|| StoreError::corrupt("click context"))?;
+            let user_agent = match parsed.user_agent {
+                Some(key) => interned(key)?,
+                None => None,
+            };
+            parsed.into_click(id, &context, user_agent.as_deref()).map(Some)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventLog for EmbeddedStore {
+    async fn log_event(&self, event: &Event) -> StoreResult<()> {
+        self.submit(|tx| Op::Event(event.clone(), tx)).await
+    }
+
+    async fn events(&self, status: Option<EventStatus>, limit: usize) -> StoreResult<Vec<Event>> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for kv in t.events.iter().rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, v) = kv.into_inner().map_err(unavailable)?;
+                let event: Event = decode(&v)?;
+                if status.is_none_or(|s| s == event.status) {
+                    out.push(event);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ConversionStore for EmbeddedStore {
+    async fn record_conversion(&self, conversion: &Conversion) -> StoreResult<Recorded> {
+        self.submit(|tx| Op::Conversion(Box::new(conversion.clone()), tx)).await
+    }
+
+    async fn counters(&self, from: UnixHour, to: UnixHour) -> StoreResult<Vec<HourCounters>> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            let start = from.to_be_bytes();
+            let end = to.saturating_add(1).to_be_bytes();
+            let range = t.counters.range(start.as_slice()..end.as_slice());
+            for kv in range {
+                let (k, v) = kv.into_inner().map_err(unavailable)?;
+                if k.len() < 4 {
+                    continue;
+                }
+                let hour = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+                let link = String::from_utf8_lossy(&k[4..]).into_owned();
+                out.push(HourCounters { hour, link, counters: decode(&v)? });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>> {
+        self.read(move |t| {
+            let start = (from.max(0) as u64).to_be_bytes();
+            let end = (to.max(0) as u64).to_be_bytes();
+            t.conversions
+                .range(start.as_slice()..end.as_slice())
+                .map(|kv| decode(&kv.into_inner().map_err(unavailable)?.1))
+                .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl LinkStore for EmbeddedStore {
+    async fn links(&self) -> StoreResult<Vec<Link>> {
+        self.read(|t| t.links.iter().map(|kv| decode(&kv.into_inner().map_err(unavailable)?.1)).collect()).await
+    }
+
+    async fn link(&self, network: &str, slug: &str) -> StoreResult<Option<Link>> {
+        let key = link_key(network, slug);
+        self.read(move |t| match t.links.get(key.as_bytes()).map_err(unavailable)? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn put_link(&self, link: &Link) -> StoreResult<()> {
+        self.submit(|tx| Op::PutLink(link.clone(), tx)).await
+    }
+
+    async fn delete_link(&self, network: &str, slug: &str) -> StoreResult<bool> {
+        self.submit(|tx| Op::DeleteLink(link_key(network, slug), tx)).await
+    }
+}
+
+#[async_trait]
+impl Health for EmbeddedStore {
+    async fn ping(&self) -> StoreResult<()> {
+        if self.ops.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.read(|t| t.links.first_key_value().map(|_| ()).map_or(Ok(()), Ok)).await
+    }
+
+    async fn sweep(&self) -> StoreResult<()> {
+        self.ops.send(Op::Sweep).await.map_err(|_| StoreError::Closed)?;
+        self.flush().await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.submit(Op::Flush).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+#[async_trait]
+impl Outbox for EmbeddedStore {
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        destination: &str,
+        now: UnixMillis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        // Read a little more than `limit`: some due entries may be leased already.
+        let leased = self.leases.lock().map_or(0, |l| l.len());
+        let want = limit + leased;
+        let start = outbox_key(destination, 0, "");
+        let prefix_len = start.len();
+        let end = outbox_key(destination, now.saturating_add(1), "");
+        let due: Vec<Delivery> = self
+            .read(move |t| {
+                let mut out = Vec::new();
+                for kv in t.outbox.range(start..end).take(want) {
+                    let key = kv.key().map_err(unavailable)?;
+                    let id = &key[prefix_len..];
+                    if let Some(bytes) = t.deliveries.get(id).map_err(unavailable)? {
+                        out.push(decode::<Delivery>(&bytes)?);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        let until = now.saturating_add(lease.as_millis() as i64);
+        let mut leases = self
+            .leases
+            .lock()
+            .map_err(|_| StoreError::unavailable("claiming deliveries", "the lease table is poisoned"))?;
+        let mut claimed = Vec::new();
+        for d in due {
+            if claimed.len() >= limit {
+                break;
+            }
+            if leases.get(&d.id).is_some_and(|(_, end)| *end > now) {
+                continue;
+            }
+            leases.insert(d.id.clone(), (owner.to_owned(), until));
+            claimed.push(d);
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_delivery(&self, owner: &str, delivery: &Delivery) -> StoreResult<bool> {
+        let holds = self.leases.lock().is_ok_and(|l| l.get(&delivery.id).is_some_and(|(o, _)| o == owner));
+        if !holds {
+            return Ok(false);
+        }
+        let done = self.submit(|tx| Op::FinishDelivery(Box::new(delivery.clone()), tx)).await;
+        if let Ok(mut leases) = self.leases.lock() {
+            leases.remove(&delivery.id);
+        }
+        done
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let destination = destination.map(str::to_owned);
+        let statuses: Vec<DeliveryStatus> = status.map_or_else(|| DeliveryStatus::ALL.to_vec(), |s| vec![s]);
+        self.read(move |t| {
+            let mut out = Vec::new();
+            // Newest first within each status; several statuses are merged below.
+            for status in statuses {
+                let mut taken = 0;
+                for kv in t.delivery_status.prefix([status_byte(status)]).rev() {
+                    if taken >= limit {
+                        break;
+                    }
+                    let key = kv.key().map_err(unavailable)?;
+                    let Some(bytes) = t.deliveries.get(&key[9..]).map_err(unavailable)? else { continue };
+                    let d: Delivery = decode(&bytes)?;
+                    if destination.as_deref().is_none_or(|n| n == d.destination) {
+                        out.push(d);
+                        taken += 1;
+                    }
+                }
+            }
+            Ok(schema::newest_first(out, limit))
+        })
+        .await
+    }
+
+    async fn deliveries_of(&self, _click_id: &str, event_id: &str) -> StoreResult<Vec<Delivery>> {
+        let prefix = Delivery::id_for(event_id, "");
+        self.read(move |t| {
+            t.deliveries.prefix(prefix.as_bytes()).map(|kv| decode(&kv.into_inner().map_err(unavailable)?.1)).collect()
+        })
+        .await
+    }
+
+    async fn requeue_delivery(&self, id: &str, now: UnixMillis) -> StoreResult<Requeue> {
+        self.submit(|tx| Op::Requeue(id.to_owned(), now, tx)).await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<u64> {
+        self.read(|t| {
+            let mut n = 0u64;
+            for kv in t.outbox.iter() {
+                kv.key().map_err(unavailable)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+}

@@ -1,0 +1,439 @@
+//! The embedded store's writer: the one thread that applies every write.
+//!
+//! It stays a thread, not a task: fjall's batch commit and its reads for "insert unless
+//! present" block, and a thread that owns them keeps that blocking off the runtime's
+//! workers while draining the queue as fast as requests arrive (group commit).
+
+use std::collections::{HashMap, HashSet};
+
+use fjall::{Keyspace, PersistMode};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{outbox_key, status_key, unavailable, NewClick, Op, Tables, MAX_BATCH};
+use crate::clickid::ClickId;
+use crate::clock::{now_ms, now_secs};
+use crate::model::{Counters, Delivery, DeliveryStatus, Recorded, UnixHour};
+use crate::store::record::{self, InternKey};
+use crate::store::schema::{self, decode, encode, ConversionPlan};
+use crate::store::{Requeue, StoreError, StoreLimits, StoreResult};
+
+/// The one thread that writes.
+pub(super) struct Writer {
+    t: Tables,
+    limits: StoreLimits,
+    /// Sequence number of the newest and the oldest event kept.
+    last_event: u64,
+    first_event: u64,
+    /// Interned values known to be stored, so each is written once, not once per click.
+    /// Cleared when it grows large; rewriting an interned value is harmless.
+    known: HashSet<InternKey, foldhash::fast::FixedState>,
+}
+
+/// Interned keys remembered by the writer before it starts over.
+const KNOWN_INTERNS_MAX: usize = 1 << 20;
+/// `meta` key: creation time (unix seconds) below which clicks have no personal data.
+const PERSONAL_DROPPED_UNTIL: &[u8] = b"personal_dropped_until";
+
+/// Replies owed once a batch is committed.
+enum Reply {
+    Unit(oneshot::Sender<StoreResult<()>>),
+    Recorded(oneshot::Sender<StoreResult<Recorded>>, Recorded),
+    Bool(oneshot::Sender<StoreResult<bool>>, bool),
+    Requeue(oneshot::Sender<StoreResult<Requeue>>, Requeue),
+}
+
+impl Reply {
+    fn send(self, failure: Option<&str>) {
+        let err =
+            || StoreError::unavailable("the embedded store's batch failed", failure.unwrap_or_default().to_owned());
+        // A requester that gave up (its connection closed) no longer listens; that is fine.
+        match self {
+            Reply::Unit(tx) => {
+                let _ = tx.send(failure.map_or(Ok(()), |_| Err(err())));
+            }
+            Reply::Recorded(tx, r) => {
+                let _ = tx.send(failure.map_or(Ok(r), |_| Err(err())));
+            }
+            Reply::Bool(tx, b) => {
+                let _ = tx.send(failure.map_or(Ok(b), |_| Err(err())));
+            }
+            Reply::Requeue(tx, r) => {
+                let _ = tx.send(failure.map_or(Ok(r), |_| Err(err())));
+            }
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn new(t: Tables, limits: StoreLimits) -> anyhow::Result<Writer> {
+        let seq = |kv: Option<fjall::Guard>| -> anyhow::Result<Option<u64>> {
+            Ok(match kv {
+                Some(g) => {
+                    let k = g.key()?;
+                    Some(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])))
+                }
+                None => None,
+            })
+        };
+        let last = seq(t.events.last_key_value())?;
+        let first = seq(t.events.first_key_value())?;
+        Ok(Writer {
+            last_event: last.unwrap_or(0),
+            first_event: first.unwrap_or(1),
+            t,
+            limits,
+            known: HashSet::default(),
+        })
+    }
+
+    pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut ops = Vec::with_capacity(MAX_BATCH);
+        while let Some(op) = rx.blocking_recv() {
+            ops.push(op);
+            while ops.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.apply(&mut ops);
+        }
+        if let Err(e) = self.t.db.persist(PersistMode::SyncAll) {
+            tracing::error!(error = %e, "final fsync of the store failed");
+        }
+    }
+
+    /// Applies a burst of requests as one atomic batch, then answers them all.
+    fn apply(&mut self, ops: &mut Vec<Op>) {
+        let mut batch = self.t.db.batch();
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut flushes = Vec::new();
+        let mut deltas: HashMap<(UnixHour, String), Counters, foldhash::fast::FixedState> = HashMap::default();
+        let mut new_ids: HashSet<String> = HashSet::new();
+        let mut failure: Option<String> = None;
+        let mut new_interns: Vec<InternKey> = Vec::new();
+        let event_mark = (self.first_event, self.last_event);
+
+        for op in ops.drain(..) {
+            match op {
+                Op::Click(click, tx) => {
+                    let NewClick { plan, fresh } = *click;
+                    let schema::ClickPlan { id, hour, link, counters, encoded, deliveries } = plan;
+                    let stored = if fresh { Ok(false) } else { self.t.clicks.contains_key(id.as_bytes()) };
+                    match stored {
+                        Ok(false) if fresh || new_ids.insert(id.clone()) => {
+                            deltas.entry((hour, link)).or_default().add(&counters);
+                            for (key, value) in encoded.interns {
+                                if self.known.len() >= KNOWN_INTERNS_MAX {
+                                    self.known.clear();
+                                }
+                                if self.known.insert(key) {
+                                    new_interns.push(key);
+                                    batch.insert(&self.t.interns, key, value);
+                                }
+                            }
+                            batch.insert(&self.t.clicks, id.as_bytes(), encoded.record);
+                            if !deliveries.is_empty() {
+                                self.enqueue(&mut batch, deliveries);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => failure = Some(e.to_string()),
+                    }
+                    replies.push(Reply::Unit(tx));
+                }
+                Op::Conversion(conv, tx) => {
+                    let outcome = match self.t.conversion_ids.contains_key(conv.id.as_bytes()) {
+                        Ok(false) if new_ids.insert(conv.id.clone()) => {
+                            let at = (conv.at.max(0) as u64).to_be_bytes();
+                            let mut key = at.to_vec();
+                            key.extend_from_slice(conv.id.as_bytes());
+                            let plan = ConversionPlan::of(&conv, &self.limits.outbox, now_ms());
+                            deltas.entry((plan.hour, conv.click.link.clone())).or_default().add(&plan.counters);
+                            batch.insert(&self.t.conversions, key, encode(&*conv));
+                            batch.insert(&self.t.conversion_ids, conv.id.as_bytes(), at.to_vec());
+                            self.enqueue(&mut batch, plan.deliveries);
+                            Recorded::New
+                        }
+                        Ok(_) => Recorded::Duplicate,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            Recorded::Duplicate
+                        }
+                    };
+                    replies.push(Reply::Recorded(tx, outcome));
+                }
+                Op::Event(event, tx) => {
+                    self.last_event += 1;
+                    batch.insert(&self.t.events, self.last_event.to_be_bytes(), encode(&event));
+                    while self.last_event + 1 - self.first_event > self.limits.event_log_max.max(1) as u64 {
+                        batch.remove(&self.t.events, self.first_event.to_be_bytes());
+                        self.first_event += 1;
+                    }
+                    replies.push(Reply::Unit(tx));
+                }
+                Op::PutLink(link, tx) => {
+                    batch.insert(&self.t.links, link.key().as_bytes(), encode(&link));
+                    replies.push(Reply::Unit(tx));
+                }
+                Op::DeleteLink(key, tx) => {
+                    let existed = match self.t.links.contains_key(key.as_bytes()) {
+                        Ok(existed) => existed,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            false
+                        }
+                    };
+                    batch.remove(&self.t.links, key.as_bytes());
+                    replies.push(Reply::Bool(tx, existed));
+                }
+                Op::FinishDelivery(delivery, tx) => {
+                    let stored = self
+                        .t
+                        .deliveries
+                        .get(delivery.id.as_bytes())
+                        .map_err(unavailable)
+                        .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
+                    let applied = match stored {
+                        Ok(Some(old)) if old.status == DeliveryStatus::Pending => {
+                            self.put_delivery(&mut batch, &delivery, Some(&old));
+                            true
+                        }
+                        Ok(_) => false,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            false
+                        }
+                    };
+                    replies.push(Reply::Bool(tx, applied));
+                }
+                Op::Requeue(id, now, tx) => {
+                    let stored = self
+                        .t
+                        .deliveries
+                        .get(id.as_bytes())
+                        .map_err(unavailable)
+                        .and_then(|v| v.map(|b| decode::<Delivery>(&b)).transpose());
+                    let outcome = match stored {
+                        Ok(Some(old)) => match schema::requeued(&old, now) {
+                            Ok(d) => {
+                                self.put_delivery(&mut batch, &d, Some(&old));
+                                Requeue::Done(Box::new(d))
+                            }
+                            Err(refused) => refused,
+                        },
+                        Ok(None) => Requeue::NotFound,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            Requeue::NotFound
+                        }
+                    };
+                    replies.push(Reply::Requeue(tx, outcome));
+                }
+                Op::Sweep => {
+                    self.sweep();
+                    self.sweep_deliveries();
+                }
+                Op::Flush(tx) => flushes.push(tx),
+            }
+        }
+
+        for ((hour, link), delta) in deltas {
+            let mut key = hour.to_be_bytes().to_vec();
+            key.extend_from_slice(link.as_bytes());
+            let mut total = match self.t.counters.get(&key) {
+                Ok(Some(v)) => decode::<Counters>(&v).unwrap_or_default(),
+                Ok(None) => Counters::default(),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    Counters::default()
+                }
+            };
+            total.add(&delta);
+            batch.insert(&self.t.counters, key, encode(&total));
+        }
+
+        if failure.is_none() {
+            if let Err(e) = batch.commit() {
+                failure = Some(e.to_string());
+            }
+        }
+        if let Some(f) = &failure {
+            tracing::error!(error = %f, "store batch failed; its requests are answered with an error");
+            (self.first_event, self.last_event) = event_mark;
+            for key in new_interns {
+                self.known.remove(&key);
+            }
+        }
+        for reply in replies {
+            reply.send(failure.as_deref());
+        }
+        for tx in flushes {
+            let _ = tx.send(self.t.db.persist(PersistMode::SyncAll).map_err(unavailable));
+        }
+    }
+
+    /// Adds new outbox entries to `batch`.
+    fn enqueue(&self, batch: &mut fjall::OwnedWriteBatch, deliveries: Vec<Delivery>) {
+        for d in &deliveries {
+            self.put_delivery(batch, d, None);
+        }
+    }
+
+    /// Writes a delivery, its status-index entry and, while it is pending, its place in
+    /// the outbox, replacing those of `old`.
+    fn put_delivery(&self, batch: &mut fjall::OwnedWriteBatch, d: &Delivery, old: Option<&Delivery>) {
+        if let Some(old) = old {
+            if old.status == DeliveryStatus::Pending {
+                batch.remove(&self.t.outbox, outbox_key(&old.destination, old.next_at, &old.id));
+            }
+            batch.remove(&self.t.delivery_status, status_key(old.status, old.updated_at, &old.id));
+        }
+        batch.insert(&self.t.deliveries, d.id.as_bytes(), encode(d));
+        batch.insert(&self.t.delivery_status, status_key(d.status, d.updated_at, &d.id), Vec::<u8>::new());
+        if d.status == DeliveryStatus::Pending {
+            batch.insert(&self.t.outbox, outbox_key(&d.destination, d.next_at, &d.id), Vec::<u8>::new());
+        }
+    }
+
+    /// Drops settled deliveries last updated before the outbox's retention: a range of
+    /// each settled status's index.
+    fn sweep_deliveries(&mut self) {
+        let Some(keep) = self.limits.outbox.keep_settled() else { return };
+        let cutoff = schema::settled_cutoff(now_ms(), keep);
+        let mut dropped = 0usize;
+        for status in DeliveryStatus::ALL.into_iter().filter(|s| *s != DeliveryStatus::Pending) {
+            let range = status_key(status, 0, "")..status_key(status, cutoff, "");
+            let removed = self.remove_range(&self.t.delivery_status, range, |batch, k| {
+                batch.remove(&self.t.deliveries, k[9..].to_vec());
+            });
+            match removed {
+                Ok(n) => dropped += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery sweep stopped");
+                    return;
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(dropped, "settled deliveries past their retention dropped");
+        }
+    }
+
+    /// Removes every key of `range` from `keyspace`, a bounded batch at a time, letting
+    /// `also` remove what belongs to each key elsewhere in the same batch; how many.
+    fn remove_range<R: std::ops::RangeBounds<Vec<u8>> + Clone>(
+        &self,
+        keyspace: &Keyspace,
+        range: R,
+        also: impl Fn(&mut fjall::OwnedWriteBatch, &[u8]),
+    ) -> Result<usize, fjall::Error> {
+        let mut removed = 0;
+        loop {
+            let mut batch = self.t.db.batch();
+            let mut n = 0;
+            for kv in keyspace.range(range.clone()).take(MAX_BATCH) {
+                let k = kv.key()?;
+                also(&mut batch, &k);
+                batch.remove(keyspace, k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            batch.commit()?;
+            removed += n;
+        }
+    }
+
+    /// Drops clicks past their lifetime, then the personal data of clicks past theirs.
+    fn sweep(&mut self) {
+        self.drop_expired_clicks();
+        self.drop_personal_data();
+    }
+
+    /// Expired clicks are the key range below the id bound of the cut-off time, so only
+    /// expired keys are visited.
+    fn drop_expired_clicks(&mut self) {
+        let cutoff = now_secs().saturating_sub(self.limits.click_ttl.as_secs());
+        let bound = ClickId::lower_bound(cutoff).as_str().as_bytes().to_vec();
+        match self.remove_range(&self.t.clicks, ..bound, |_, _| {}) {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "expired clicks dropped"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep stopped"),
+        }
+    }
+
+    /// Rewrites the clicks created since the last pass and now older than the personal
+    /// data lifetime without their IP address and user agent. The pass remembers where it
+    /// stopped, so each click is rewritten once.
+    fn drop_personal_data(&mut self) {
+        let until = schema::personal_cutoff_secs(now_secs(), self.limits.personal_ttl);
+        let since = match self.t.meta.get(PERSONAL_DROPPED_UNTIL) {
+            Ok(v) => v.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "personal-data sweep stopped");
+                return;
+            }
+        };
+        if since >= until {
+            return;
+        }
+        let (from, to) = (ClickId::lower_bound(since), ClickId::lower_bound(until));
+        let clicks = self.rewrite_range(&self.t.clicks, from.as_str().as_bytes()..to.as_str().as_bytes(), |v| {
+            record::strip_personal(v)
+        });
+        // Conversions keep a copy of their click for reports and forwarding: the same
+        // rule applies to it, by the conversion's time (its click is older still).
+        let (from, to) = ((since * 1000).to_be_bytes(), (until * 1000).to_be_bytes());
+        let conversions =
+            self.rewrite_range(&self.t.conversions, from.as_slice()..to.as_slice(), schema::strip_conversion);
+        let outcome = clicks.and_then(|c| Ok((c, conversions?))).and_then(|counts| {
+            let mut batch = self.t.db.batch();
+            batch.insert(&self.t.meta, PERSONAL_DROPPED_UNTIL, until.to_be_bytes());
+            batch.commit().map_err(unavailable)?;
+            Ok(counts)
+        });
+        match outcome {
+            Ok((0, 0)) => {}
+            Ok((clicks, conversions)) => tracing::info!(
+                clicks,
+                conversions,
+                "IP addresses and user agents dropped from clicks past their lifetime"
+            ),
+            Err(e) => tracing::warn!(error = %e, "personal-data sweep stopped; it resumes on the next pass"),
+        }
+    }
+
+    /// Replaces each value of `range` in `keyspace` by what `rewrite` makes of it (`None`:
+    /// leave it), a bounded batch at a time; how many were replaced. A damaged value is
+    /// left as it is: reading it reports the damage.
+    fn rewrite_range(
+        &self,
+        keyspace: &Keyspace,
+        range: std::ops::Range<&[u8]>,
+        rewrite: impl Fn(&[u8]) -> StoreResult<Option<Vec<u8>>>,
+    ) -> StoreResult<usize> {
+        let mut rewritten = 0;
+        let mut batch = self.t.db.batch();
+        let mut pending = 0;
+        for kv in keyspace.range(range) {
+            let (k, v) = kv.into_inner().map_err(unavailable)?;
+            match rewrite(&v) {
+                Ok(Some(new)) => {
+                    batch.insert(keyspace, k, new);
+                    pending += 1;
+                }
+                Ok(None) | Err(StoreError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            if pending >= MAX_BATCH {
+                std::mem::replace(&mut batch, self.t.db.batch()).commit().map_err(unavailable)?;
+                rewritten += pending;
+                pending = 0;
+            }
+        }
+        batch.commit().map_err(unavailable)?;
+        Ok(rewritten + pending)
+    }
+}
