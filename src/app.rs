@@ -14,11 +14,11 @@ use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::model::QueuedPostback;
 use crate::postback::{self, Context};
-use crate::server;
 use crate::state::AppState;
 use crate::store::spool::{Resolve, SpooledStore};
 use crate::store::{self, Storage, Store, StoreLimits, StoreResult};
 use crate::tls::{self, Tls};
+use crate::{server, telemetry};
 
 /// A bound, ready-to-serve cakelink.
 pub struct Application {
@@ -70,8 +70,12 @@ impl Application {
         let config = &self.state.config;
         let forwarder = Forwarder::spawn(self.state.store.outbox(), &config.forward, &config.server.public_url);
         let reloader = tokio::spawn(tls::reload_on_sighup(self.tls.clone()));
+        let upkeep = self.state.metrics.clone().map(|handle| tokio::spawn(telemetry::upkeep(handle)));
         server::serve(self.listener, self.state.clone(), self.tls, shutdown).await;
         reloader.abort();
+        if let Some(upkeep) = upkeep {
+            upkeep.abort();
+        }
         if let Some(forwarder) = forwarder {
             forwarder.stop().await;
         }

@@ -2,7 +2,6 @@
 //! `test-postback`.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -180,7 +179,7 @@ async fn test_postback(config: Config, link: Option<String>, url: Option<String>
         .context("no click id in the redirect")?;
     println!("click:    {} → {location}", res.status());
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = crate::clock::now_secs();
     let postback_url = format!(
         "{base}/collect/{network}/{}?{}={click_id}&{}=test-{now}&{}={price}",
         config.security.postback_key.expose(),

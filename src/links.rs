@@ -55,10 +55,7 @@ pub fn validate_link(link: &Link, networks: &BTreeMap<String, Network>) -> Vec<(
 }
 
 fn absolute_url(text: &str) -> Result<url::Url, String> {
-    match url::Url::parse(text) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(u),
-        _ => Err(format!("{text:?} is not an absolute http(s) URL")),
-    }
+    crate::text::absolute_http_url(text).ok_or_else(|| format!("{text:?} is not an absolute http(s) URL"))
 }
 
 /// A link ready for redirects.

@@ -15,6 +15,10 @@ pub fn hour_of(ms: UnixMillis) -> UnixHour {
     (ms.max(0) / 3_600_000) as UnixHour
 }
 
+/// Ad-platform click ids a click keeps from the visitor's query, in the order reports
+/// list them.
+pub const AD_CLICK_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid", "msclkid"];
+
 /// One visitor's pass through `/go/{network}/{slug}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Click {

@@ -12,6 +12,7 @@ use crate::money::Money;
 use crate::networks::{is_absent, Network};
 use crate::store::spool::SpooledStore;
 use crate::store::{ClickStore, ConversionStore, EventLog, StoreError, StoreResult};
+use crate::text::valid_percent_encoding;
 
 /// Field names whose values are credentials and never reach the event log.
 const REDACTED: &[&str] = &["key", "postback_key", "token", "access_token", "api_key", "password", "secret"];
@@ -27,23 +28,6 @@ pub enum FieldsError {
     JsonShape,
     #[error("text is not valid UTF-8")]
     Utf8,
-}
-
-/// Whether every `%` in `text` starts a two-digit hex escape.
-pub fn valid_percent_encoding(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
-                return false;
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    true
 }
 
 /// A postback's fields: names lower-cased, first occurrence wins.

@@ -71,19 +71,20 @@ pub fn metrics() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
-            // Histograms keep their samples until folded into the buckets: without this
-            // (or a scrape), every redirect's timing would stay in memory for ever.
-            let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name("metrics-upkeep".into())
-                .spawn(move || loop {
-                    std::thread::sleep(UPKEEP_EVERY);
-                    upkeep.run_upkeep();
-                })
-                .ok()?;
             Some(handle)
         })
         .clone()
+}
+
+/// Folds histogram samples into their buckets every few seconds until dropped (the
+/// application runs it as a task while it serves). Histograms keep their samples until
+/// folded: without this (or a scrape), every redirect's timing would stay in memory.
+pub(crate) async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = crate::clock::every(UPKEEP_EVERY);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
 }
 
 fn describe() {

@@ -1,4 +1,4 @@
-//! Small text helpers shared by the routes and the forwarding code.
+//! Small text helpers shared by the routes, the postback, the config and forwarding.
 
 /// At most `max_bytes` of `text`, cut at a character boundary (never inside one).
 pub(crate) fn clip(text: &str, max_bytes: usize) -> &str {
@@ -7,6 +7,30 @@ pub(crate) fn clip(text: &str, max_bytes: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// Whether every `%` in `text` starts a two-digit hex escape.
+pub(crate) fn valid_percent_encoding(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+/// `text` parsed as an absolute `http` or `https` URL with a host, or `None`.
+pub(crate) fn absolute_http_url(text: &str) -> Option<url::Url> {
+    url::Url::parse(text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use super::{ad_click_id, answer, by_status, clip, money_number, Answer, Context, Outcome, Platform};
+use super::{ad_click_id, by_status, clip, money_number, platform_reply, Encoding, Outcome, Platform, PlatformReply};
 use crate::config::Secret;
 use crate::model::Subject;
 
@@ -98,8 +98,8 @@ impl Google {
             ("client_secret", self.config.client_secret.expose()),
             ("refresh_token", self.config.refresh_token.expose()),
         ];
-        let Answer { status, after, text } =
-            answer(http.post(&self.config.token_url).timeout(timeout).form(&form)).await?;
+        let PlatformReply { status, after, text } =
+            platform_reply(http.post(&self.config.token_url).timeout(timeout).form(&form)).await?;
         if !status.is_success() {
             // A refused refresh token (400/401) will not fix itself; a 5xx may.
             return Err(match by_status(status, after, &text) {
@@ -146,7 +146,7 @@ impl Platform for Google {
         BATCH_LIMIT
     }
 
-    fn encode(&self, subject: &Subject, ctx: &Context) -> Result<Value, String> {
+    fn encode(&self, subject: &Subject, ctx: &Encoding) -> Result<Value, String> {
         let mut conversion = Map::new();
         let id = ["gclid", "gbraid", "wbraid"].into_iter().find_map(|k| ad_click_id(subject, k).map(|v| (k, v)));
         let Some((kind, value)) = id else {
@@ -181,7 +181,7 @@ impl Platform for Google {
         if let Some(login) = &self.config.login_customer_id {
             req = req.header("login-customer-id", login);
         }
-        let Answer { status, after, text } = match answer(req).await {
+        let PlatformReply { status, after, text } = match platform_reply(req).await {
             Ok(a) => a,
             Err(outcome) => return outcome.for_all(items.len()),
         };

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use super::{ad_click_id, answer, by_status, clip, money_number, sha256_hex, Context, Outcome, Platform};
+use super::{ad_click_id, by_status, clip, money_number, platform_reply, sha256_hex, Encoding, Outcome, Platform};
 use crate::config::Secret;
 use crate::model::{Subject, UnixMillis};
 
@@ -62,7 +62,7 @@ impl Platform for Meta {
         Some(at + DEDUP_WINDOW_MS)
     }
 
-    fn encode(&self, subject: &Subject, ctx: &Context) -> Result<Value, String> {
+    fn encode(&self, subject: &Subject, ctx: &Encoding) -> Result<Value, String> {
         let click = subject.click();
         let mut user = Map::new();
         user.insert("external_id".into(), json!(sha256_hex(&click.id)));
@@ -103,7 +103,7 @@ impl Platform for Meta {
         if let Some(code) = &self.config.test_event_code {
             body["test_event_code"] = json!(code);
         }
-        match answer(http.post(&self.url).timeout(timeout).json(&body)).await {
+        match platform_reply(http.post(&self.url).timeout(timeout).json(&body)).await {
             Ok(a) => classify(a.status, a.after, &a.text).for_all(items.len()),
             Err(outcome) => outcome.for_all(items.len()),
         }

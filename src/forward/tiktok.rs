@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use super::{ad_click_id, answer, by_status, clip, money_number, sha256_hex, Context, Outcome, Platform};
+use super::{ad_click_id, by_status, clip, money_number, platform_reply, sha256_hex, Encoding, Outcome, Platform};
 use crate::config::Secret;
 use crate::model::Subject;
 
@@ -48,7 +48,7 @@ impl Platform for TikTok {
         BATCH_LIMIT
     }
 
-    fn encode(&self, subject: &Subject, ctx: &Context) -> Result<Value, String> {
+    fn encode(&self, subject: &Subject, ctx: &Encoding) -> Result<Value, String> {
         let click = subject.click();
         let mut user = Map::new();
         if let Some(ttclid) = ad_click_id(subject, "ttclid") {
@@ -88,7 +88,7 @@ impl Platform for TikTok {
         }
         let request =
             http.post(&self.url).timeout(timeout).header("Access-Token", self.config.access_token.expose()).json(&body);
-        match answer(request).await {
+        match platform_reply(request).await {
             Ok(a) => classify(a.status, a.after, &a.text).for_all(items.len()),
             Err(outcome) => outcome.for_all(items.len()),
         }

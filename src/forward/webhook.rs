@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{answer, by_status, Context, Outcome, Platform};
+use super::{by_status, platform_reply, Encoding, Outcome, Platform};
 use crate::config::Secret;
 use crate::model::Subject;
 use crate::reports::rfc3339;
@@ -56,7 +56,7 @@ impl Platform for Webhook {
         1
     }
 
-    fn encode(&self, subject: &Subject, ctx: &Context) -> Result<Value, String> {
+    fn encode(&self, subject: &Subject, ctx: &Encoding) -> Result<Value, String> {
         let click = subject.click();
         let pairs = |list: &[(String, String)]| -> Value {
             Value::Object(list.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
@@ -99,8 +99,7 @@ impl Platform for Webhook {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             let body = item.to_string().into_bytes();
-            let timestamp =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let timestamp = crate::clock::now_secs();
             let request = http
                 .post(&self.config.url)
                 .timeout(timeout)
@@ -108,7 +107,7 @@ impl Platform for Webhook {
                 .header(TIMESTAMP_HEADER, timestamp.to_string())
                 .header(SIGNATURE_HEADER, signature(self.config.secret.expose(), timestamp, &body))
                 .body(body);
-            out.push(match answer(request).await {
+            out.push(match platform_reply(request).await {
                 Ok(a) => by_status(a.status, a.after, &a.text),
                 Err(outcome) => outcome,
             });

@@ -8,15 +8,17 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYP
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{error, json, method_not_allowed, path_segment, secret_matches, text, Body};
+use super::{error, failure, json, method_not_allowed, path_segment, secret_matches, text, Body};
 use crate::clock::now_ms;
 use crate::links::validate_link;
-use crate::model::{Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, Link, LinkSource, LinkStatus};
-use crate::postback::valid_percent_encoding;
+use crate::model::{
+    Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, Link, LinkSource, LinkStatus, AD_CLICK_IDS,
+};
 use crate::reports::{self, rfc3339, Group, Period};
 use crate::state::AppState;
 use crate::store::ClickStore;
 use crate::store::Requeue;
+use crate::text::valid_percent_encoding;
 
 /// Most events one `/api/events` call returns.
 const MAX_EVENTS: usize = 1000;
@@ -84,8 +86,7 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
 }
 
 fn store_error(e: crate::store::StoreError) -> Response<Body> {
-    tracing::error!(error = %e, "store failed during an API call");
-    error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+    failure("an admin API call", &e)
 }
 
 #[derive(Serialize)]
@@ -290,7 +291,6 @@ struct Conversions<'a> {
 /// CSV columns; sub-ids, UTM and ad click ids get one column each.
 const CSV_SUBIDS: [&str; 5] = ["s1", "s2", "s3", "s4", "s5"];
 const CSV_UTM: [&str; 5] = ["source", "medium", "campaign", "term", "content"];
-const CSV_AD_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid", "msclkid"];
 
 async fn conversions(state: &AppState, query: &HashMap<String, String>) -> Response<Body> {
     let period = match period(query) {
@@ -314,10 +314,7 @@ async fn conversions(state: &AppState, query: &HashMap<String, String>) -> Respo
                     .insert(CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"conversions.csv\""));
                 res
             }
-            Err(e) => {
-                tracing::error!(error = %e, "CSV export failed");
-                error(StatusCode::INTERNAL_SERVER_ERROR, "CSV export failed")
-            }
+            Err(e) => failure("exporting conversions as CSV", &e),
         },
         Some(other) => error(StatusCode::BAD_REQUEST, &format!("format={other:?}: use json or csv")),
     }
@@ -344,7 +341,7 @@ fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
     .collect::<Vec<_>>();
     header.extend(CSV_SUBIDS.iter().map(|s| s.to_string()));
     header.extend(CSV_UTM.iter().map(|s| format!("utm_{s}")));
-    header.extend(CSV_AD_IDS.iter().map(|s| s.to_string()));
+    header.extend(AD_CLICK_IDS.iter().map(|s| s.to_string()));
     w.write_record(&header)?;
     let get = |list: &[(String, String)], key: &str| {
         list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default()
@@ -366,7 +363,7 @@ fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
         ];
         row.extend(CSV_SUBIDS.iter().map(|k| if *k == "s2" { c.click.id.clone() } else { get(&c.click.subids, k) }));
         row.extend(CSV_UTM.iter().map(|k| get(&c.click.utm, k)));
-        row.extend(CSV_AD_IDS.iter().map(|k| get(&c.click.ad_click_ids, k)));
+        row.extend(AD_CLICK_IDS.iter().map(|k| get(&c.click.ad_click_ids, k)));
         w.write_record(&row)?;
     }
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))

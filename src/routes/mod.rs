@@ -5,8 +5,9 @@
 //! - [`api`]: the owner, `/api/...` with a bearer token
 //! - [`ops`]: load balancers and Prometheus, `/healthz`, `/readyz`, `/metrics`
 //!
-//! Every answer that is not a redirect is built by [`json`] or [`text`]; internal error
-//! text goes to the log, never to the client.
+//! Every answer that is not a redirect is built by [`json`] or [`text`]; a failure on
+//! cakelink's side is answered by [`failure`] alone, whose body never carries internal
+//! error text: that goes to the log.
 
 pub(crate) mod api;
 pub(crate) mod ops;
@@ -23,6 +24,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::state::AppState;
+use crate::store::StoreError;
 
 pub(crate) type Body = Full<Bytes>;
 
@@ -84,6 +86,25 @@ pub(crate) fn error(status: StatusCode, reason: &str) -> Response<Body> {
     json(status, &ErrorBody { error: reason })
 }
 
+/// The one place a failure on cakelink's side becomes an HTTP answer: a store that is
+/// down is `503` (the caller may retry), a corrupt record or anything else `500`. The
+/// body says only that; the cause chain, with what the request was doing, goes to the log.
+pub(crate) fn failure(during: &'static str, err: &(dyn std::error::Error + 'static)) -> Response<Body> {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::error!(error = %chain, during, "request failed");
+    match err.downcast_ref::<StoreError>() {
+        Some(StoreError::Corrupt { .. }) => error(StatusCode::INTERNAL_SERVER_ERROR, "stored record is corrupt"),
+        Some(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
 /// `405` naming the methods the route takes.
 pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut res = error(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
@@ -94,7 +115,7 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
 /// Percent-decodes one path segment, refusing bad escapes, invalid UTF-8 and control
 /// characters (NUL, CR, LF) that have no business in a slug or key.
 pub(crate) fn path_segment(raw: &str) -> Result<String, String> {
-    if !crate::postback::valid_percent_encoding(raw) {
+    if !crate::text::valid_percent_encoding(raw) {
         return Err(format!("invalid percent-encoding in path segment {:?}", truncate(raw)));
     }
     let decoded = percent_encoding::percent_decode_str(raw)

@@ -14,10 +14,10 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::{error, method_not_allowed, path_segment, text, Body};
+use super::{error, failure, method_not_allowed, path_segment, text, Body};
 use crate::bots::{self, RequestTraits};
 use crate::clock::now_ms;
-use crate::model::{Click, LinkStatus};
+use crate::model::{Click, LinkStatus, AD_CLICK_IDS};
 use crate::state::AppState;
 use crate::store::ClickOrigin;
 use crate::telemetry;
@@ -28,8 +28,6 @@ static PURPOSE_HEADERS: LazyLock<[HeaderName; 3]> = LazyLock::new(|| {
     [HeaderName::from_static("sec-purpose"), HeaderName::from_static("purpose"), HeaderName::from_static("x-purpose")]
 });
 
-/// Ad-platform click ids kept with the click for the conversion APIs.
-const AD_CLICK_IDS: [&str; 6] = ["fbclid", "gclid", "gbraid", "wbraid", "ttclid", "msclkid"];
 /// Longest header value kept in a click (user agent, referer), in bytes.
 const MAX_KEPT_HEADER: usize = 1024;
 
@@ -61,10 +59,7 @@ pub(crate) async fn redirect(
     let link = match state.links.find(&network_name, &slug).await {
         Ok(Some(link)) => link,
         Ok(None) => return not_found("unknown link"),
-        Err(e) => {
-            tracing::error!(error = %e, "store failed while loading a link");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "link store unavailable");
-        }
+        Err(e) => return failure("loading a link", &e),
     };
     if link.link.status == LinkStatus::Paused {
         metrics::counter!(telemetry::REDIRECTS, "outcome" => "paused").increment(1);

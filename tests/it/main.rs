@@ -1,5 +1,8 @@
 //! The integration suite: one test binary, real servers on port 0, real `redis-server`s.
 #![allow(unreachable_pub, dead_code)]
+// The suite stands outside the library: it reads the wall clock to build click ids and
+// dates, and waits for child processes (redis-server) from plain threads.
+#![allow(clippy::disallowed_methods)]
 
 mod helpers;
 mod redis_server;

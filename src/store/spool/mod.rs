@@ -124,7 +124,10 @@ pub struct SpooledStore {
     reader: File,
     /// Wakes writers waiting for a drain to end.
     drained: Notify,
-    /// One replay at a time (the background task, or the final one at shutdown).
+    /// One replay at a time (the background task, or the final one at shutdown): the
+    /// one place an async lock is right, since the second replay must wait for the whole
+    /// of the first, awaits included.
+    #[allow(clippy::disallowed_types)]
     replaying: tokio::sync::Mutex<()>,
     full: AtomicBool,
     /// Whether the inner store answered the probe's last ping (while spooling).
@@ -159,6 +162,7 @@ impl SpooledStore {
             file: Mutex::new(SpoolFile { file, len, records, clicks, dirty: false }),
             reader,
             drained: Notify::new(),
+            #[allow(clippy::disallowed_types)]
             replaying: tokio::sync::Mutex::new(()),
             full: AtomicBool::new(false),
             probe_up: AtomicBool::new(false),
