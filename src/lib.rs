@@ -18,6 +18,7 @@
 //! - [`access`]: who may send postbacks (allowlists, trusted proxies).
 //! - [`privacy`]: what a stored click keeps of the visitor's address.
 //! - [`reports`]: per-link and per-day figures from hourly counters.
+//! - [`secret`]: values that are never printed (keys, tokens, credentials).
 //! - [`money`]: exact decimal money.
 //! - [`model`]: the records the store keeps.
 //! - [`store`]: one trait; the embedded (fjall) and Redis backends; the compact click
@@ -44,6 +45,7 @@ pub mod postback;
 pub mod privacy;
 pub mod reports;
 pub mod routes;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod telemetry;

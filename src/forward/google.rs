@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
 use super::{ad_click_id, answer, by_status, clip, money_number, Answer, Context, Outcome, Platform};
-use crate::config::Secret;
 use crate::model::Subject;
+use crate::secret::Secret;
 
 /// Conversions per request, Google's limit.
 const BATCH_LIMIT: usize = 2000;

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::{ad_click_id, answer, by_status, clip, money_number, sha256_hex, Context, Outcome, Platform};
-use crate::config::Secret;
 use crate::model::{Subject, UnixMillis};
+use crate::secret::Secret;
 
 /// Events per request, Meta's limit.
 const BATCH_LIMIT: usize = 1000;

@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::{answer, by_status, Context, Outcome, Platform};
-use crate::config::Secret;
 use crate::model::Subject;
 use crate::reports::rfc3339;
+use crate::secret::Secret;
 
 pub const TIMESTAMP_HEADER: &str = "x-cakelink-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-cakelink-signature";
