@@ -24,7 +24,10 @@ pub const SIGNATURE_HEADER: &str = "x-cakelink-signature";
 /// A webhook destination's settings.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
+    /// Where each event is POSTed (http or https).
     pub url: String,
+    /// Keys the HMAC-SHA256 signature, so the receiver can tell the request came from
+    /// this cakelink.
     pub secret: Secret,
 }
 
