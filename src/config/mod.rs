@@ -4,23 +4,23 @@
 //! The file is read into a TOML tree and checked key by key, so that `check-config`
 //! (and `serve`, before it binds anything) reports every error at once with the key that
 //! holds it, including unknown keys: a typo must not silently fall back to a default.
-//! [`reader`] holds the small typed reader that makes this possible; each section is
+//! `reader` holds the small typed reader that makes this possible; each section is
 //! read in its own file, next to its type:
 //!
-//! - [`server`]: `[server]`, where cakelink listens and its limits.
-//! - [`store`]: `[store]`, the backend, click lifetimes and the outage spool.
-//! - [`security`]: `[security]`, the click-id key, the admin token and the postback key.
-//! - [`privacy`]: `[privacy]`, what a stored click keeps of the visitor.
-//! - [`networks`]: `[networks.<name>]`, affiliate networks (CAKE built in).
-//! - [`links`]: `[[links]]`, links defined in the file.
-//! - [`forward`] and [`platforms`]: `[forward]` and `[[destinations]]`, where conversions
+//! - `server`: `[server]`, where cakelink listens and its limits.
+//! - `store`: `[store]`, the backend, click lifetimes and the outage spool.
+//! - `security`: `[security]`, the click-id key, the admin token and the postback key.
+//! - `privacy`: `[privacy]`, what a stored click keeps of the visitor.
+//! - `networks`: `[networks.<name>]`, affiliate networks (CAKE built in).
+//! - `links`: `[[links]]`, links defined in the file.
+//! - `forward` and `platforms`: `[forward]` and `[[destinations]]`, where conversions
 //!   are forwarded. Destinations' credentials can come from the environment too, as
 //!   `CAKELINK_DESTINATION_<NAME>_<KEY>` (name and key upper-cased, other characters
 //!   `_`), e.g. `CAKELINK_DESTINATION_META_MAIN_ACCESS_TOKEN`.
 //!
 //! Dependencies run one way: this module reads into the types of [`crate::forward`],
-//! [`crate::store`], [`crate::networks`] and [`crate::model`]; none of them imports it
-//! back (secrets live in [`crate::secret`]).
+//! [`crate::store`], [`crate::networks`], [`crate::links`] and [`crate::model`]; none of
+//! them imports it back (secrets live in [`crate::secret`]).
 
 mod forward;
 mod links;
@@ -78,8 +78,8 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Every problem found in a config file, in file order by section, so one run of
-/// `check-config` shows them all.
+/// Every problem found in a config file (unknown sections first, then section by
+/// section), so one run of `check-config` shows them all.
 #[derive(Debug, thiserror::Error)]
 #[error("{} error(s) in the configuration:\n{}", .0.len(), list(.0))]
 pub struct ConfigErrors(pub Vec<ConfigError>);

@@ -16,8 +16,11 @@ use crate::secret::Secret;
 /// One destination's table being read, and its `name` (which names its environment
 /// variables).
 struct Keys<'s, 'a, 'e> {
+    /// The destination's table.
     s: &'s mut Section<'a>,
+    /// The destination's `name`, part of its credentials' variable names.
     name: &'s str,
+    /// Where those variables are looked up.
     env: Env<'e>,
 }
 

@@ -27,8 +27,11 @@ pub(super) fn problem(errors: &mut Errors, key: impl Into<String>, message: impl
 
 /// One TOML table being read: its key path (for messages) and the keys asked for so far.
 pub(super) struct Section<'a> {
+    /// The section's own key path, prefixed to every key a message names.
     path: String,
+    /// `None` when the table is absent (or was not a table): every key reads as unset.
     table: Option<&'a toml::Table>,
+    /// Keys asked for; whatever else the table holds is refused by `finish`.
     used: HashSet<&'static str>,
 }
 
