@@ -8,23 +8,23 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 use crate::app::Application;
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, LoadError};
 
 /// The exit status for a config that cannot be used (`EX_USAGE` in BSD's `sysexits.h`):
 /// the operator's input is wrong, and a supervisor or script can tell that from a crash
 /// or an outage, which exit with 1.
 pub const EX_USAGE: u8 = 64;
 
-/// The config file named on the command line could not be read or is invalid; every
-/// problem is in `errors`, each with its key.
+/// The config file named on the command line could not be read or is invalid (every
+/// problem, each with its key, is in the source).
 #[derive(Debug, thiserror::Error)]
 #[error("{}", path.display())]
 pub struct BadConfig {
     /// The file as given (`--config` or `CAKELINK_CONFIG`).
     pub path: PathBuf,
-    /// What is wrong in it.
+    /// What is wrong with it.
     #[source]
-    pub errors: ConfigErrors,
+    pub error: LoadError,
 }
 
 #[derive(Debug, Parser)]
@@ -68,7 +68,7 @@ pub enum Command {
 }
 
 fn load(path: &std::path::Path) -> Result<Config, BadConfig> {
-    Config::load(path, |name| std::env::var(name).ok()).map_err(|errors| BadConfig { path: path.to_owned(), errors })
+    Config::load(path, |name| std::env::var(name).ok()).map_err(|error| BadConfig { path: path.to_owned(), error })
 }
 
 /// The process's exit status for an error [`run`] returned: [`EX_USAGE`] when the config

@@ -89,17 +89,27 @@ fn list(errors: &[ConfigError]) -> String {
     errors.iter().map(|e| format!("  {e}\n")).collect()
 }
 
+/// Why [`Config::load`] gave no config.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read (missing, a directory, no permission); the I/O error
+    /// is kept as the source so the operator sees the system's reason.
+    #[error("cannot read")]
+    Read(#[source] std::io::Error),
+    /// The file was read and its content is wrong: every problem, each with its key.
+    #[error(transparent)]
+    Invalid(#[from] ConfigErrors),
+}
+
 /// The top-level tables a file may have; anything else is refused as a typo.
 const SECTIONS: &[&str] = &["server", "store", "security", "privacy", "networks", "links", "forward", "destinations"];
 
 impl Config {
     /// Reads `path` and applies overrides from `env` (a lookup, so tests never touch the
     /// process environment).
-    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError { key: path.display().to_string(), message: format!("cannot read: {e}") }])
-        })?;
-        Config::parse(&text, env)
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(LoadError::Read)?;
+        Ok(Config::parse(&text, env)?)
     }
 
     /// Parses config text. Relative paths (the store's `path`) are taken from the
