@@ -7,7 +7,24 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 use crate::app::Application;
-use crate::config::Config;
+use crate::config::{Config, LoadError};
+
+/// The exit status for a config that cannot be used (`EX_USAGE` in BSD's `sysexits.h`):
+/// the operator's input is wrong, and a supervisor or script can tell that from a crash
+/// or an outage, which exit with 1.
+pub const EX_USAGE: u8 = 64;
+
+/// The config file named on the command line could not be read or is invalid (every
+/// problem, each with its key, is in the source).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", path.display())]
+pub struct BadConfig {
+    /// The file as given (`--config` or `CAKELINK_CONFIG`).
+    pub path: PathBuf,
+    /// What is wrong with it.
+    #[source]
+    pub error: LoadError,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,8 +66,18 @@ pub enum Command {
     },
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    Config::load(path, |name| std::env::var(name).ok()).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))
+fn load(path: &std::path::Path) -> Result<Config, BadConfig> {
+    Config::load(path, |name| std::env::var(name).ok()).map_err(|error| BadConfig { path: path.to_owned(), error })
+}
+
+/// The process's exit status for an error [`run`] returned: [`EX_USAGE`] when the config
+/// is at fault, 1 for anything else.
+pub fn exit_code(error: &anyhow::Error) -> std::process::ExitCode {
+    if error.chain().any(|cause| cause.is::<BadConfig>()) {
+        std::process::ExitCode::from(EX_USAGE)
+    } else {
+        std::process::ExitCode::FAILURE
+    }
 }
 
 /// Runs the parsed command line.

@@ -18,6 +18,7 @@
 //! - [`access`]: who may send postbacks (allowlists, trusted proxies).
 //! - [`privacy`]: what a stored click keeps of the visitor's address.
 //! - [`reports`]: per-link and per-day figures from hourly counters.
+//! - [`secret`]: values that are never printed (keys, tokens, credentials).
 //! - [`money`]: exact decimal money.
 //! - [`model`]: the records the store keeps.
 //! - [`store`]: one trait; the embedded (fjall) and Redis backends; the compact click
@@ -50,6 +51,7 @@ mod memo;
 mod privacy;
 mod reports;
 mod routes;
+mod secret;
 mod server;
 mod state;
 mod text;

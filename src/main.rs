@@ -1,4 +1,5 @@
-//! The `cakelink` binary: parse the command line, set up logging, run.
+//! The `cakelink` binary: parse the command line, set up logging, run, and exit with
+//! a status that tells a bad config (64) from other failures (1).
 
 use clap::Parser;
 
@@ -13,7 +14,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            cakelink::cli::exit_code(&e)
         }
     }
 }

@@ -7,6 +7,8 @@
 /// How cakelink talks to one network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Network {
+    /// The table's name (`cake` for `[networks.cake]`): links name their network by it,
+    /// and it is part of the postback URL.
     pub name: String,
     /// Offer-URL parameter that carries the click id (`s2` on CAKE). Reserved: a value
     /// already in the offer URL or the visitor's query is replaced.
@@ -15,10 +17,18 @@ pub struct Network {
     pub passthrough: Vec<String>,
     /// Currency of the payouts this network reports (CAKE sends none).
     pub currency: String,
+    /// Postback parameter that carries the click id back (lower-cased, as parameters
+    /// are matched).
     pub click_id_field: String,
+    /// Postback parameter with the network's conversion id, which keys the conversion so
+    /// that a repeated postback is a duplicate rather than a second conversion.
     pub transaction_field: String,
+    /// Postback parameter with the payout.
     pub value_field: String,
+    /// Postback parameter with the network's order or item id, kept with the event.
     pub item_field: String,
+    /// Postback parameter naming the event (`Lead`, `Purchase`), for networks that
+    /// post more than one kind under their own name for it; `None` looks for `event`.
     pub event_field: Option<String>,
     /// Query string of the postback URL, with the network's own tokens.
     pub postback_template: String,

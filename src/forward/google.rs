@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
 use super::{ad_click_id, by_status, clip, money_number, platform_reply, Encoding, Outcome, Platform, PlatformReply};
-use crate::config::Secret;
 use crate::model::Subject;
+use crate::secret::Secret;
 
 /// Conversions per request, Google's limit.
 const BATCH_LIMIT: usize = 2000;
@@ -39,13 +39,19 @@ pub struct GoogleConfig {
     pub conversion_action: String,
     /// The manager account, when access goes through one.
     pub login_customer_id: Option<String>,
+    /// The API developer token Google asks for on every call.
     pub developer_token: Secret,
+    /// The OAuth2 client the refresh token was issued to (not secret on its own).
     pub client_id: String,
+    /// The OAuth2 client's secret, needed with the refresh token to get access tokens.
     pub client_secret: Secret,
+    /// A long-lived refresh token: access tokens expire hourly, so they are minted
+    /// from this one as needed rather than configured.
     pub refresh_token: Secret,
-    /// Default `https://googleads.googleapis.com`.
+    /// Default `https://googleads.googleapis.com`; configurable so tests can point at a
+    /// stand-in.
     pub api_url: String,
-    /// Default `https://oauth2.googleapis.com/token`.
+    /// Default `https://oauth2.googleapis.com/token`; configurable for the same reason.
     pub token_url: String,
     /// EEA consent sent with every conversion (`GRANTED`/`DENIED`), when set.
     pub consent: Option<String>,

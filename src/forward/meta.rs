@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::{ad_click_id, by_status, clip, money_number, platform_reply, sha256_hex, Encoding, Outcome, Platform};
-use crate::config::Secret;
 use crate::model::{Subject, UnixMillis};
+use crate::secret::Secret;
 
 /// Events per request, Meta's limit.
 const BATCH_LIMIT: usize = 1000;
@@ -25,11 +25,15 @@ const THROTTLING_CODES: [i64; 5] = [4, 17, 32, 613, 80004];
 /// A Meta destination's settings.
 #[derive(Clone, Debug)]
 pub struct MetaConfig {
+    /// The pixel (dataset) the events are sent to; digits only, as Meta shows it.
     pub pixel_id: String,
+    /// A system user's token with access to the pixel; a [`Secret`] so it never reaches
+    /// a log.
     pub access_token: Secret,
-    /// Default `https://graph.facebook.com`.
+    /// Default `https://graph.facebook.com`; configurable so tests and staging can
+    /// point at a stand-in.
     pub graph_url: String,
-    /// Graph API version, default `v21.0`.
+    /// Graph API version, default `v21.0`; configurable so an upgrade needs no release.
     pub version: String,
     /// Sends to the Events Manager's test tab.
     pub test_event_code: Option<String>,

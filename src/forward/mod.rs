@@ -56,6 +56,8 @@ pub struct ForwardConfig {
     pub poll: Duration,
     /// How long delivered, failed, expired and dry-run deliveries are kept for the API.
     pub keep_settled: Duration,
+    /// `[[destinations]]` in file order; each gets its own delivery per conversion, so
+    /// one slow platform never holds up another.
     pub destinations: Vec<Destination>,
 }
 
@@ -97,6 +99,7 @@ impl ForwardConfig {
 pub struct Destination {
     /// Unique; part of every delivery id.
     pub name: String,
+    /// `type` and the platform's own keys: what to send and where.
     pub platform: PlatformConfig,
     /// A disabled destination gets no new deliveries; queued ones wait.
     pub enabled: bool,

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::{ad_click_id, by_status, clip, money_number, platform_reply, sha256_hex, Encoding, Outcome, Platform};
-use crate::config::Secret;
 use crate::model::Subject;
+use crate::secret::Secret;
 
 /// Events per request, TikTok's limit.
 const BATCH_LIMIT: usize = 1000;
@@ -24,9 +24,13 @@ const DEFAULT_MAP: [(&str, &str); 2] = [("Purchase", "CompletePayment"), ("Lead"
 pub struct TikTokConfig {
     /// The pixel code (`event_source_id`).
     pub pixel_id: String,
+    /// The Events API access token generated for the pixel.
     pub access_token: Secret,
-    /// Default `https://business-api.tiktok.com`.
+    /// Default `https://business-api.tiktok.com`; configurable so tests can point at a
+    /// stand-in.
     pub api_url: String,
+    /// Sends to the Events Manager's test tab, so a setup can be checked without
+    /// counting real conversions.
     pub test_event_code: Option<String>,
 }
 

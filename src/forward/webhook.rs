@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::{by_status, platform_reply, Encoding, Outcome, Platform};
-use crate::config::Secret;
 use crate::model::Subject;
 use crate::reports::rfc3339;
+use crate::secret::Secret;
 
 pub(crate) const TIMESTAMP_HEADER: &str = "x-cakelink-timestamp";
 pub(crate) const SIGNATURE_HEADER: &str = "x-cakelink-signature";
@@ -24,7 +24,10 @@ pub(crate) const SIGNATURE_HEADER: &str = "x-cakelink-signature";
 /// A webhook destination's settings.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
+    /// Where each event is POSTed (http or https).
     pub url: String,
+    /// Keys the HMAC-SHA256 signature, so the receiver can tell the request came from
+    /// this cakelink.
     pub secret: Secret,
 }
 

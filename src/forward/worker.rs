@@ -297,7 +297,7 @@ mod tests {
             name: "d".into(),
             platform: PlatformConfig::Webhook(webhook::WebhookConfig {
                 url: "http://127.0.0.1:9/".into(),
-                secret: crate::config::Secret::new("s"),
+                secret: crate::secret::Secret::new("s"),
             }),
             enabled: true,
             events: None,
@@ -332,7 +332,7 @@ mod tests {
         let dest = destination(3);
         let hook = webhook::Webhook::new(webhook::WebhookConfig {
             url: "http://127.0.0.1:9/".into(),
-            secret: crate::config::Secret::new("s"),
+            secret: crate::secret::Secret::new("s"),
         });
         let retry = || Outcome::Retry { status: Some(503), error: "busy".into(), after: None };
         let now = 1_000_000;
@@ -352,7 +352,7 @@ mod tests {
         // Meta: no retry that would land past its 48-hour de-duplication window.
         let meta = meta::Meta::new(meta::MetaConfig {
             pixel_id: "1".into(),
-            access_token: crate::config::Secret::new("t"),
+            access_token: crate::secret::Secret::new("t"),
             graph_url: "http://127.0.0.1:9".into(),
             version: "v21.0".into(),
             test_event_code: None,

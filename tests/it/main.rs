@@ -10,6 +10,7 @@ mod redis_server;
 mod access;
 mod api;
 mod bad_input;
+mod config;
 mod durability;
 mod forward;
 mod outage;
