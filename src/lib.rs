@@ -2,31 +2,29 @@
 //!
 //! # Layout
 //!
-//! A request flows one way: [`server`] → [`routes`] → the domain → [`store`].
+//! A request flows one way: `server` → `routes` → the domain → [`store`]. The map of
+//! every module, the path of one click and one postback, and the rules that keep the
+//! layout so are in `ARCHITECTURE.md` at the repository's root.
 //!
-//! - [`config`]: the TOML file and environment overrides, checked completely before binding.
-//! - [`app`]: shared state and `Application` (bind, serve, shut down).
-//! - [`server`]: the accept loop, HTTP/1.1 and HTTP/2, limits, graceful shutdown.
-//! - [`tls`]: HTTPS via rustls, the certificate reloaded on SIGHUP.
-//! - [`routes`]: redirect, postback, admin API, health and metrics.
+//! - [`config`]: the TOML file and environment overrides, a file per section, checked
+//!   completely before binding.
+//! - [`app`]: `Application` (open the store, bind, serve, shut down); `state` holds what
+//!   every request shares.
+//! - `server`, `tls`: the accept loop, HTTP/1.1 and HTTP/2, limits, graceful shutdown, HTTPS.
+//! - `routes`: redirect, postback, admin API, health and metrics; `routes::failure` is the
+//!   one place failures become HTTP answers.
 //! - [`clickid`]: minting and verifying the signed, time-ordered click ids.
-//! - [`links`]: link definitions, compiled for the redirect and cached in process.
-//! - [`networks`]: affiliate networks as data (CAKE built in).
-//! - [`bots`]: bot and prefetch classification.
-//! - [`memo`]: per-thread memo of pure functions the redirect path repeats.
+//! - [`links`], [`networks`]: link definitions compiled for the redirect, networks as data.
+//! - [`bots`], `memo`, `privacy`: request classification, per-thread memos, what a click
+//!   keeps of the visitor's address.
 //! - [`postback`]: reading a postback, deciding the event, recording the conversion.
-//! - [`access`]: who may send postbacks (allowlists, trusted proxies).
-//! - [`privacy`]: what a stored click keeps of the visitor's address.
-//! - [`reports`]: per-link and per-day figures from hourly counters.
-//! - [`secret`]: values that are never printed (keys, tokens, credentials).
-//! - [`money`]: exact decimal money.
-//! - [`model`]: the records the store keeps.
-//! - [`store`]: one trait; the embedded (fjall) and Redis backends; the compact click
-//!   record; the outage spool that keeps writes on local disk while a backend is down.
-//! - [`forward`]: the outbox worker and the ad platforms' conversion APIs (Meta, Google
-//!   Ads, TikTok) and signed webhooks.
+//! - `access`: who may send postbacks (allowlists, trusted proxies).
+//! - `reports`: per-link and per-day figures from hourly counters.
+//! - [`model`], [`money`], `clock`, `text`: records, exact money, time, text helpers.
+//! - [`store`]: capability traits over one schema; the embedded (fjall) and Redis
+//!   backends; the outage spool.
+//! - `forward`: the outbox worker and the ad platforms' conversion APIs.
 //! - [`telemetry`]: Prometheus metrics and logging.
-//! - [`text`]: small text helpers (cutting at a character boundary).
 //! - [`cli`]: the command-line verbs.
 
 // The library's public API: what the binary, the benches, the fuzz targets and the

@@ -9,6 +9,7 @@ mod redis_server;
 
 mod access;
 mod api;
+mod architecture;
 mod bad_input;
 mod config;
 mod durability;
