@@ -4,9 +4,10 @@ use std::path::Path;
 use std::sync::Mutex as StdMutex;
 
 use super::*;
-use crate::model::{hour_of, Conversion};
+use crate::model::{hour_of, Conversion, EventStatus, UnixMillis};
 use crate::money::Money;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::ClickStore;
 use crate::store::StoreLimits;
 
 fn click(id: &str, at: UnixMillis) -> Click {
