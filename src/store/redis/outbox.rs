@@ -53,8 +53,8 @@ impl Outbox for RedisStore {
 
     async fn finish_delivery(&self, owner: &str, delivery: &Delivery) -> StoreResult<bool> {
         let n = shard(&delivery.subject.click().id);
-        let keep_ms = self.limits.outbox.keep_settled().map_or(0, |k| k.as_millis() as u64);
-        let done: i64 = scripts::finish_delivery(&self.scripts.finish_delivery, n, owner, delivery, keep_ms)
+        let keep = self.limits.outbox.keep_settled();
+        let done: i64 = scripts::finish_delivery(&self.scripts.finish_delivery, n, owner, delivery, keep)
             .invoke_async(&mut self.con())
             .await
             .map_err(unavailable)?;

@@ -8,6 +8,8 @@
 //! Redis); Redis runs each without interleaving other commands, which is what makes a
 //! write and its counters, index entries and deliveries one atomic step.
 
+use std::time::Duration;
+
 use redis::{Script, ScriptInvocation};
 
 use super::batcher::{BatchKey, BatchParts, KeyList, PendingClick};
@@ -18,7 +20,7 @@ use super::keys::{
 };
 use crate::model::{Counters, Delivery, DeliveryStatus, UnixHour, UnixMillis};
 use crate::store::record::EncodedClick;
-use crate::store::schema::encode;
+use crate::store::schema::{encode, settled_cutoff};
 
 /// Every script, loaded once per store.
 pub(super) struct Scripts {
@@ -53,7 +55,8 @@ pub(super) fn record_clicks<'s>(
     click_ttl_secs: u64,
     intern_ttl_secs: u64,
 ) -> ScriptInvocation<'s> {
-    // Keys are numbered as they are first named and added once all are known.
+    // Arguments go straight into the call; keys are numbered as they are first named and
+    // added once all are known.
     let mut keys = KeyList::default();
     let mut invocation = script.prepare_invoke();
     invocation.arg(parts.named.len());
@@ -77,6 +80,7 @@ pub(super) fn record_clicks<'s>(
     for (shard, hour) in &parts.buckets {
         invocation.arg(keys.index(BatchKey::Bucket(*shard, *hour))).arg(bucket_expiry(*hour, click_ttl_secs));
     }
+    invocation.arg(parts.days.len());
     for (shard, day) in &parts.days {
         invocation.arg(keys.index(BatchKey::CounterDays(*shard))).arg(*day);
     }
@@ -107,11 +111,14 @@ pub(super) fn record_conversion<'s>(script: &'s Script, w: &ConversionWrite<'_>)
         .key(conversion_key(n, w.id))
         .key(conversion_times_key(n))
         .key(counters_key(n, day))
-        .key(counter_days_key(n));
-    add_delivery_keys(&mut invocation, n, w.deliveries);
-    invocation.arg(w.bytes.as_slice()).arg(w.at).arg(w.id).arg(day);
-    add_delivery_values(&mut invocation, w.deliveries);
-    add_counter_args(&mut invocation, w.hour, w.link, w.counters);
+        .key(counter_days_key(n))
+        .key(delivery_status_key(n, DeliveryStatus::Pending))
+        .arg(w.bytes.as_slice())
+        .arg(w.at)
+        .arg(w.id)
+        .arg(day);
+    add_deliveries(&mut invocation, n, w.deliveries);
+    add_counters(&mut invocation, w.hour, w.link, w.counters);
     invocation
 }
 
@@ -134,40 +141,44 @@ pub(super) fn record_forwarded_click<'s>(script: &'s Script, w: &ForwardedClickW
     let n = w.shard;
     let day = day_of_hour(w.hour);
     let mut invocation = script.prepare_invoke();
-    invocation.key(click_bucket_key(n, w.bucket)).key(counters_key(n, day)).key(counter_days_key(n));
-    add_delivery_keys(&mut invocation, n, w.deliveries);
-    for (key, _) in &w.encoded.interns {
-        invocation.key(intern_key(n, key));
+    invocation
+        .key(click_bucket_key(n, w.bucket))
+        .key(counters_key(n, day))
+        .key(counter_days_key(n))
+        .key(delivery_status_key(n, DeliveryStatus::Pending))
+        .arg(w.id)
+        .arg(w.encoded.record.as_slice())
+        .arg(w.bucket_expiry)
+        .arg(day);
+    invocation.arg(w.encoded.interns.len());
+    for (key, value) in &w.encoded.interns {
+        invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(w.intern_ttl_secs);
     }
-    invocation.arg(w.encoded.record.as_slice()).arg(w.bucket_expiry).arg(day);
-    add_delivery_values(&mut invocation, w.deliveries);
-    invocation.arg(w.id).arg(w.encoded.interns.len());
-    for (_, value) in &w.encoded.interns {
-        invocation.arg(value.as_slice()).arg(w.intern_ttl_secs);
-    }
-    add_counter_args(&mut invocation, w.hour, w.link, w.counters);
+    add_deliveries(&mut invocation, n, w.deliveries);
+    add_counters(&mut invocation, w.hour, w.link, w.counters);
     invocation
 }
 
-/// Adds the outbox keys of new deliveries to a recording script's call.
-fn add_delivery_keys(invocation: &mut ScriptInvocation<'_>, shard: u8, deliveries: &[Delivery]) {
-    invocation.key(delivery_status_key(shard, DeliveryStatus::Pending));
-    for d in deliveries {
-        invocation.key(delivery_key(shard, &d.id)).key(outbox_key(shard, &d.destination));
-    }
-}
-
-fn add_delivery_values(invocation: &mut ScriptInvocation<'_>, deliveries: &[Delivery]) {
+/// The `delivery_count` section of a recording script: per new delivery, its key and
+/// its destination's outbox, and its id, bytes and due time.
+fn add_deliveries(invocation: &mut ScriptInvocation<'_>, shard: u8, deliveries: &[Delivery]) {
     invocation.arg(deliveries.len());
     for d in deliveries {
-        invocation.arg(&d.id).arg(encode(d)).arg(d.next_at);
+        invocation
+            .key(delivery_key(shard, &d.id))
+            .key(outbox_key(shard, &d.destination))
+            .arg(&d.id)
+            .arg(encode(d))
+            .arg(d.next_at);
     }
 }
 
-/// Appends the `field, delta` pairs a recording script adds to the counters hash; only
-/// non-zero counters, so a hash holds no field that never moved.
-fn add_counter_args(invocation: &mut ScriptInvocation<'_>, hour: UnixHour, link: &str, delta: &Counters) {
-    for (name, value) in delta.fields() {
+/// The `counter_count` section of a recording script: a `field, delta` pair per counter
+/// that moves; only non-zero counters, so a hash holds no field that never moved.
+fn add_counters(invocation: &mut ScriptInvocation<'_>, hour: UnixHour, link: &str, delta: &Counters) {
+    let fields = delta.fields();
+    invocation.arg(fields.iter().filter(|(_, value)| *value != 0).count());
+    for (name, value) in fields {
         if value != 0 {
             invocation.arg(counter_field(hour, name, link)).arg(value);
         }
@@ -201,9 +212,11 @@ pub(super) fn finish_delivery<'s>(
     shard: u8,
     owner: &str,
     delivery: &Delivery,
-    keep_ms: u64,
+    keep_settled: Option<Duration>,
 ) -> ScriptInvocation<'s> {
     let pending = delivery.status == DeliveryStatus::Pending;
+    let keep_ms = keep_settled.map_or(0, |k| k.as_millis() as u64);
+    let drop_before = keep_settled.map_or(0, |k| settled_cutoff(delivery.updated_at, k));
     let mut invocation = script.prepare_invoke();
     invocation
         .key(outbox_key(shard, &delivery.destination))
@@ -217,7 +230,8 @@ pub(super) fn finish_delivery<'s>(
         .arg(if pending { "1" } else { "0" })
         .arg(delivery.next_at)
         .arg(delivery.updated_at)
-        .arg(keep_ms);
+        .arg(keep_ms)
+        .arg(drop_before);
     invocation
 }
 
