@@ -60,26 +60,26 @@
 //! is no sweep and no scan. A conversion's outbox entries are written by the same script
 //! that records it, in its shard; a claim moves due entries' scores to the end of the
 //! lease and names the owner, so another process skips them until the lease ends and a
-//! late outcome from a process that lost its lease is ignored. Events carry a sequence number so that listing the log in
-//! chunks skips entries that concurrent writes pushed back into a later chunk.
+//! late outcome from a process that lost its lease is ignored. Events carry a sequence
+//! number so that listing the log in chunks skips entries that concurrent writes pushed
+//! back into a later chunk.
 //!
 //! # Durability
 //!
 //! A write is acknowledged once Redis has applied it; whether it survives a crash of
 //! Redis is Redis's `appendonly`/`appendfsync` configuration. [`RedisStore::flush`] has
 //! nothing to add.
-
 //!
 //! # Where things are
 //!
-//! - [`keys`]: the names of keys and counter fields;
-//! - `scripts/*.lua` and [`scripts`]: the Lua scripts, each with its KEYS and arguments
+//! - `keys`: the names of keys and counter fields;
+//! - `scripts/*.lua` and `scripts`: the Lua scripts, each with its KEYS and arguments
 //!   listed by name at its top, and the one function per script that builds its call in
 //!   that order;
-//! - [`batcher`]: the group commit of clicks;
-//! - one file per capability: [`clicks`], [`conversions`], [`events`], [`links`],
-//!   [`outbox`]; [`Health`] is here;
-//! - [`retention`]: dropping personal data past its lifetime.
+//! - `batcher`: the group commit of clicks;
+//! - one file per capability: `clicks`, `conversions`, `events`, `links`, `outbox`;
+//!   [`Health`] is here;
+//! - `retention`: dropping personal data past its lifetime.
 
 mod batcher;
 mod clicks;
