@@ -14,17 +14,17 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `cl:ck:{N}:<hour>` | hash | click id → compact click record ([`super::record`]) of the clicks created in that UTC hour; expires `click_ttl` after the hour ends |
+//! | `cl:ck:{N}:<hour>` | hash | click id → compact click record (the store's `record` module) of the clicks created in that UTC hour; expires `click_ttl` after the hour ends |
 //! | `cl:in:{N}:<16 hex digits>` | string | a value many clicks share (context, user agent), named by its content hash |
 //! | `cl:pd` | string | the hour up to which personal data has been dropped from clicks |
 //! | `cl:ct:{N}:<day>` | hash | `<hour>\|<counter>\|<network/slug>` → count (revenue in micros) |
 //! | `cl:ctd:{N}` | sorted set | days that have a `cl:ct:{N}:<day>` hash (score = member = day) |
-//! | `cl:cv:{N}:<conversion id>` | string | postcard [`Conversion`]; `N` from its click's id |
+//! | `cl:cv:{N}:<conversion id>` | string | postcard [`Conversion`](crate::model::Conversion); `N` from its click's id |
 //! | `cl:cvt:{N}` | sorted set | conversion ids, scored by `at` (ms) |
 //! | `cl:{ev}:log` | list | `<seq>\|<postcard Event>`, newest first, capped at `event_log_max` |
 //! | `cl:{ev}:seq` | string | sequence number of the newest event |
-//! | `cl:links` | hash | `network/slug` → postcard [`Link`] |
-//! | `cl:dl:{N}:<delivery id>` | string | postcard [`Delivery`]; `N` from its click's id; settled ones expire after `forward.keep_days` |
+//! | `cl:links` | hash | `network/slug` → postcard [`Link`](crate::model::Link) |
+//! | `cl:dl:{N}:<delivery id>` | string | postcard [`Delivery`](crate::model::Delivery); `N` from its click's id; settled ones expire after `forward.keep_days` |
 //! | `cl:ob:{N}:<destination>` | sorted set | pending delivery ids, scored by when they are due (a lease pushes the score out) |
 //! | `cl:dlo:{N}` | hash | claimed delivery id → the process token holding its lease |
 //! | `cl:dls:{N}:<status>` | sorted set | delivery ids with that status, scored by last update (ms) |
@@ -41,7 +41,7 @@
 //! entry, value object) before the click says anything; a field in its hour's hash costs
 //! about a third of that, and the whole hour expires at once. The click id carries its
 //! creation time, so a lookup knows the bucket without an index. Records are compact and
-//! their shared parts interned (see [`super::record`]), which keeps a click without
+//! their shared parts interned (see the store's `record` module), which keeps a click without
 //! ad-platform click ids near 100 bytes of Redis memory.
 //!
 //! Clicks are not sent one script call each: a batcher task takes every click waiting
