@@ -14,7 +14,10 @@ use crate::links::validate_link;
 use crate::model::{Click, Conversion, Delivery, DeliveryStatus, Event, Link, LinkSource, LinkStatus};
 use crate::postback::valid_percent_encoding;
 use crate::reports::{self, rfc3339, Group, Period};
-use crate::store::Requeue;
+use crate::store::{Requeue, StoreError, StoreResult};
+
+/// The statuses an event-log entry can have.
+pub(crate) const EVENT_STATUSES: [&str; 5] = ["ok", "duplicate", "no_match", "rejected", "queued"];
 
 /// Most events one `/api/events` call returns.
 const MAX_EVENTS: usize = 1000;
@@ -81,7 +84,7 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
     secret_matches(given.trim().as_bytes(), state.config.security.admin_token.expose().as_bytes())
 }
 
-fn store_error(e: crate::store::StoreError) -> Response<Body> {
+fn store_error(e: StoreError) -> Response<Body> {
     tracing::error!(error = %e, "store failed during an API call");
     error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
 }
@@ -92,13 +95,69 @@ struct Links<'a> {
 }
 
 async fn list_links(state: &AppState) -> Response<Body> {
-    let stored = match state.store.links().await {
-        Ok(l) => l,
-        Err(e) => return store_error(e),
-    };
-    let mut all: Vec<&Link> = state.links.config_links().chain(stored.iter()).collect();
+    match all_links(state).await {
+        Ok(all) => json(StatusCode::OK, &Links { links: all.iter().collect() }),
+        Err(e) => store_error(e),
+    }
+}
+
+/// Every link, from the config file and from the store, by network and slug. The API
+/// and the dashboard list the same thing.
+pub(crate) async fn all_links(state: &AppState) -> StoreResult<Vec<Link>> {
+    let stored = state.store.links().await?;
+    let mut all: Vec<Link> = state.links.config_links().cloned().chain(stored).collect();
     all.sort_by(|a, b| (&a.network, &a.slug).cmp(&(&b.network, &b.slug)));
-    json(StatusCode::OK, &Links { links: all })
+    Ok(all)
+}
+
+/// Why a link was not changed.
+pub(crate) enum LinkChangeError {
+    /// Defined in the config file.
+    ReadOnly,
+    /// `(field, problem)` pairs.
+    Invalid(Vec<(&'static str, String)>),
+    /// Creating, and the link exists.
+    Exists,
+    /// Deleting, and there is no such link.
+    NotFound,
+    Store(StoreError),
+}
+
+/// The text of a read-only refusal, the same for every caller.
+pub(crate) const READ_ONLY: &str = "this link is defined in the config file and is read-only here";
+
+/// Checks and stores an API link; `replace` allows overwriting an existing one. Returns
+/// whether the link existed. The API and the dashboard's forms both go through here.
+pub(crate) async fn save_link(state: &AppState, link: &Link, replace: bool) -> Result<bool, LinkChangeError> {
+    if state.links.is_config_link(&link.network, &link.slug) {
+        return Err(LinkChangeError::ReadOnly);
+    }
+    let problems = validate_link(link, state.links.networks());
+    if !problems.is_empty() {
+        return Err(LinkChangeError::Invalid(problems));
+    }
+    let existed = state.store.link(&link.network, &link.slug).await.map_err(LinkChangeError::Store)?.is_some();
+    if existed && !replace {
+        return Err(LinkChangeError::Exists);
+    }
+    state.store.put_link(link).await.map_err(LinkChangeError::Store)?;
+    state.links.invalidate(&link.network, &link.slug);
+    Ok(existed)
+}
+
+/// Deletes an API link.
+pub(crate) async fn remove_link(state: &AppState, network: &str, slug: &str) -> Result<(), LinkChangeError> {
+    if state.links.is_config_link(network, slug) {
+        return Err(LinkChangeError::ReadOnly);
+    }
+    match state.store.delete_link(network, slug).await {
+        Ok(true) => {
+            state.links.invalidate(network, slug);
+            Ok(())
+        }
+        Ok(false) => Err(LinkChangeError::NotFound),
+        Err(e) => Err(LinkChangeError::Store(e)),
+    }
 }
 
 async fn get_link(state: &AppState, network: &str, slug: &str) -> Response<Body> {
@@ -160,44 +219,36 @@ async fn create_link(state: &AppState, body: LinkBody, path: Option<(String, Str
         event: body.event,
         source: LinkSource::Api,
     };
-    if state.links.is_config_link(&link.network, &link.slug) {
-        return error(StatusCode::CONFLICT, "this link is defined in the config file and is read-only here");
+    match save_link(state, &link, is_put).await {
+        Ok(existed) => json(if existed { StatusCode::OK } else { StatusCode::CREATED }, &link),
+        Err(e) => link_change_error(e),
     }
-    let problems = validate_link(&link, state.links.networks());
-    if !problems.is_empty() {
-        let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-        return error(StatusCode::BAD_REQUEST, &text.join("; "));
-    }
-    let existed = match state.store.link(&link.network, &link.slug).await {
-        Ok(found) => found.is_some(),
-        Err(e) => return store_error(e),
-    };
-    if existed && !is_put {
-        return error(
-            StatusCode::CONFLICT,
-            "a link with this network and slug exists; PUT /api/links/{network}/{slug} replaces it",
-        );
-    }
-    if let Err(e) = state.store.put_link(&link).await {
-        return store_error(e);
-    }
-    state.links.invalidate(&link.network, &link.slug);
-    json(if existed { StatusCode::OK } else { StatusCode::CREATED }, &link)
 }
 
 async fn delete_link(state: &AppState, network: &str, slug: &str) -> Response<Body> {
-    if state.links.is_config_link(network, slug) {
-        return error(StatusCode::CONFLICT, "this link is defined in the config file and is read-only here");
-    }
-    match state.store.delete_link(network, slug).await {
-        Ok(true) => {
-            state.links.invalidate(network, slug);
+    match remove_link(state, network, slug).await {
+        Ok(()) => {
             let mut res = text(StatusCode::NO_CONTENT, "");
             res.headers_mut().remove(CONTENT_TYPE);
             res
         }
-        Ok(false) => error(StatusCode::NOT_FOUND, "no such link"),
-        Err(e) => store_error(e),
+        Err(e) => link_change_error(e),
+    }
+}
+
+fn link_change_error(e: LinkChangeError) -> Response<Body> {
+    match e {
+        LinkChangeError::ReadOnly => error(StatusCode::CONFLICT, READ_ONLY),
+        LinkChangeError::Invalid(problems) => {
+            let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+            error(StatusCode::BAD_REQUEST, &text.join("; "))
+        }
+        LinkChangeError::Exists => error(
+            StatusCode::CONFLICT,
+            "a link with this network and slug exists; PUT /api/links/{network}/{slug} replaces it",
+        ),
+        LinkChangeError::NotFound => error(StatusCode::NOT_FOUND, "no such link"),
+        LinkChangeError::Store(e) => store_error(e),
     }
 }
 
@@ -321,7 +372,8 @@ async fn conversions(state: &AppState, query: &HashMap<String, String>) -> Respo
     }
 }
 
-fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
+/// The conversions CSV, as `/api/conversions?format=csv` and the dashboard serve it.
+pub(crate) fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec![
         "conversion_id",
@@ -504,14 +556,16 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
     }
 }
 
+/// Why a delivery in `status` was not re-queued.
+pub(crate) fn requeue_refused(status: DeliveryStatus) -> String {
+    format!("the delivery is {}; only failed or expired deliveries can be re-queued", status.as_str())
+}
+
 async fn requeue(state: &AppState, id: &str) -> Response<Body> {
     match state.store.requeue_delivery(id, state.now_ms()).await {
         Ok(Requeue::Done(d)) => json(StatusCode::OK, &DeliveryView::new(&d)),
         Ok(Requeue::NotFound) => error(StatusCode::NOT_FOUND, "no such delivery"),
-        Ok(Requeue::NotDeadLettered(s)) => error(
-            StatusCode::CONFLICT,
-            &format!("the delivery is {}; only failed or expired deliveries can be re-queued", s.as_str()),
-        ),
+        Ok(Requeue::NotDeadLettered(s)) => error(StatusCode::CONFLICT, &requeue_refused(s)),
         Err(e) => store_error(e),
     }
 }
@@ -524,7 +578,7 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response<B
     };
     let status = query.get("status").map(String::as_str);
     if let Some(s) = status {
-        if !["ok", "duplicate", "no_match", "rejected", "queued"].contains(&s) {
+        if !EVENT_STATUSES.contains(&s) {
             return error(
                 StatusCode::BAD_REQUEST,
                 &format!("status={s:?}: use ok, duplicate, no_match, rejected or queued"),
