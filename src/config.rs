@@ -130,6 +130,8 @@ pub struct Config {
     pub links: Vec<Link>,
     /// `[forward]` and `[[destinations]]`: where conversions are forwarded.
     pub forward: ForwardConfig,
+    /// `[dashboard]`: the web dashboard under `/ui/`.
+    pub dashboard: crate::dashboard::DashboardConfig,
     /// Things that work but should be fixed (example secrets, say).
     pub warnings: Vec<String>,
 }
@@ -326,7 +328,7 @@ impl<'a> Section<'a> {
 fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
     let mut warnings = Vec::new();
     let known: HashSet<&str> =
-        ["server", "store", "security", "privacy", "networks", "links", "forward", "destinations"].into();
+        ["server", "store", "security", "privacy", "networks", "links", "forward", "destinations", "dashboard"].into();
     for key in root.keys() {
         if !known.contains(key.as_str()) {
             errors.push(ConfigError { key: written_key(key), message: "unknown section".into() });
@@ -555,6 +557,8 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
         }),
     }
 
+    let dashboard = crate::dashboard::read_config(root.get("dashboard"), errors);
+
     Some(Config {
         server: ServerConfig {
             listen: listen?,
@@ -595,6 +599,7 @@ fn read(root: &toml::Table, errors: &mut Vec<ConfigError>, env: &dyn Fn(&str) ->
             keep_settled: Duration::from_secs(keep_days * 86_400),
             destinations,
         },
+        dashboard,
         warnings,
     })
 }

@@ -9,6 +9,7 @@
 //! - [`server`]: the accept loop, HTTP/1.1 and HTTP/2, limits, graceful shutdown.
 //! - [`tls`]: HTTPS via rustls, the certificate reloaded on SIGHUP.
 //! - [`routes`]: redirect, postback, admin API, health and metrics.
+//! - [`dashboard`]: the web dashboard under `/ui/`, over the admin API's store calls.
 //! - [`clickid`]: minting and verifying the signed, time-ordered click ids.
 //! - [`links`]: link definitions, compiled for the redirect and cached in process.
 //! - [`networks`]: affiliate networks as data (CAKE built in).
@@ -34,6 +35,7 @@ pub mod bots;
 pub mod cli;
 pub mod clickid;
 pub mod config;
+pub mod dashboard;
 pub mod forward;
 pub mod links;
 pub mod memo;
