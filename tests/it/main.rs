@@ -3,10 +3,13 @@
 
 mod helpers;
 mod redis_server;
+mod webdriver;
 
 mod access;
 mod api;
 mod bad_input;
+mod browser;
+mod dashboard;
 mod durability;
 mod forward;
 mod outage;
