@@ -6,7 +6,7 @@
 /// Drawing area, in SVG user units (the SVG scales to its box).
 pub(crate) const WIDTH: u32 = 960;
 pub(crate) const HEIGHT: u32 = 260;
-const LEFT: f64 = 48.0;
+const LEFT: f64 = 56.0;
 const RIGHT: f64 = 48.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 32.0;

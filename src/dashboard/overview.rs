@@ -140,12 +140,45 @@ impl Figures {
         Money::from_micros(micros as i64).to_string()
     }
 
+    pub(crate) fn clicks_text(&self) -> String {
+        grouped(&self.clicks.to_string())
+    }
+
+    pub(crate) fn bot_hits_text(&self) -> String {
+        grouped(&self.bot_hits.to_string())
+    }
+
+    pub(crate) fn conversions_text(&self) -> String {
+        grouped(&self.conversions.to_string())
+    }
+
+    pub(crate) fn revenue_text(&self) -> String {
+        grouped(&self.revenue.to_string())
+    }
+
     fn add(&mut self, other: &Figures) {
         self.clicks += other.clicks;
         self.bot_hits += other.bot_hits;
         self.conversions += other.conversions;
         self.revenue = self.revenue.saturating_add(other.revenue);
     }
+}
+
+/// A decimal number's whole part in groups of three digits: `12,345.50`.
+pub(crate) fn grouped(number: &str) -> String {
+    let (whole, rest) = number.split_once('.').map_or((number, None), |(w, f)| (w, Some(f)));
+    let mut out = String::with_capacity(number.len() + whole.len() / 3);
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if let Some(rest) = rest {
+        out.push('.');
+        out.push_str(rest);
+    }
+    out
 }
 
 /// Columns the per-link table sorts by.
@@ -302,6 +335,10 @@ mod tests {
         assert_eq!(f(0, 0, 0).conversion_rate(), "—");
         // 0.1 + 0.2 per click stays 0.15, never 0.15000000000000002.
         assert_eq!(f(2, 2, 300_000).epc(), "0.15");
+        assert_eq!(f(1_234_567, 0, 1_234_567_890_000).clicks_text(), "1,234,567");
+        assert_eq!(f(0, 0, 1_234_567_890_000).revenue_text(), "1,234,567.89");
+        assert_eq!(grouped("123"), "123");
+        assert_eq!(grouped("1234.5"), "1,234.5");
     }
 
     #[test]

@@ -404,7 +404,10 @@ pub(crate) async fn setup(ctx: &Ctx<'_>) -> Response<Body> {
         ("Status", r.status.to_owned()),
         ("Store", format!("{} ({})", r.store, if r.store_up { "up" } else { "down" })),
         ("Outage spool", if r.spool.active { "in use".into() } else { "idle".into() }),
-        ("Spool size", format!("{} of {} bytes, {} records", r.spool.bytes, r.spool.max_bytes, r.spool.records)),
+        (
+            "Spool size",
+            format!("{} of {}, {} records", bytes(r.spool.bytes), bytes(r.spool.max_bytes), r.spool.records),
+        ),
         ("Replayed since start", r.spool.replayed.to_string()),
     ];
     let facts = vec![
@@ -416,6 +419,21 @@ pub(crate) async fn setup(ctx: &Ctx<'_>) -> Response<Body> {
     let ready = http == StatusCode::OK && r.store_up;
     let page = SetupPage { page: ctx.layout("Setup", "setup"), postback_urls, readiness, ready, facts };
     render(StatusCode::OK, &page)
+}
+
+/// A size for people: `512 B`, `3.2 MiB`, `4.0 GiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// A notice for a page from its `?created=`-style query, after a form was handled.

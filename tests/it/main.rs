@@ -15,5 +15,6 @@ mod forward;
 mod outage;
 mod postback;
 mod redirect;
+mod screenshots;
 mod store_contract;
 mod tls;
