@@ -55,6 +55,12 @@ impl Application {
         self.state.clone()
     }
 
+    /// The store it serves from, for tools that fill or read it beside the server (the
+    /// benches seed it with clicks at chosen times).
+    pub fn store(&self) -> Storage {
+        self.state.store.clone()
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests, replays the
     /// outage spool if the store is back, and flushes the spool and the store, all within
     /// `shutdown_timeout_secs` of the signal. A spool the store could not take stays on

@@ -23,6 +23,8 @@ pub(crate) struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Metric handles of the redirect path.
     pub hot: telemetry::HotMetrics,
+    /// The dashboard's sign-in sessions and failed sign-ins.
+    pub sessions: crate::dashboard::Sessions,
 }
 
 impl AppState {
@@ -33,6 +35,7 @@ impl AppState {
         let previous: Vec<String> = config.security.previous_secrets.iter().map(|s| s.expose().to_owned()).collect();
         let keyring = Keyring::new(config.security.secret.expose(), &previous, config.store.click_ttl().as_secs());
         let metrics = telemetry::metrics();
-        Ok(AppState { config, store, links, keyring, metrics, hot: telemetry::HotMetrics::new() })
+        let sessions = crate::dashboard::sessions(&config);
+        Ok(AppState { config, store, links, keyring, metrics, hot: telemetry::HotMetrics::new(), sessions })
     }
 }

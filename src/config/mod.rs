@@ -22,6 +22,7 @@
 //! [`crate::store`], [`crate::networks`], [`crate::links`] and [`crate::model`]; none of
 //! them imports it back (secrets live in [`crate::secret`]).
 
+mod dashboard;
 mod forward;
 mod links;
 mod networks;
@@ -35,6 +36,7 @@ mod store;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use self::dashboard::DashboardConfig;
 pub use self::privacy::PrivacyConfig;
 pub use self::security::SecurityConfig;
 pub use self::server::{ServerConfig, TlsFiles};
@@ -63,6 +65,8 @@ pub struct Config {
     pub links: Vec<Link>,
     /// `[forward]` and `[[destinations]]`: where conversions are forwarded.
     pub forward: ForwardConfig,
+    /// `[dashboard]`: the web dashboard under `/ui/`.
+    pub dashboard: DashboardConfig,
     /// Things that work but should be fixed (example secrets, say): reported, not
     /// refused, so the example config runs as is.
     pub warnings: Vec<String>,
@@ -102,7 +106,8 @@ pub enum LoadError {
 }
 
 /// The top-level tables a file may have; anything else is refused as a typo.
-const SECTIONS: &[&str] = &["server", "store", "security", "privacy", "networks", "links", "forward", "destinations"];
+const SECTIONS: &[&str] =
+    &["server", "store", "security", "privacy", "networks", "links", "forward", "destinations", "dashboard"];
 
 impl Config {
     /// Reads `path` and applies overrides from `env` (a lookup, so tests never touch the
@@ -145,7 +150,18 @@ fn read(root: &toml::Table, errors: &mut Errors, env: Env<'_>) -> Option<Config>
     let networks = networks::read(root.get("networks"), errors);
     let links = links::read(root.get("links"), &networks, errors);
     let forward = forward::read(root.get("forward"), root.get("destinations"), env, errors);
-    Some(Config { server: server?, store: store?, security: security?, privacy, networks, links, forward, warnings })
+    let dashboard = dashboard::read(root.get("dashboard"), errors);
+    Some(Config {
+        server: server?,
+        store: store?,
+        security: security?,
+        privacy,
+        networks,
+        links,
+        forward,
+        dashboard,
+        warnings,
+    })
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, peer: Socke
         (Some("healthz"), None, None) => ops::healthz(&req),
         (Some("readyz"), None, None) => ops::readyz(state, &req).await,
         (Some("metrics"), None, None) => ops::metrics(state, &req).await,
+        (Some(""), None, None) => crate::dashboard::root(state, &req),
+        (Some("ui"), _, _) => crate::dashboard::serve(state, req, peer).await,
         _ => error(StatusCode::NOT_FOUND, "no such route"),
     }
 }

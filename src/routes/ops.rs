@@ -19,12 +19,13 @@ pub(crate) fn healthz(req: &Request<Incoming>) -> Response<Body> {
     only_get(req).unwrap_or_else(|| text(StatusCode::OK, "ok\n"))
 }
 
+/// What `/readyz` reports (and the dashboard's setup page shows).
 #[derive(Serialize)]
-struct Readiness {
-    status: &'static str,
-    store: &'static str,
-    store_up: bool,
-    spool: SpoolStatus,
+pub(crate) struct Readiness {
+    pub(crate) status: &'static str,
+    pub(crate) store: &'static str,
+    pub(crate) store_up: bool,
+    pub(crate) spool: SpoolStatus,
 }
 
 /// `200` while redirects can be served and their clicks kept: the store answers, or the
@@ -34,6 +35,12 @@ pub(crate) async fn readyz(state: &AppState, req: &Request<Incoming>) -> Respons
     if let Some(r) = only_get(req) {
         return r;
     }
+    let (http, readiness) = readiness(state).await;
+    json(http, &readiness)
+}
+
+/// The store's and the outage spool's state, and the status code `/readyz` answers.
+pub(crate) async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
     let up = store_up(state).await;
     let spool = state.store.spool().status();
     let (http, status) = match (up, spool.active, spool.full) {
@@ -42,7 +49,7 @@ pub(crate) async fn readyz(state: &AppState, req: &Request<Incoming>) -> Respons
         (true, true, _) => (StatusCode::OK, "replaying_spool"),
         (false, _, _) => (StatusCode::OK, "store_down_spooling"),
     };
-    json(http, &Readiness { status, store: state.store.health().backend(), store_up: up, spool })
+    (http, Readiness { status, store: state.store.health().backend(), store_up: up, spool })
 }
 
 async fn store_up(state: &AppState) -> bool {

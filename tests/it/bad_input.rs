@@ -185,9 +185,12 @@ async fn raw_control_characters_in_the_request_line(backend: Backend) {
 
 async fn unknown_routes_and_networks_are_404(backend: Backend) {
     let app = spawn_app(backend).await;
-    for path in ["/", "/nope", "/go", "/go/cake", "/healthz/extra", "/collect/cake"] {
+    for path in ["/nope", "/uix", "/go", "/go/cake", "/healthz/extra", "/collect/cake"] {
         assert_json_error(app.get(path).await, StatusCode::NOT_FOUND, path).await;
     }
+    // `/` is the dashboard's front door (and 404 with the dashboard off: tests/it/dashboard.rs).
+    let res = app.get("/").await;
+    assert_eq!((res.status(), crate::helpers::location(&res)), (StatusCode::FOUND, "/ui/".to_owned()));
     let res = app.get("/go/nonet/demo").await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(res.headers()["cache-control"], "no-store, private");

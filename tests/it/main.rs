@@ -6,16 +6,20 @@
 
 mod helpers;
 mod redis_server;
+mod webdriver;
 
 mod access;
 mod api;
 mod architecture;
 mod bad_input;
+mod browser;
 mod config;
+mod dashboard;
 mod durability;
 mod forward;
 mod outage;
 mod postback;
 mod redirect;
+mod screenshots;
 mod store_contract;
 mod tls;
