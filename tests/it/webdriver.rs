@@ -4,6 +4,7 @@
 //! fail, saying so, rather than skip.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +42,10 @@ impl Browser {
             let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("address").port()
         };
+        // Its own process group, so that the browsers it starts can be ended with it
+        // even when a test fails halfway.
         let driver = Command::new(&driver_bin)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -171,9 +175,16 @@ impl Browser {
         self.client.screenshot().await.expect("screenshot")
     }
 
-    /// Ends the WebDriver session and chromedriver.
-    pub async fn quit(mut self) {
+    /// Ends the WebDriver session, then chromedriver and whatever it started.
+    pub async fn quit(self) {
         let _ = self.client.clone().close().await;
+        // Dropping ends the process group.
+    }
+
+    /// Stops chromedriver's process group (chromedriver and the browser it started).
+    fn stop_group(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -181,7 +192,6 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        self.stop_group();
     }
 }
