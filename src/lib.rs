@@ -13,7 +13,8 @@
 //! - `server`, `tls`: the accept loop, HTTP/1.1 and HTTP/2, limits, graceful shutdown, HTTPS.
 //! - `routes`: redirect, postback, admin API, health and metrics; `routes::failure` is the
 //!   one place failures become HTTP answers.
-//! - `dashboard`: the web dashboard under `/ui/`, over the admin API's store calls.
+//! - `routes::ui`: the web dashboard under `/ui/`, over the admin API's store calls;
+//!   `sessions`: its signed sign-in sessions.
 //! - [`clickid`]: minting and verifying the signed, time-ordered click ids.
 //! - [`links`], [`networks`]: link definitions compiled for the redirect, networks as data.
 //! - [`bots`], `memo`, `privacy`: request classification, per-thread memos, what a click
@@ -45,7 +46,6 @@ pub mod telemetry;
 
 mod access;
 mod clock;
-mod dashboard;
 mod forward;
 mod memo;
 mod privacy;
@@ -53,6 +53,7 @@ mod reports;
 mod routes;
 mod secret;
 mod server;
+mod sessions;
 mod state;
 mod text;
 mod tls;

@@ -24,7 +24,7 @@ pub(crate) struct AppState {
     /// Metric handles of the redirect path.
     pub hot: telemetry::HotMetrics,
     /// The dashboard's sign-in sessions and failed sign-ins.
-    pub sessions: crate::dashboard::Sessions,
+    pub sessions: crate::sessions::Sessions,
 }
 
 impl AppState {
@@ -35,7 +35,7 @@ impl AppState {
         let previous: Vec<String> = config.security.previous_secrets.iter().map(|s| s.expose().to_owned()).collect();
         let keyring = Keyring::new(config.security.secret.expose(), &previous, config.store.click_ttl().as_secs());
         let metrics = telemetry::metrics();
-        let sessions = crate::dashboard::sessions(&config);
+        let sessions = crate::sessions::Sessions::for_config(&config);
         Ok(AppState { config, store, links, keyring, metrics, hot: telemetry::HotMetrics::new(), sessions })
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod api;
 pub(crate) mod ops;
 pub(crate) mod postback;
 pub(crate) mod redirect;
+pub(crate) mod ui;
 
 use std::net::SocketAddr;
 
@@ -23,6 +24,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
+pub(crate) use crate::secret::secret_matches;
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -55,8 +57,8 @@ pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, peer: Socke
         (Some("healthz"), None, None) => ops::healthz(&req),
         (Some("readyz"), None, None) => ops::readyz(state, &req).await,
         (Some("metrics"), None, None) => ops::metrics(state, &req).await,
-        (Some(""), None, None) => crate::dashboard::root(state, &req),
-        (Some("ui"), _, _) => crate::dashboard::serve(state, req, peer).await,
+        (Some(""), None, None) => ui::root(state, &req),
+        (Some("ui"), _, _) => ui::serve(state, req, peer).await,
         _ => error(StatusCode::NOT_FOUND, "no such route"),
     }
 }
@@ -131,11 +133,4 @@ pub(crate) fn path_segment(raw: &str) -> Result<String, String> {
 
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
-}
-
-/// Bearer-token and key comparison in constant time. Both sides are hashed first, so
-/// that not even the secret's length shows in the timing.
-pub(crate) fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
-    let (given, expected) = (blake3::hash(given), blake3::hash(expected));
-    subtle::ConstantTimeEq::ct_eq(&given.as_bytes()[..], &expected.as_bytes()[..]).into()
 }

@@ -2,7 +2,8 @@
 //! conversions, deliveries and setup, rendered by the server from the same store calls
 //! the admin API makes.
 //!
-//! - `session`: signed session cookies, CSRF tokens, the sign-in rate limit.
+//! - `crate::sessions`: signed session cookies, CSRF tokens, the sign-in rate limit
+//!   (outside the routes, so that the shared state can hold them).
 //! - `overview`, `links`, `pages`: the pages; `chart`: the SVG chart.
 //! - `templates/` (askama, checked at compile time, HTML-escaped) and `assets/` (CSS and
 //!   a little JavaScript), both compiled into the binary.
@@ -16,7 +17,6 @@ mod chart;
 mod links;
 mod overview;
 mod pages;
-mod session;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,16 +28,9 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-pub(crate) use session::Sessions;
-
 use crate::routes::{error, failure, Body};
+use crate::sessions::{self as session, Session};
 use crate::state::AppState;
-use session::Session;
-
-/// The dashboard's state in a server: its sessions and sign-in failures.
-pub(crate) fn sessions(config: &crate::config::Config) -> Sessions {
-    Sessions::new(config.security.secret.expose(), config.security.admin_token.expose(), config.dashboard.session)
-}
 
 const CSP: &str = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 const CSS: &str = include_str!("assets/app.css");

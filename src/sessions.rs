@@ -51,6 +51,12 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
+    /// A server's sessions and sign-in failures, keyed by its secret and admin token.
+    pub(crate) fn for_config(config: &crate::config::Config) -> Sessions {
+        let security = &config.security;
+        Sessions::new(security.secret.expose(), security.admin_token.expose(), config.dashboard.session)
+    }
+
     pub(crate) fn new(secret: &str, admin_token: &str, lifetime: Duration) -> Sessions {
         let mut mac = <HmacSha256 as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
         mac.update(b"cakelink dashboard session\0");
@@ -104,7 +110,7 @@ impl Sessions {
 
     /// Whether `token` is this session's CSRF token (compared in constant time).
     pub(crate) fn csrf_ok(&self, session: &Session, token: &str) -> bool {
-        crate::routes::secret_matches(token.as_bytes(), session.csrf.as_bytes())
+        crate::secret::secret_matches(token.as_bytes(), session.csrf.as_bytes())
     }
 
     /// Signs a session out in this process.

@@ -10,7 +10,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::overview::{self, RangeForm};
-use super::session::{COOKIE, MAX_FAILURES};
 use super::{page_error, read_form, redirect, render, store_down, Ctx, Layout};
 use crate::clock::now_ms;
 use crate::model::DeliveryStatus;
@@ -18,6 +17,7 @@ use crate::model::EventStatus;
 use crate::reports::rfc3339;
 use crate::routes::api::{requeue_refused, to_csv};
 use crate::routes::{error, secret_matches, Body};
+use crate::sessions::{COOKIE, MAX_FAILURES};
 use crate::state::AppState;
 use crate::store::ClickStore;
 use crate::store::Requeue;
