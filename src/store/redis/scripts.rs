@@ -33,16 +33,23 @@ pub(super) struct Scripts {
     pub log_event: Script,
 }
 
+/// A script file with the argument cursors (`scripts/cursor.lua`) in front of it.
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("scripts/cursor.lua"), include_str!(concat!("scripts/", $file))))
+    };
+}
+
 impl Scripts {
     pub(super) fn load() -> Scripts {
         Scripts {
-            record_clicks: Script::new(include_str!("scripts/record_clicks.lua")),
-            record_conversion: Script::new(include_str!("scripts/record_conversion.lua")),
-            record_forwarded_click: Script::new(include_str!("scripts/record_forwarded_click.lua")),
-            claim_deliveries: Script::new(include_str!("scripts/claim_deliveries.lua")),
-            finish_delivery: Script::new(include_str!("scripts/finish_delivery.lua")),
-            requeue_delivery: Script::new(include_str!("scripts/requeue_delivery.lua")),
-            log_event: Script::new(include_str!("scripts/log_event.lua")),
+            record_clicks: script!("record_clicks.lua"),
+            record_conversion: script!("record_conversion.lua"),
+            record_forwarded_click: script!("record_forwarded_click.lua"),
+            claim_deliveries: script!("claim_deliveries.lua"),
+            finish_delivery: script!("finish_delivery.lua"),
+            requeue_delivery: script!("requeue_delivery.lua"),
+            log_event: script!("log_event.lua"),
         }
     }
 }

@@ -13,16 +13,6 @@
 --
 -- Returns the ids claimed.
 
-local k = 0
-local function nextkey()
-  k = k + 1
-  return KEYS[k]
-end
-local i = 0
-local function nextarg()
-  i = i + 1
-  return ARGV[i]
-end
 
 local outbox = nextkey()
 local owners = nextkey()

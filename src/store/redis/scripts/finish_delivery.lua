@@ -20,16 +20,6 @@
 --
 -- Returns 1 when the outcome was stored, 0 when the lease was lost.
 
-local k = 0
-local function nextkey()
-  k = k + 1
-  return KEYS[k]
-end
-local i = 0
-local function nextarg()
-  i = i + 1
-  return ARGV[i]
-end
 
 local outbox = nextkey()
 local owners = nextkey()

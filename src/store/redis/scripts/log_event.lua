@@ -9,16 +9,6 @@
 --
 -- Returns the event's sequence number.
 
-local k = 0
-local function nextkey()
-  k = k + 1
-  return KEYS[k]
-end
-local i = 0
-local function nextarg()
-  i = i + 1
-  return ARGV[i]
-end
 
 local log = nextkey()
 local seq_key = nextkey()

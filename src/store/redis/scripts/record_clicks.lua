@@ -23,31 +23,18 @@
 -- (the caller sends the batch again with the values). Counter increments are summed
 -- first: one HINCRBY per field, not per click.
 --
--- Arguments are read in order with a cursor, one call per statement: Lua does not
--- promise the order in which the expressions of one statement are evaluated, only that
--- one call's results come in order. A click's five are taken with one call, which keeps
--- the per-click cost of naming them at that of indexing ARGV.
+-- A click's five arguments are taken with one call, which keeps the per-click cost of
+-- naming them at that of indexing ARGV.
 
-local i = 0
-local function nextarg()
-  i = i + 1
-  return ARGV[i]
-end
--- The next `n` arguments, as `n` values (one call for a click's five).
-local function nextargs(n)
-  local first = i + 1
-  i = i + n
-  return unpack(ARGV, first, i)
-end
 -- The key the next argument names by its index.
-local function nextkey()
+local function namedkey()
   return KEYS[tonumber(nextarg())]
 end
 
 local missing = 0
 local named_count = tonumber(nextarg())
 for _ = 1, named_count do
-  if redis.call('EXISTS', nextkey()) == 0 then
+  if redis.call('EXISTS', namedkey()) == 0 then
     missing = missing + 1
   end
 end
@@ -80,7 +67,7 @@ end
 
 local sent_count = tonumber(nextarg())
 for _ = 1, sent_count do
-  local key = nextkey()
+  local key = namedkey()
   local bytes = nextarg()
   local ttl = nextarg()
   redis.call('SET', key, bytes, 'EX', ttl)
@@ -88,14 +75,14 @@ end
 
 local bucket_count = tonumber(nextarg())
 for _ = 1, bucket_count do
-  local bucket = nextkey()
+  local bucket = namedkey()
   local expiry = nextarg()
   redis.call('EXPIREAT', bucket, expiry)
 end
 
 local day_count = tonumber(nextarg())
 for _ = 1, day_count do
-  local day_index = nextkey()
+  local day_index = namedkey()
   local day = nextarg()
   redis.call('ZADD', day_index, day, day)
 end

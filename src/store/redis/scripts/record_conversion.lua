@@ -20,16 +20,6 @@
 --
 -- Returns 1 when the conversion was new, 0 when it was already stored.
 
-local k = 0
-local function nextkey()
-  k = k + 1
-  return KEYS[k]
-end
-local i = 0
-local function nextarg()
-  i = i + 1
-  return ARGV[i]
-end
 
 local conversion = nextkey()
 local times = nextkey()

@@ -13,16 +13,6 @@
 --
 -- Returns 1 when requeued, 0 when the delivery changed meanwhile.
 
-local k = 0
-local function nextkey()
-  k = k + 1
-  return KEYS[k]
-end
-local i = 0
-local function nextarg()
-  i = i + 1
-  return ARGV[i]
-end
 
 local delivery = nextkey()
 local outbox = nextkey()
