@@ -33,10 +33,10 @@ pub(super) struct Scripts {
     pub log_event: Script,
 }
 
-/// A script file with the argument cursors (`scripts/cursor.lua`) in front of it.
+/// A script file with the shared prelude (`scripts/prelude.lua`: argument cursors and two recording steps) in front of it.
 macro_rules! script {
     ($file:literal) => {
-        Script::new(concat!(include_str!("scripts/cursor.lua"), include_str!(concat!("scripts/", $file))))
+        Script::new(concat!(include_str!("scripts/prelude.lua"), include_str!(concat!("scripts/", $file))))
     };
 }
 

@@ -35,22 +35,6 @@ if not redis.call('SET', conversion, bytes, 'NX') then
   return 0
 end
 redis.call('ZADD', times, at, conversion_id)
-local delivery_count = tonumber(nextarg())
-for _ = 1, delivery_count do
-  local delivery = nextkey()
-  local outbox = nextkey()
-  local id = nextarg()
-  local delivery_bytes = nextarg()
-  local due = nextarg()
-  redis.call('SET', delivery, delivery_bytes)
-  redis.call('ZADD', outbox, due, id)
-  redis.call('ZADD', pending, due, id)
-end
-local counter_count = tonumber(nextarg())
-for _ = 1, counter_count do
-  local field = nextarg()
-  local delta = nextarg()
-  redis.call('HINCRBY', counters, field, delta)
-end
-redis.call('ZADD', counter_days, day, day)
+enqueue_deliveries(pending)
+add_counters(counters, counter_days, day)
 return 1
