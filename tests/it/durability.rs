@@ -460,6 +460,44 @@ async fn embedded_sweep_drops_expired_clicks() {
     assert!(store.find_click(&fresh).await.expect("read").is_some());
 }
 
+/// The expiry sweep is a task on the runtime's clock, not a thread that sleeps: with the
+/// clock paused, advancing it past the sweep interval drops an expired click, without the
+/// test waiting a minute and without calling `sweep` by hand.
+#[tokio::test(start_paused = true)]
+async fn the_embedded_expiry_sweep_runs_on_the_runtimes_clock() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ttl = Duration::from_secs(60);
+    let limits = StoreLimits {
+        click_ttl: ttl,
+        event_log_max: 100,
+        personal_ttl: cakelink::store::PERSONAL_DATA_TTL,
+        outbox: Default::default(),
+    };
+    let store = EmbeddedStore::open(&dir.path().join("db"), Duration::from_secs(1), limits).expect("open the store");
+    let ring = Keyring::new(SECRET, &[], ttl.as_secs());
+    let now = now_secs();
+    let old = ring.mint(now - DAY).to_string();
+    let young = ring.mint(now + 60).to_string();
+    store.record_click(&click_at(&old, now - DAY), ClickOrigin::Replayed).await.expect("record");
+    store.record_click(&click_at(&young, now), ClickOrigin::Replayed).await.expect("record");
+
+    // Past one sweep interval (a minute) of the paused clock (the runtime may also have
+    // jumped there by itself while idle, which is the same clock). Nothing else sweeps;
+    // the sweep then runs on the writer thread, in real time, so the check waits for it,
+    // bounded.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let mut dropped = false;
+    for _ in 0..200 {
+        if store.find_click(&old).await.expect("read").is_none() {
+            dropped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(dropped, "the timer's sweep dropped the expired click");
+    assert!(store.find_click(&young).await.expect("read").is_some(), "a young click stays");
+}
+
 /// A postback for an id past its lifetime is `no_match` with an `expired` reason, told
 /// apart from an unknown id.
 async fn expired_ids_are_no_match_expired(backend: Backend) {
