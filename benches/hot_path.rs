@@ -30,6 +30,10 @@ fn demo_link() -> Link {
         fallback: None,
         event: None,
         source: LinkSource::Config,
+        offers: Vec::new(),
+        rules: Vec::new(),
+        sticky_hours: 0,
+        cap_tz: None,
     }
 }
 
@@ -45,7 +49,11 @@ fn links(c: &mut Criterion) {
     let compiled = CompiledLink::compile(demo_link(), &cake).expect("link compiles");
     c.bench_function("offer_url/build", |b| {
         b.iter(|| {
-            black_box(compiled.location(&cake, black_box(&[("s3", "creative7")]), "3FwnU5zqsOp2D0cXN9jcYI2NWulyjXFk"))
+            black_box(compiled.url(None).location(
+                &cake,
+                black_box(&[("s3", "creative7")]),
+                "3FwnU5zqsOp2D0cXN9jcYI2NWulyjXFk",
+            ))
         })
     });
 

@@ -12,7 +12,9 @@
 //! - `security`: `[security]`, the click-id key, the admin token and the postback key.
 //! - `privacy`: `[privacy]`, what a stored click keeps of the visitor.
 //! - `networks`: `[networks.<name>]`, affiliate networks (CAKE built in).
-//! - `links`: `[[links]]`, links defined in the file.
+//! - `links`: `[[links]]`, links defined in the file; `routing` reads their offers and
+//!   rules (and the links API's, from JSON).
+//! - `geo`: `[geo]`, where a visitor's country comes from.
 //! - `forward` and `platforms`: `[forward]` and `[[destinations]]`, where conversions
 //!   are forwarded. Destinations' credentials can come from the environment too, as
 //!   `CAKELINK_DESTINATION_<NAME>_<KEY>` (name and key upper-cased, other characters
@@ -23,11 +25,13 @@
 //! them imports it back (secrets live in [`crate::secret`]).
 
 mod forward;
+mod geo;
 mod links;
 mod networks;
 mod platforms;
 mod privacy;
 mod reader;
+mod routing;
 mod security;
 mod server;
 mod store;
@@ -35,7 +39,9 @@ mod store;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use self::geo::GeoConfig;
 pub use self::privacy::PrivacyConfig;
+pub use self::routing::read_json as read_routing_json;
 pub use self::security::SecurityConfig;
 pub use self::server::{ServerConfig, TlsFiles};
 pub use self::store::StoreConfig;
@@ -63,6 +69,8 @@ pub struct Config {
     pub links: Vec<Link>,
     /// `[forward]` and `[[destinations]]`: where conversions are forwarded.
     pub forward: ForwardConfig,
+    /// `[geo]`: where a visitor's country comes from, for rules by country.
+    pub geo: GeoConfig,
     /// Things that work but should be fixed (example secrets, say): reported, not
     /// refused, so the example config runs as is.
     pub warnings: Vec<String>,
@@ -102,7 +110,8 @@ pub enum LoadError {
 }
 
 /// The top-level tables a file may have; anything else is refused as a typo.
-const SECTIONS: &[&str] = &["server", "store", "security", "privacy", "networks", "links", "forward", "destinations"];
+const SECTIONS: &[&str] =
+    &["server", "store", "security", "privacy", "networks", "links", "forward", "destinations", "geo"];
 
 impl Config {
     /// Reads `path` and applies overrides from `env` (a lookup, so tests never touch the
@@ -145,7 +154,26 @@ fn read(root: &toml::Table, errors: &mut Errors, env: Env<'_>) -> Option<Config>
     let networks = networks::read(root.get("networks"), errors);
     let links = links::read(root.get("links"), &networks, errors);
     let forward = forward::read(root.get("forward"), root.get("destinations"), env, errors);
-    Some(Config { server: server?, store: store?, security: security?, privacy, networks, links, forward, warnings })
+    let geo = geo::read(root.get("geo"), errors);
+    if !geo.is_set() {
+        for link in links.iter().filter(|l| l.rules.iter().any(|r| r.uses_country())) {
+            warnings.push(format!(
+                "link {} has rules by country, but [geo] sets neither mmdb nor header: those rules never match",
+                link.key()
+            ));
+        }
+    }
+    Some(Config {
+        server: server?,
+        store: store?,
+        security: security?,
+        privacy,
+        networks,
+        links,
+        forward,
+        geo,
+        warnings,
+    })
 }
 
 #[cfg(test)]

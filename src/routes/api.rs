@@ -2,18 +2,14 @@
 
 use std::collections::HashMap;
 
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{error, failure, json, method_not_allowed, path_segment, secret_matches, text, Body};
+use super::{error, failure, json, links_api, method_not_allowed, path_segment, secret_matches, text, Body};
 use crate::clock::now_ms;
-use crate::links::validate_link;
-use crate::model::{
-    Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, Link, LinkSource, LinkStatus, AD_CLICK_IDS,
-};
+use crate::model::{Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, AD_CLICK_IDS};
 use crate::reports::{self, rfc3339, Group, Period};
 use crate::state::AppState;
 use crate::store::ClickStore;
@@ -39,9 +35,9 @@ pub(crate) async fn api(state: &AppState, req: Request<Incoming>) -> Response<Bo
     let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
     let method = req.method().clone();
     match (segments.as_slice(), method) {
-        (["links"], Method::GET) => list_links(state).await,
-        (["links"], Method::POST) => match read_link_body(state, req).await {
-            Ok(body) => create_link(state, body, None).await,
+        (["links"], Method::GET) => links_api::list_links(state).await,
+        (["links"], Method::POST) => match links_api::read_link_body(state, req).await {
+            Ok(body) => links_api::create_link(state, body, None).await,
             Err(res) => res,
         },
         (["links"], _) => method_not_allowed("GET, POST"),
@@ -51,12 +47,12 @@ pub(crate) async fn api(state: &AppState, req: Request<Incoming>) -> Response<Bo
                 (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
             };
             match m {
-                Method::GET => get_link(state, &network, &slug).await,
-                Method::PUT => match read_link_body(state, req).await {
-                    Ok(body) => create_link(state, body, Some((network, slug))).await,
+                Method::GET => links_api::get_link(state, &network, &slug).await,
+                Method::PUT => match links_api::read_link_body(state, req).await {
+                    Ok(body) => links_api::create_link(state, body, Some((network, slug))).await,
                     Err(res) => res,
                 },
-                Method::DELETE => delete_link(state, &network, &slug).await,
+                Method::DELETE => links_api::delete_link(state, &network, &slug).await,
                 _ => method_not_allowed("GET, PUT, DELETE"),
             }
         }
@@ -85,123 +81,8 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
     secret_matches(given.trim().as_bytes(), state.config.security.admin_token.expose().as_bytes())
 }
 
-fn store_error(e: crate::store::StoreError) -> Response<Body> {
+pub(super) fn store_error(e: crate::store::StoreError) -> Response<Body> {
     failure("an admin API call", &e)
-}
-
-#[derive(Serialize)]
-struct Links<'a> {
-    links: Vec<&'a Link>,
-}
-
-async fn list_links(state: &AppState) -> Response<Body> {
-    let stored = match state.store.links().links().await {
-        Ok(l) => l,
-        Err(e) => return store_error(e),
-    };
-    let mut all: Vec<&Link> = state.links.config_links().chain(stored.iter()).collect();
-    all.sort_by(|a, b| (&a.network, &a.slug).cmp(&(&b.network, &b.slug)));
-    json(StatusCode::OK, &Links { links: all })
-}
-
-async fn get_link(state: &AppState, network: &str, slug: &str) -> Response<Body> {
-    if let Some(l) = state.links.config_links().find(|l| l.network == network && l.slug == slug) {
-        return json(StatusCode::OK, l);
-    }
-    match state.store.links().link(network, slug).await {
-        Ok(Some(link)) => json(StatusCode::OK, &link),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no such link"),
-        Err(e) => store_error(e),
-    }
-}
-
-/// What `POST /api/links` and `PUT /api/links/{network}/{slug}` take.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LinkBody {
-    slug: Option<String>,
-    network: Option<String>,
-    offer: String,
-    redirect: Option<u16>,
-    status: Option<LinkStatus>,
-    fallback: Option<String>,
-    event: Option<String>,
-}
-
-async fn read_link_body(state: &AppState, req: Request<Incoming>) -> Result<LinkBody, Response<Body>> {
-    let limit = state.config.server.max_body_bytes;
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body missing or larger than {limit} bytes")))?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("link JSON: {e}")))
-}
-
-/// Creates (`POST`, path `None`) or replaces (`PUT`) an API link.
-async fn create_link(state: &AppState, body: LinkBody, path: Option<(String, String)>) -> Response<Body> {
-    let (network, slug) = match path.clone() {
-        Some((n, s)) => {
-            if body.network.as_ref().is_some_and(|b| *b != n) || body.slug.as_ref().is_some_and(|b| *b != s) {
-                return error(StatusCode::BAD_REQUEST, "network and slug in the body differ from the path");
-            }
-            (n, s)
-        }
-        None => match body.slug {
-            Some(s) => (body.network.unwrap_or_else(|| "cake".into()), s),
-            None => return error(StatusCode::BAD_REQUEST, "slug is required"),
-        },
-    };
-    let is_put = path.is_some();
-    let link = Link {
-        network,
-        slug,
-        offer: body.offer,
-        redirect: body.redirect.unwrap_or(302),
-        status: body.status.unwrap_or_default(),
-        fallback: body.fallback,
-        event: body.event,
-        source: LinkSource::Api,
-    };
-    if state.links.is_config_link(&link.network, &link.slug) {
-        return error(StatusCode::CONFLICT, "this link is defined in the config file and is read-only here");
-    }
-    let problems = validate_link(&link, state.links.networks());
-    if !problems.is_empty() {
-        let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-        return error(StatusCode::BAD_REQUEST, &text.join("; "));
-    }
-    let existed = match state.store.links().link(&link.network, &link.slug).await {
-        Ok(found) => found.is_some(),
-        Err(e) => return store_error(e),
-    };
-    if existed && !is_put {
-        return error(
-            StatusCode::CONFLICT,
-            "a link with this network and slug exists; PUT /api/links/{network}/{slug} replaces it",
-        );
-    }
-    if let Err(e) = state.store.links().put_link(&link).await {
-        return store_error(e);
-    }
-    state.links.invalidate(&link.network, &link.slug);
-    json(if existed { StatusCode::OK } else { StatusCode::CREATED }, &link)
-}
-
-async fn delete_link(state: &AppState, network: &str, slug: &str) -> Response<Body> {
-    if state.links.is_config_link(network, slug) {
-        return error(StatusCode::CONFLICT, "this link is defined in the config file and is read-only here");
-    }
-    match state.store.links().delete_link(network, slug).await {
-        Ok(true) => {
-            state.links.invalidate(network, slug);
-            let mut res = text(StatusCode::NO_CONTENT, "");
-            res.headers_mut().remove(CONTENT_TYPE);
-            res
-        }
-        Ok(false) => error(StatusCode::NOT_FOUND, "no such link"),
-        Err(e) => store_error(e),
-    }
 }
 
 // An early answer is the error arm here; boxing it would only add an allocation.
@@ -228,7 +109,8 @@ async fn stats(state: &AppState, query: &HashMap<String, String>) -> Response<Bo
     let group = match query.get("group").map(String::as_str) {
         None | Some("link") => Group::Link,
         Some("day") => Group::Day,
-        Some(other) => return error(StatusCode::BAD_REQUEST, &format!("group={other:?}: use link or day")),
+        Some("offer") => Group::Offer,
+        Some(other) => return error(StatusCode::BAD_REQUEST, &format!("group={other:?}: use link, day or offer")),
     };
     let (from, to) = period.hours();
     match state.store.conversions().counters(from, to).await {
@@ -250,6 +132,8 @@ struct ConversionRow<'a> {
     item_id: Option<&'a str>,
     click_id: &'a str,
     link: &'a str,
+    /// The link's offer the click went to, for links with offers.
+    offer: Option<&'a str>,
     clicked_at: String,
     bot: Option<&'a str>,
     subids: HashMap<&'a str, &'a str>,
@@ -274,6 +158,7 @@ impl<'a> ConversionRow<'a> {
             item_id: c.item_id.as_deref(),
             click_id: &c.click.id,
             link: &c.click.link,
+            offer: c.click.offer.as_deref(),
             clicked_at: rfc3339(c.click.at),
             bot: c.click.bot.as_deref(),
             subids: pairs(&c.click.subids),
@@ -333,6 +218,7 @@ fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
         "item_id",
         "click_id",
         "link",
+        "offer",
         "clicked_at",
         "bot",
     ]
@@ -358,6 +244,7 @@ fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
             c.item_id.clone().unwrap_or_default(),
             c.click.id.clone(),
             c.click.link.clone(),
+            c.click.offer.clone().unwrap_or_default(),
             rfc3339(c.click.at),
             c.click.bot.clone().unwrap_or_default(),
         ];
@@ -374,6 +261,11 @@ fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
 struct ClickView<'a> {
     click_id: &'a str,
     link: &'a str,
+    /// The link's offer the visitor was sent to, and the rule that chose it.
+    offer: Option<&'a str>,
+    rule: Option<u32>,
+    /// Why the visitor went to the fallback (`paused`, `capped`), if they did.
+    fallback: Option<&'a str>,
     clicked_at: String,
     bot: Option<&'a str>,
     ip: Option<&'a str>,
@@ -389,6 +281,9 @@ impl<'a> ClickView<'a> {
         ClickView {
             click_id: &c.id,
             link: &c.link,
+            offer: c.offer.as_deref(),
+            rule: c.rule,
+            fallback: c.fallback.as_deref(),
             clicked_at: rfc3339(c.at),
             bot: c.bot.as_deref(),
             ip: c.ip.as_deref(),

@@ -84,8 +84,8 @@ use tokio::task::JoinSet;
 use super::record::{self, EncodedClick, InternKey};
 use super::schema::{self, decode, encode, ClickPlan, ConversionPlan};
 use super::{
-    ClickOrigin, ClickStore, ConversionStore, EventLog, Health, LinkStore, Outbox, Requeue, StoreError, StoreLimits,
-    StoreResult,
+    CapClaim, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, LinkStore, Outbox, Requeue, StoreError,
+    StoreLimits, StoreResult,
 };
 use crate::clickid::ClickId;
 use crate::clock::{now_ms, now_secs};
@@ -112,7 +112,8 @@ const LINKS_KEY: &str = "cl:links";
 /// (hour buckets, counter hashes, day indexes, interned values) is in KEYS and named by
 /// its index from ARGV; on a cluster a batch holds one shard's clicks, so one slot's keys.
 /// ARGV: count of interned values named but not sent, then their key indexes; click
-/// count, then per click: bucket index, click id, record, counters index, counter field;
+/// count, then per click: bucket index, click id, record, counters index, counter field,
+/// the offer's counter field (empty for a click sent to no offer);
 /// interned count, then per value: key index, value, ttl seconds; expiry count, then per
 /// bucket: key index, unix time; then (day index key, day) pairs.
 /// Returns how many named interned values are missing: when any is, nothing is written
@@ -134,17 +135,23 @@ local sums = {}
 local order = {}
 local n = tonumber(ARGV[a])
 a = a + 1
+local function count(index, field)
+  local slot = index .. '|' .. field
+  if sums[slot] then
+    sums[slot][3] = sums[slot][3] + 1
+  else
+    sums[slot] = {tonumber(index), field, 1}
+    order[#order + 1] = slot
+  end
+end
 for i = 1, n do
   if redis.call('HSETNX', KEYS[tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2]) == 1 then
-    local slot = ARGV[a + 3] .. '|' .. ARGV[a + 4]
-    if sums[slot] then
-      sums[slot][3] = sums[slot][3] + 1
-    else
-      sums[slot] = {tonumber(ARGV[a + 3]), ARGV[a + 4], 1}
-      order[#order + 1] = slot
+    count(ARGV[a + 3], ARGV[a + 4])
+    if ARGV[a + 5] ~= '' then
+      count(ARGV[a + 3], ARGV[a + 5])
     end
   end
-  a = a + 5
+  a = a + 6
 end
 for _, slot in ipairs(order) do
   local s = sums[slot]
@@ -226,6 +233,58 @@ for i = 7 + 3 * n + 2 * m, #ARGV, 2 do
 end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[3])
 return 1
+";
+
+/// Records one person's click subject to daily caps, taking the first choice whose cap
+/// has room (its counter moves by one) or, when all are full, the fallback record.
+/// KEYS: the click's hour bucket, counters hash of its day, counter day index,
+/// pending-status index, then per delivery its key and its destination's outbox, then the
+/// interned values' keys, then per choice its cap counter.
+/// ARGV: click id, bucket expiry, day, interned count m, choice count c, delivery count
+/// n, fallback record, cap counter ttl, the link's counter field; then per delivery its
+/// id, bytes and due time; per choice its cap (0: none), record and the offer's counter
+/// field; per interned value its bytes and ttl.
+/// Returns the choice taken (from 1), 0 for the fallback.
+const RECORD_CAPPED_CLICK: &str = r"
+local id = ARGV[1]
+local m, c, n = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local choices = 9 + 3 * n
+local interned = choices + 3 * c
+for j = 1, m do
+  redis.call('SET', KEYS[4 + 2 * n + j], ARGV[interned + 2 * j - 1], 'EX', ARGV[interned + 2 * j])
+end
+local taken = 0
+for i = 1, c do
+  local cap = tonumber(ARGV[choices + 3 * i - 2])
+  local key = KEYS[4 + 2 * n + m + i]
+  if cap == 0 then
+    taken = i
+    break
+  end
+  if tonumber(redis.call('GET', key) or '0') < cap then
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, ARGV[8])
+    taken = i
+    break
+  end
+end
+local record = ARGV[7]
+if taken > 0 then
+  record = ARGV[choices + 3 * taken - 1]
+  redis.call('HINCRBY', KEYS[2], ARGV[choices + 3 * taken], 1)
+end
+redis.call('HSET', KEYS[1], id, record)
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[9], 1)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[3])
+for i = 1, n do
+  local a = 9 + (i - 1) * 3
+  local k = 4 + (i - 1) * 2
+  redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+  redis.call('ZADD', KEYS[k + 2], ARGV[a + 3], ARGV[a + 1])
+  redis.call('ZADD', KEYS[4], ARGV[a + 3], ARGV[a + 1])
+end
+return taken
 ";
 
 /// Leases up to ARGV[3] due deliveries of one shard to the owner ARGV[4] until ARGV[2].
@@ -332,6 +391,7 @@ pub struct RedisStore {
     clicks: mpsc::Sender<PendingClick>,
     record_conversion: Script,
     record_forwarded_click: Script,
+    record_capped_click: Script,
     claim_deliveries: Script,
     finish_delivery: Script,
     requeue_delivery: Script,
@@ -363,6 +423,8 @@ struct PendingClick {
     bucket_hour: UnixHour,
     counter_day: u32,
     counter_field: String,
+    /// The same counter of the click's offer (`network/slug/offer`), if it went to one.
+    offer_counter_field: Option<String>,
     encoded: EncodedClick,
     reply: oneshot::Sender<StoreResult<()>>,
 }
@@ -522,7 +584,8 @@ impl Batcher {
                 .arg(&c.id)
                 .arg(c.encoded.record.as_slice())
                 .arg(keys.index(BatchKey::Counters(c.shard, c.counter_day)))
-                .arg(&c.counter_field);
+                .arg(&c.counter_field)
+                .arg(c.offer_counter_field.as_deref().unwrap_or_default());
         }
         let intern_ttl = (self.click_ttl + INTERN_SPARE).as_secs();
         invocation.arg(sent.len());
@@ -747,6 +810,7 @@ impl RedisStore {
             clicks,
             record_conversion: Script::new(RECORD_CONVERSION),
             record_forwarded_click: Script::new(RECORD_FORWARDED_CLICK),
+            record_capped_click: Script::new(RECORD_CAPPED_CLICK),
             claim_deliveries: Script::new(CLAIM_DELIVERIES),
             finish_delivery: Script::new(FINISH_DELIVERY),
             requeue_delivery: Script::new(REQUEUE_DELIVERY),
@@ -980,12 +1044,17 @@ impl ClickStore for RedisStore {
             bucket_hour: created_hour(&plan.id),
             counter_day: day_of_hour(plan.hour),
             counter_field: counter_field(plan.hour, name, &plan.link),
+            offer_counter_field: plan.offer_link.as_deref().map(|o| counter_field(plan.hour, name, o)),
             id: plan.id,
             encoded: plan.encoded,
             reply,
         };
         self.clicks.send(pending).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
+        self.record_capped_click_now(ClickPlan::capped(click, claim, &self.limits.outbox, now_ms())).await
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
@@ -1030,6 +1099,9 @@ impl ConversionStore for RedisStore {
         invocation.arg(encode(conversion)).arg(at).arg(&conversion.id).arg(day);
         add_delivery_values(&mut invocation, &plan.deliveries);
         add_counter_args(&mut invocation, hour, &conversion.click.link, &plan.counters);
+        if let Some(offer_link) = &plan.offer_link {
+            add_counter_args(&mut invocation, hour, offer_link, &plan.counters);
+        }
         let new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
         Ok(if new == 1 { Recorded::New } else { Recorded::Duplicate })
     }
@@ -1341,7 +1413,7 @@ impl Outbox for RedisStore {
 impl RedisStore {
     /// Records a person's click together with its deliveries, in one script.
     async fn record_forwarded_click(&self, plan: ClickPlan) -> StoreResult<()> {
-        let ClickPlan { id, hour, link, counters, encoded, deliveries } = plan;
+        let ClickPlan { id, hour, link, offer_link, counters, encoded, deliveries, .. } = plan;
         let n = shard(&id);
         let day = day_of_hour(hour);
         let bucket = created_hour(&id);
@@ -1360,8 +1432,59 @@ impl RedisStore {
             invocation.arg(value.as_slice()).arg(intern_ttl);
         }
         add_counter_args(&mut invocation, hour, &link, &counters);
+        if let Some(offer_link) = offer_link {
+            add_counter_args(&mut invocation, hour, &offer_link, &counters);
+        }
         let _new: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    /// A person's capped click in one script call ([`RECORD_CAPPED_CLICK`]): the click's
+    /// own write and its cap check. Not batched with other clicks, whose script knows no
+    /// caps; a capped click pays one round trip all the same.
+    async fn record_capped_click_now(&self, plan: ClickPlan) -> StoreResult<Option<usize>> {
+        let ClickPlan { id, hour, link, counters, encoded, deliveries, caps, .. } = plan;
+        let Some(caps) = caps else { return Err(StoreError::corrupt("a capped click without its caps")) };
+        let n = shard(&id);
+        let day = day_of_hour(hour);
+        let bucket = created_hour(&id);
+        let expires = (u64::from(bucket) + 1) * 3600 + self.limits.click_ttl.as_secs();
+        let name = counters.fields().into_iter().find(|(_, v)| *v != 0).map_or("clicks", |(name, _)| name);
+        let mut invocation = self.record_capped_click.prepare_invoke();
+        invocation.key(click_bucket_key(n, bucket)).key(counters_key(n, day)).key(counter_days_key(n));
+        add_delivery_args(&mut invocation, n, &deliveries);
+        for (key, _) in &encoded.interns {
+            invocation.key(intern_key(n, key));
+        }
+        for choice in &caps.choices {
+            invocation.key(format!("cl:cap:{}", choice.cap_key));
+        }
+        invocation
+            .arg(&id)
+            .arg(expires)
+            .arg(day)
+            .arg(encoded.interns.len())
+            .arg(caps.choices.len())
+            .arg(deliveries.len())
+            .arg(caps.fallback_record.as_slice())
+            .arg(schema::CAP_KEEP_SECS)
+            .arg(counter_field(hour, name, &link));
+        for d in &deliveries {
+            invocation.arg(&d.id).arg(encode(d)).arg(d.next_at);
+        }
+        for choice in &caps.choices {
+            invocation.arg(choice.cap.unwrap_or(0)).arg(choice.record.as_slice()).arg(counter_field(
+                hour,
+                name,
+                &choice.offer_link,
+            ));
+        }
+        let intern_ttl = (self.limits.click_ttl + INTERN_SPARE).as_secs();
+        for (_, value) in &encoded.interns {
+            invocation.arg(value.as_slice()).arg(intern_ttl);
+        }
+        let taken: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
+        Ok(usize::try_from(taken).ok().and_then(|t| t.checked_sub(1)))
     }
 }
 

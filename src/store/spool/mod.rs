@@ -54,7 +54,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::{ClickOrigin, Store, StoreError, StoreResult};
+use super::{CapClaim, ClickOrigin, Store, StoreError, StoreResult};
 use crate::clock::every;
 use crate::model::{Click, Event, QueuedPostback};
 use crate::telemetry;
@@ -273,6 +273,22 @@ impl SpooledStore {
         }
         // Boxed, so that the rare path does not grow every redirect's future.
         Box::pin(self.write(Entry::Click(click.clone()), tried)).await
+    }
+
+    /// [`ClickStore::record_capped_click`] through the spool. While the store is down no
+    /// cap can be checked, so the click takes the first candidate and is spooled with it:
+    /// an outage may let a cap overshoot by the clicks it spooled, never lose a click.
+    pub async fn record_or_spool_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
+        let tried = self.mode.load(Ordering::Acquire) == DIRECT;
+        if tried {
+            match self.inner.record_capped_click(click, claim).await {
+                Ok(taken) => return Ok(taken),
+                Err(e) => tracing::debug!(error = %e, "the store refused a capped click; spooling it"),
+            }
+        }
+        let mut kept = click.clone();
+        kept.offer = claim.candidates.first().map(|c| c.offer.clone());
+        Box::pin(self.write(Entry::Click(kept), tried)).await.map(|()| Some(0).filter(|_| !claim.candidates.is_empty()))
     }
 
     /// Keeps a postback that could not be resolved for lack of a store.
