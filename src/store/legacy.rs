@@ -152,3 +152,45 @@ impl From<DeliveryV1> for Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+
+    use super::*;
+    use crate::store::schema::{decode, encode};
+
+    /// The version 1 shape of a link, written as version 1 wrote it.
+    #[derive(Serialize)]
+    struct OldLink<'a> {
+        network: &'a str,
+        slug: &'a str,
+        offer: &'a str,
+        redirect: u16,
+        status: LinkStatus,
+        fallback: Option<&'a str>,
+        event: Option<&'a str>,
+        source: LinkSource,
+    }
+
+    #[test]
+    fn links_written_by_version_1_still_read_and_new_ones_round_trip() {
+        let old = OldLink {
+            network: "cake",
+            slug: "demo",
+            offer: "https://o.example.com/",
+            redirect: 302,
+            status: LinkStatus::Active,
+            fallback: None,
+            event: Some("Lead"),
+            source: LinkSource::Api,
+        };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        assert!(bytes[0] < 0x80, "version 1 records start below the marker");
+        let link: Link = decode(&bytes).unwrap();
+        assert_eq!((link.slug.as_str(), link.event.as_deref(), link.offers.len()), ("demo", Some("Lead"), 0));
+        let again: Link = decode(&encode(&link)).unwrap();
+        assert_eq!(again, link);
+        assert_eq!(encode(&link)[0], MARKER);
+    }
+}

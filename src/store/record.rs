@@ -177,7 +177,12 @@ pub(super) fn encode(click: &Click) -> EncodedClick {
 /// A version 1 `record` with a route added (a version 2 record): what a store writes once
 /// it has decided which offer, if any, took the click.
 pub(super) fn with_route(record: &[u8], offer: Option<&str>, rule: Option<u32>, fallback: Option<&str>) -> Vec<u8> {
-    let body = record.get(1..).unwrap_or_default();
+    // A record that has a route already (the click's rule, say) gets this one instead.
+    let mut r = Reader { bytes: record, pos: 1 };
+    if record.first() == Some(&VERSION_ROUTED) && r.string().and(r.varint()).and(r.string()).is_err() {
+        r.pos = 1;
+    }
+    let body = record.get(r.pos..).unwrap_or_default();
     let mut out = Vec::with_capacity(record.len() + 24);
     out.push(VERSION_ROUTED);
     put_str(&mut out, offer.unwrap_or_default());
@@ -406,6 +411,9 @@ mod tests {
         // A store adds the route it decided to a version 1 record.
         let added = with_route(&v1, Some("b"), Some(3), None);
         assert_eq!(added, encode(&routed).record);
+        // A record with a route already gets the new one in its place.
+        let ruled = encode(&Click { rule: Some(3), ..click() }).record;
+        assert_eq!(with_route(&ruled, Some("b"), Some(3), None), added);
         let stripped = strip_personal(&added).unwrap().unwrap();
         assert_eq!(stripped[0], 2);
         assert!(parse(&stripped).unwrap().user_agent.is_none());

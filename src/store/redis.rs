@@ -287,6 +287,24 @@ end
 return taken
 ";
 
+/// Claims one unit of the first cap with room (see `record_capped_click_on_cluster`).
+/// KEYS: the choices' cap counters. ARGV: counter ttl, then each choice's cap (0: none).
+/// Returns the choice taken (from 1), 0 when all are full.
+const CLAIM_CAP: &str = r"
+for i = 1, #KEYS do
+  local cap = tonumber(ARGV[i + 1])
+  if cap == 0 then
+    return i
+  end
+  if tonumber(redis.call('GET', KEYS[i]) or '0') < cap then
+    redis.call('INCR', KEYS[i])
+    redis.call('EXPIRE', KEYS[i], ARGV[1])
+    return i
+  end
+end
+return 0
+";
+
 /// Leases up to ARGV[3] due deliveries of one shard to the owner ARGV[4] until ARGV[2].
 /// KEYS: outbox, lease owners. ARGV: now, lease end, limit, owner.
 const CLAIM_DELIVERIES: &str = r"
@@ -392,6 +410,7 @@ pub struct RedisStore {
     record_conversion: Script,
     record_forwarded_click: Script,
     record_capped_click: Script,
+    claim_cap: Script,
     claim_deliveries: Script,
     finish_delivery: Script,
     requeue_delivery: Script,
@@ -649,6 +668,12 @@ fn counters_key(shard: u8, day: u32) -> String {
     format!("cl:ct:{{{shard}}}:{day}")
 }
 
+/// The Redis key of a cap counter (`cap_key` is `link/offer/day`): tagged by its link, so
+/// that a click's choices, all of one link, live in one slot.
+fn cap_counter_key(link: &str, cap_key: &str) -> String {
+    format!("cl:cap:{{{link}}}:{}", cap_key.get(link.len() + 1..).unwrap_or(cap_key))
+}
+
 fn counter_days_key(shard: u8) -> String {
     format!("cl:ctd:{{{shard}}}")
 }
@@ -811,6 +836,7 @@ impl RedisStore {
             record_conversion: Script::new(RECORD_CONVERSION),
             record_forwarded_click: Script::new(RECORD_FORWARDED_CLICK),
             record_capped_click: Script::new(RECORD_CAPPED_CLICK),
+            claim_cap: Script::new(CLAIM_CAP),
             claim_deliveries: Script::new(CLAIM_DELIVERIES),
             finish_delivery: Script::new(FINISH_DELIVERY),
             requeue_delivery: Script::new(REQUEUE_DELIVERY),
@@ -1442,9 +1468,12 @@ impl RedisStore {
     /// A person's capped click in one script call ([`RECORD_CAPPED_CLICK`]): the click's
     /// own write and its cap check. Not batched with other clicks, whose script knows no
     /// caps; a capped click pays one round trip all the same.
-    async fn record_capped_click_now(&self, plan: ClickPlan) -> StoreResult<Option<usize>> {
-        let ClickPlan { id, hour, link, counters, encoded, deliveries, caps, .. } = plan;
-        let Some(caps) = caps else { return Err(StoreError::corrupt("a capped click without its caps")) };
+    async fn record_capped_click_now(&self, mut plan: ClickPlan) -> StoreResult<Option<usize>> {
+        if matches!(self.con, Conn::Cluster(_)) {
+            return self.record_capped_click_on_cluster(plan).await;
+        }
+        let Some(caps) = plan.caps.take() else { return Err(StoreError::corrupt("a capped click without its caps")) };
+        let ClickPlan { id, hour, link, counters, encoded, deliveries, .. } = plan;
         let n = shard(&id);
         let day = day_of_hour(hour);
         let bucket = created_hour(&id);
@@ -1457,7 +1486,7 @@ impl RedisStore {
             invocation.key(intern_key(n, key));
         }
         for choice in &caps.choices {
-            invocation.key(format!("cl:cap:{}", choice.cap_key));
+            invocation.key(cap_counter_key(&link, &choice.cap_key));
         }
         invocation
             .arg(&id)
@@ -1485,6 +1514,27 @@ impl RedisStore {
         }
         let taken: i64 = invocation.invoke_async(&mut self.con()).await.map_err(unavailable)?;
         Ok(usize::try_from(taken).ok().and_then(|t| t.checked_sub(1)))
+    }
+
+    /// On a cluster the cap counters (in their link's slot) and the click (in its own
+    /// shard's) cannot share a script: the cap is claimed first ([`CLAIM_CAP`]), then the
+    /// click written with the choice taken. A failure between the two leaves a unit of
+    /// the cap used without a click: a cap may then admit fewer clicks, never more.
+    async fn record_capped_click_on_cluster(&self, mut plan: ClickPlan) -> StoreResult<Option<usize>> {
+        let Some(caps) = plan.caps.take() else { return Err(StoreError::corrupt("a capped click without its caps")) };
+        let mut claim = self.claim_cap.prepare_invoke();
+        claim.arg(schema::CAP_KEEP_SECS);
+        for choice in &caps.choices {
+            claim.key(cap_counter_key(&plan.link, &choice.cap_key)).arg(choice.cap.unwrap_or(0));
+        }
+        let taken: i64 = claim.invoke_async(&mut self.con()).await.map_err(unavailable)?;
+        let taken = usize::try_from(taken).ok().and_then(|t| t.checked_sub(1));
+        match taken.and_then(|t| caps.choices.into_iter().nth(t)) {
+            Some(choice) => (plan.encoded.record, plan.offer_link) = (choice.record, Some(choice.offer_link)),
+            None => plan.encoded.record = caps.fallback_record,
+        }
+        self.record_forwarded_click(plan).await?;
+        Ok(taken)
     }
 }
 

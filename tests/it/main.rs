@@ -5,17 +5,21 @@
 #![allow(clippy::disallowed_methods)]
 
 mod helpers;
+#[path = "../support/mmdb.rs"]
+mod mmdb;
 mod redis_server;
 
 mod access;
 mod api;
 mod architecture;
 mod bad_input;
+mod caps;
 mod config;
 mod durability;
 mod forward;
 mod outage;
 mod postback;
 mod redirect;
+mod routing;
 mod store_contract;
 mod tls;

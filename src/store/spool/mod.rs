@@ -386,7 +386,9 @@ impl SpooledStore {
                     return Ok(Some(entry));
                 }
                 if mode != DRAINING {
-                    if f.len + bytes.len() as u64 > self.max_bytes {
+                    // Once full, it stays full until a replay empties it: what a smaller
+                    // record would still fit is no reason to take it after refusing another.
+                    if self.full.load(Ordering::Relaxed) || f.len + bytes.len() as u64 > self.max_bytes {
                         self.full.store(true, Ordering::Relaxed);
                         return Err(StoreError::SpoolFull);
                     }
