@@ -30,7 +30,7 @@ pub struct Application {
 impl Application {
     /// Opens the store and binds the configured address (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let tls = config.server.tls.as_ref().map(Tls::load).transpose().map_err(anyhow::Error::msg)?;
+        let tls = config.server.tls.as_ref().map(Tls::load).transpose()?;
         let limits = StoreLimits {
             click_ttl: config.store.click_ttl(),
             event_log_max: config.store.event_log_max,

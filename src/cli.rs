@@ -73,7 +73,8 @@ fn load(path: &std::path::Path) -> Result<Config, BadConfig> {
 /// The process's exit status for an error [`run`] returned: [`EX_USAGE`] when the config
 /// is at fault, 1 for anything else.
 pub fn exit_code(error: &anyhow::Error) -> std::process::ExitCode {
-    if error.chain().any(|cause| cause.is::<BadConfig>()) {
+    // A certificate or key named by the config that does not load is a config problem too.
+    if error.chain().any(|cause| cause.is::<BadConfig>() || cause.is::<crate::tls::TlsError>()) {
         std::process::ExitCode::from(EX_USAGE)
     } else {
         std::process::ExitCode::FAILURE
@@ -107,7 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&cli.config)?;
             // The certificate files too: serve would refuse them before binding.
             if let Some(files) = &config.server.tls {
-                crate::tls::Tls::load(files).map_err(anyhow::Error::msg)?;
+                crate::tls::Tls::load(files)?;
             }
             for w in &config.warnings {
                 println!("warning: {w}");

@@ -20,6 +20,28 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsFiles;
 use crate::routing::geo::CountryDb;
 
+/// Why the certificate or key did not load; names the config key at fault and keeps the
+/// cause.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsError {
+    #[error("{key}: {what}")]
+    Files {
+        /// `server.tls_cert` or `server.tls_key`.
+        key: &'static str,
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("TLS set-up")]
+    Setup(#[source] rustls::Error),
+}
+
+impl TlsError {
+    fn files(key: &'static str, what: String, source: impl std::error::Error + Send + Sync + 'static) -> TlsError {
+        TlsError::Files { key, what, source: Some(Box::new(source)) }
+    }
+}
+
 /// The TLS side of the listener: an acceptor whose certificate can be swapped.
 pub(crate) struct Tls {
     files: TlsFiles,
@@ -29,13 +51,13 @@ pub(crate) struct Tls {
 
 impl Tls {
     /// Loads the certificate and key; an error names the config key at fault.
-    pub(crate) fn load(files: &TlsFiles) -> Result<Tls, String> {
+    pub(crate) fn load(files: &TlsFiles) -> Result<Tls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = load_key(files, &provider)?;
         let current = Arc::new(Swappable(ArcSwap::from_pointee(key)));
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS set-up: {e}"))?
+            .map_err(TlsError::Setup)?
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -48,7 +70,7 @@ impl Tls {
 
     /// Reads the files again and, if they load, serves the new certificate to new
     /// connections. On error the old certificate stays.
-    pub(crate) fn reload(&self) -> Result<(), String> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let provider = rustls::crypto::ring::default_provider();
         let key = load_key(&self.files, &provider)?;
         self.current.0.store(Arc::new(key));
@@ -56,19 +78,24 @@ impl Tls {
     }
 }
 
-fn load_key(files: &TlsFiles, provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey, String> {
+fn load_key(files: &TlsFiles, provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let cert_path = files.cert.display();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| format!("server.tls_cert: cannot read a PEM certificate from {cert_path}: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&files.cert).and_then(|certs| certs.collect::<Result<_, _>>()).map_err(|e| {
+            TlsError::files("server.tls_cert", format!("cannot read a PEM certificate from {cert_path}: {e}"), e)
+        })?;
     if chain.is_empty() {
-        return Err(format!("server.tls_cert: {cert_path} holds no certificate"));
+        let what = format!("{cert_path} holds no certificate");
+        return Err(TlsError::Files { key: "server.tls_cert", what, source: None });
     }
     let key_path = files.key.display();
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("server.tls_key: cannot read a PEM private key from {key_path}: {e}"))?;
-    CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| format!("server.tls_key: {key_path} does not go with the certificate in {cert_path}: {e}"))
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        TlsError::files("server.tls_key", format!("cannot read a PEM private key from {key_path}: {e}"), e)
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        let what = format!("{key_path} does not go with the certificate in {cert_path}: {e}");
+        TlsError::files("server.tls_key", what, e)
+    })
 }
 
 /// The certificate in use, read by every handshake.

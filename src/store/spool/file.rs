@@ -70,7 +70,7 @@ fn decode_entry(payload: &[u8]) -> Result<Entry, postcard::Error> {
 
 /// Reads the frame at `offset` of `file`, whose valid content ends at `end`: the entry
 /// and the offset after it, or `None` when no whole, verified frame is there.
-pub(super) fn read_frame(file: &File, offset: u64, end: u64) -> Option<(Result<Entry, String>, u64)> {
+pub(super) fn read_frame(file: &File, offset: u64, end: u64) -> Option<(Result<Entry, postcard::Error>, u64)> {
     if offset + HEADER as u64 > end {
         return None;
     }
@@ -87,7 +87,7 @@ pub(super) fn read_frame(file: &File, offset: u64, end: u64) -> Option<(Result<E
     if crc32fast::hash(&payload) != crc {
         return None;
     }
-    Some((decode_entry(&payload).map_err(|e| e.to_string()), next))
+    Some((decode_entry(&payload), next))
 }
 
 /// Reads the spool file at startup: its valid length, record count and click index. A

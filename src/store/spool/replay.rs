@@ -77,7 +77,7 @@ impl SpooledStore {
     /// one postback share their conversion id, which the store records once), then the
     /// event-log entries in their order. Waiting for each record in turn would replay
     /// slower than a busy site spools, and the spool would never drain.
-    async fn apply(&self, entries: Vec<Result<Entry, String>>, resolver: &dyn Resolve) -> StoreResult<()> {
+    async fn apply(&self, entries: Vec<Result<Entry, postcard::Error>>, resolver: &dyn Resolve) -> StoreResult<()> {
         let mut clicks = Vec::new();
         let mut postbacks = Vec::new();
         let mut events = Vec::new();

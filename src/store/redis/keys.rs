@@ -1,0 +1,133 @@
+//! Key and field names: the layout table of the module doc, spelled out.
+//!
+//! Every key of one click (its hour bucket, its day's counters, the day index, its
+//! interned values, its conversions and deliveries) carries the same shard as a hash tag
+//! `{N}`, so one script can write them all, on a cluster too.
+
+use super::SHARDS;
+use crate::clickid::ClickId;
+use crate::model::{DeliveryStatus, UnixHour};
+use crate::store::record::InternKey;
+use crate::store::{StoreError, StoreResult};
+
+pub(super) const EVENT_LOG_KEY: &str = "cl:{ev}:log";
+pub(super) const EVENT_SEQ_KEY: &str = "cl:{ev}:seq";
+pub(super) const LINKS_KEY: &str = "cl:links";
+/// The hour up to which personal data has been dropped.
+pub(super) const PERSONAL_CURSOR_KEY: &str = "cl:pd";
+/// Held by the one process sweeping personal data.
+pub(super) const PERSONAL_LOCK_KEY: &str = "cl:pd:lock";
+
+/// The shard of everything that belongs to `click_id`.
+pub(super) fn shard(click_id: &str) -> u8 {
+    blake3::hash(click_id.as_bytes()).as_bytes()[0] % SHARDS
+}
+
+/// The hour bucket holding the clicks of `shard` created in UTC hour `hour`.
+pub(super) fn click_bucket_key(shard: u8, hour: UnixHour) -> String {
+    format!("cl:ck:{{{shard}}}:{hour}")
+}
+
+/// The UTC hour a click id was created in (0 for text that is no click id: such a click
+/// can only have been stored by a test, and is found where it was put).
+pub(super) fn created_hour(click_id: &str) -> UnixHour {
+    ClickId::parse(click_id).map_or(0, |id| (id.created_at() / 3600) as UnixHour)
+}
+
+/// When the bucket of UTC hour `hour` expires (unix seconds): `click_ttl` after the
+/// hour ends, so its last click lives as long as its first.
+pub(super) fn bucket_expiry(hour: UnixHour, click_ttl_secs: u64) -> u64 {
+    (u64::from(hour) + 1) * 3600 + click_ttl_secs
+}
+
+pub(super) fn intern_key(shard: u8, key: &InternKey) -> Vec<u8> {
+    format!("cl:in:{{{shard}}}:{:016x}", u64::from_be_bytes(*key)).into_bytes()
+}
+
+pub(super) fn counters_key(shard: u8, day: u32) -> String {
+    format!("cl:ct:{{{shard}}}:{day}")
+}
+
+pub(super) fn counter_days_key(shard: u8) -> String {
+    format!("cl:ctd:{{{shard}}}")
+}
+
+pub(super) fn conversion_key(shard: u8, conversion_id: &str) -> String {
+    format!("cl:cv:{{{shard}}}:{conversion_id}")
+}
+
+/// The key of a cap counter (`cap_key` is `network/slug/offer/day`), tagged by its link so
+/// that the counters of one click's choices, all offers of one link, share a slot.
+pub(super) fn cap_counter_key(link: &str, cap_key: &str) -> String {
+    format!("cl:cap:{{{link}}}:{}", cap_key.get(link.len() + 1..).unwrap_or(cap_key))
+}
+
+pub(super) fn conversion_times_key(shard: u8) -> String {
+    format!("cl:cvt:{{{shard}}}")
+}
+
+pub(super) fn delivery_key(shard: u8, id: &str) -> String {
+    format!("cl:dl:{{{shard}}}:{id}")
+}
+
+pub(super) fn outbox_key(shard: u8, destination: &str) -> String {
+    format!("cl:ob:{{{shard}}}:{destination}")
+}
+
+pub(super) fn lease_owners_key(shard: u8) -> String {
+    format!("cl:dlo:{{{shard}}}")
+}
+
+pub(super) fn delivery_status_key(shard: u8, status: DeliveryStatus) -> String {
+    format!("cl:dls:{{{shard}}}:{}", status.as_str())
+}
+
+/// The counters-hash field of one counter of one link in one hour.
+pub(super) fn counter_field(hour: UnixHour, name: &str, link: &str) -> String {
+    format!("{hour}|{name}|{link}")
+}
+
+/// The day whose counters hash holds `hour`'s counters.
+pub(super) fn day_of_hour(hour: UnixHour) -> u32 {
+    hour / 24
+}
+
+/// Splits a counters-hash field back into hour, counter name and link.
+pub(super) fn parse_counter_field(field: &str) -> StoreResult<(UnixHour, &str, &str)> {
+    let corrupt = || StoreError::corrupt(format!("counter field {field:?}"));
+    let mut parts = field.splitn(3, '|');
+    let hour = parts.next().and_then(|h| h.parse().ok()).ok_or_else(corrupt)?;
+    let name = parts.next().ok_or_else(corrupt)?;
+    let link = parts.next().ok_or_else(corrupt)?;
+    Ok((hour, name, link))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_click_share_a_hash_tag() {
+        let n = shard("abc");
+        assert!(n < SHARDS);
+        let tag = format!("{{{n}}}");
+        for key in [
+            click_bucket_key(n, 490_000),
+            String::from_utf8_lossy(&intern_key(n, b"12345678")).into_owned(),
+            counters_key(n, 20_000),
+            counter_days_key(n),
+            conversion_key(n, "xyz"),
+            conversion_times_key(n),
+        ] {
+            assert!(key.starts_with("cl:"), "{key}");
+            assert!(key.contains(&tag), "{key}");
+        }
+    }
+
+    #[test]
+    fn counter_fields_round_trip_with_bars_in_the_link() {
+        let field = counter_field(490_000, "clicks", "net/a|b");
+        assert_eq!(parse_counter_field(&field).ok(), Some((490_000, "clicks", "net/a|b")));
+        assert!(parse_counter_field("x|clicks|l").is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! The Lua scripts and the calls that run them.
+//!
+//! Each script lives in `scripts/<name>.lua` and opens with a comment listing its KEYS and
+//! its arguments by name, in order. Each function here builds one script's call and adds
+//! keys and arguments in exactly that order, so the two are read side by side.
+//!
+//! Scripts are sent as `EVALSHA` and loaded on `NOSCRIPT` (e.g. after a restart of
+//! Redis); Redis runs each without interleaving other commands, which is what makes a
+//! write and its counters, index entries and deliveries one atomic step.
+
+use std::time::Duration;
+
+use redis::{Script, ScriptInvocation};
+
+use super::batcher::{BatchKey, BatchParts, KeyList, PendingClick};
+use super::keys::{
+    bucket_expiry, cap_counter_key, click_bucket_key, conversion_key, conversion_times_key, counter_days_key,
+    counter_field, counters_key, day_of_hour, delivery_key, delivery_status_key, intern_key, lease_owners_key,
+    outbox_key, EVENT_LOG_KEY, EVENT_SEQ_KEY,
+};
+use crate::model::{Counters, Delivery, DeliveryStatus, UnixHour, UnixMillis};
+use crate::store::record::EncodedClick;
+use crate::store::schema::{encode, settled_cutoff, CapPlan, CAP_KEEP_SECS};
+
+/// Every script, loaded once per store.
+pub(super) struct Scripts {
+    pub record_clicks: Script,
+    pub record_conversion: Script,
+    pub record_forwarded_click: Script,
+    pub record_capped_click: Script,
+    pub claim_cap: Script,
+    pub claim_deliveries: Script,
+    pub finish_delivery: Script,
+    pub requeue_delivery: Script,
+    pub log_event: Script,
+}
+
+impl Scripts {
+    pub(super) fn load() -> Scripts {
+        Scripts {
+            record_clicks: Script::new(include_str!("scripts/record_clicks.lua")),
+            record_conversion: Script::new(include_str!("scripts/record_conversion.lua")),
+            record_forwarded_click: Script::new(include_str!("scripts/record_forwarded_click.lua")),
+            record_capped_click: Script::new(include_str!("scripts/record_capped_click.lua")),
+            claim_cap: Script::new(include_str!("scripts/claim_cap.lua")),
+            claim_deliveries: Script::new(include_str!("scripts/claim_deliveries.lua")),
+            finish_delivery: Script::new(include_str!("scripts/finish_delivery.lua")),
+            requeue_delivery: Script::new(include_str!("scripts/requeue_delivery.lua")),
+            log_event: Script::new(include_str!("scripts/log_event.lua")),
+        }
+    }
+}
+
+/// `record_clicks.lua` for one batch of clicks.
+pub(super) fn record_clicks<'s>(
+    script: &'s Script,
+    clicks: &[PendingClick],
+    parts: &BatchParts<'_>,
+    click_ttl_secs: u64,
+    intern_ttl_secs: u64,
+) -> ScriptInvocation<'s> {
+    // Arguments go straight into the call; keys are numbered as they are first named and
+    // added once all are known.
+    let mut keys = KeyList::default();
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(parts.named.len());
+    for (shard, key) in &parts.named {
+        invocation.arg(keys.index(BatchKey::Intern(*shard, *key)));
+    }
+    invocation.arg(clicks.len());
+    for c in clicks {
+        invocation
+            .arg(keys.index(BatchKey::Bucket(c.shard, c.bucket_hour)))
+            .arg(&c.id)
+            .arg(c.encoded.record.as_slice())
+            .arg(keys.index(BatchKey::Counters(c.shard, c.counter_day)))
+            .arg(&c.counter_field)
+            .arg(c.offer_counter_field.as_deref().unwrap_or_default());
+    }
+    invocation.arg(parts.sent.len());
+    for (shard, key, value) in &parts.sent {
+        invocation.arg(keys.index(BatchKey::Intern(*shard, *key))).arg(*value).arg(intern_ttl_secs);
+    }
+    invocation.arg(parts.buckets.len());
+    for (shard, hour) in &parts.buckets {
+        invocation.arg(keys.index(BatchKey::Bucket(*shard, *hour))).arg(bucket_expiry(*hour, click_ttl_secs));
+    }
+    invocation.arg(parts.days.len());
+    for (shard, day) in &parts.days {
+        invocation.arg(keys.index(BatchKey::CounterDays(*shard))).arg(*day);
+    }
+    for key in &keys.keys {
+        invocation.key(key.as_slice());
+    }
+    invocation
+}
+
+/// What a conversion writes, for `record_conversion.lua`.
+pub(super) struct ConversionWrite<'a> {
+    pub shard: u8,
+    pub id: &'a str,
+    pub bytes: Vec<u8>,
+    pub at: UnixMillis,
+    pub hour: UnixHour,
+    pub link: &'a str,
+    /// `network/slug/offer` of the click's offer, whose counters move too.
+    pub offer_link: Option<&'a str>,
+    pub counters: &'a Counters,
+    pub deliveries: &'a [Delivery],
+}
+
+/// `record_conversion.lua` for one conversion.
+pub(super) fn record_conversion<'s>(script: &'s Script, w: &ConversionWrite<'_>) -> ScriptInvocation<'s> {
+    let n = w.shard;
+    let day = day_of_hour(w.hour);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(conversion_key(n, w.id))
+        .key(conversion_times_key(n))
+        .key(counters_key(n, day))
+        .key(counter_days_key(n))
+        .key(delivery_status_key(n, DeliveryStatus::Pending))
+        .arg(w.bytes.as_slice())
+        .arg(w.at)
+        .arg(w.id)
+        .arg(day);
+    add_deliveries(&mut invocation, n, w.deliveries);
+    add_counters(&mut invocation, w.hour, &[Some(w.link), w.offer_link], w.counters);
+    invocation
+}
+
+/// What a forwarded click writes, for `record_forwarded_click.lua`.
+pub(super) struct ForwardedClickWrite<'a> {
+    pub shard: u8,
+    pub id: &'a str,
+    pub bucket: UnixHour,
+    pub bucket_expiry: u64,
+    pub hour: UnixHour,
+    pub link: &'a str,
+    /// `network/slug/offer` of the click's offer, whose counters move too.
+    pub offer_link: Option<&'a str>,
+    pub counters: &'a Counters,
+    pub encoded: &'a EncodedClick,
+    pub intern_ttl_secs: u64,
+    pub deliveries: &'a [Delivery],
+}
+
+/// `record_forwarded_click.lua` for one click and its deliveries.
+pub(super) fn record_forwarded_click<'s>(script: &'s Script, w: &ForwardedClickWrite<'_>) -> ScriptInvocation<'s> {
+    let n = w.shard;
+    let day = day_of_hour(w.hour);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(click_bucket_key(n, w.bucket))
+        .key(counters_key(n, day))
+        .key(counter_days_key(n))
+        .key(delivery_status_key(n, DeliveryStatus::Pending))
+        .arg(w.id)
+        .arg(w.encoded.record.as_slice())
+        .arg(w.bucket_expiry)
+        .arg(day);
+    invocation.arg(w.encoded.interns.len());
+    for (key, value) in &w.encoded.interns {
+        invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(w.intern_ttl_secs);
+    }
+    add_deliveries(&mut invocation, n, w.deliveries);
+    add_counters(&mut invocation, w.hour, &[Some(w.link), w.offer_link], w.counters);
+    invocation
+}
+
+/// What a capped click writes, for `record_capped_click.lua`.
+pub(super) struct CappedClickWrite<'a> {
+    pub shard: u8,
+    pub id: &'a str,
+    pub bucket: UnixHour,
+    pub bucket_expiry: u64,
+    pub hour: UnixHour,
+    pub link: &'a str,
+    pub encoded: &'a EncodedClick,
+    pub intern_ttl_secs: u64,
+    pub deliveries: &'a [Delivery],
+    pub caps: &'a CapPlan,
+}
+
+/// `record_capped_click.lua` for one person's click and its choices.
+pub(super) fn record_capped_click<'s>(script: &'s Script, w: &CappedClickWrite<'_>) -> ScriptInvocation<'s> {
+    let n = w.shard;
+    let day = day_of_hour(w.hour);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(click_bucket_key(n, w.bucket))
+        .key(counters_key(n, day))
+        .key(counter_days_key(n))
+        .key(delivery_status_key(n, DeliveryStatus::Pending))
+        .arg(w.id)
+        .arg(w.bucket_expiry)
+        .arg(day)
+        .arg(w.caps.fallback_record.as_slice())
+        .arg(counter_field(w.hour, "clicks", w.link))
+        .arg(CAP_KEEP_SECS);
+    invocation.arg(w.encoded.interns.len());
+    for (key, value) in &w.encoded.interns {
+        invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(w.intern_ttl_secs);
+    }
+    add_deliveries(&mut invocation, n, w.deliveries);
+    invocation.arg(w.caps.choices.len());
+    for choice in &w.caps.choices {
+        invocation
+            .key(cap_counter_key(w.link, &choice.cap_key))
+            .arg(choice.cap.unwrap_or(0))
+            .arg(choice.record.as_slice())
+            .arg(counter_field(w.hour, "clicks", &choice.offer_link));
+    }
+    invocation
+}
+
+/// `claim_cap.lua` for the choices of one capped click of `link` (on a cluster).
+pub(super) fn claim_cap<'s>(script: &'s Script, link: &str, caps: &CapPlan) -> ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(CAP_KEEP_SECS);
+    for choice in &caps.choices {
+        invocation.key(cap_counter_key(link, &choice.cap_key)).arg(choice.cap.unwrap_or(0));
+    }
+    invocation
+}
+
+/// The `delivery_count` section of a recording script: per new delivery, its key and
+/// its destination's outbox, and its id, bytes and due time.
+fn add_deliveries(invocation: &mut ScriptInvocation<'_>, shard: u8, deliveries: &[Delivery]) {
+    invocation.arg(deliveries.len());
+    for d in deliveries {
+        invocation
+            .key(delivery_key(shard, &d.id))
+            .key(outbox_key(shard, &d.destination))
+            .arg(&d.id)
+            .arg(encode(d))
+            .arg(d.next_at);
+    }
+}
+
+/// The `counter_count` section of a recording script: a `field, delta` pair per counter
+/// that moves, of each of `links` (the link, and its offer's when there is one); only
+/// non-zero counters, so a hash holds no field that never moved.
+fn add_counters(invocation: &mut ScriptInvocation<'_>, hour: UnixHour, links: &[Option<&str>], delta: &Counters) {
+    let fields = delta.fields();
+    let links: Vec<&str> = links.iter().flatten().copied().collect();
+    invocation.arg(fields.iter().filter(|(_, value)| *value != 0).count() * links.len());
+    for link in links {
+        for (name, value) in fields {
+            if value != 0 {
+                invocation.arg(counter_field(hour, name, link)).arg(value);
+            }
+        }
+    }
+}
+
+/// `claim_deliveries.lua` for one shard's outbox of one destination.
+pub(super) fn claim_deliveries<'s>(
+    script: &'s Script,
+    shard: u8,
+    destination: &str,
+    owner: &str,
+    now: UnixMillis,
+    until: UnixMillis,
+    limit: usize,
+) -> ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(outbox_key(shard, destination))
+        .key(lease_owners_key(shard))
+        .arg(now)
+        .arg(until)
+        .arg(limit)
+        .arg(owner);
+    invocation
+}
+
+/// `finish_delivery.lua` for one attempt's outcome.
+pub(super) fn finish_delivery<'s>(
+    script: &'s Script,
+    shard: u8,
+    owner: &str,
+    delivery: &Delivery,
+    keep_settled: Option<Duration>,
+) -> ScriptInvocation<'s> {
+    let pending = delivery.status == DeliveryStatus::Pending;
+    let keep_ms = keep_settled.map_or(0, |k| k.as_millis() as u64);
+    let drop_before = keep_settled.map_or(0, |k| settled_cutoff(delivery.updated_at, k));
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(outbox_key(shard, &delivery.destination))
+        .key(lease_owners_key(shard))
+        .key(delivery_key(shard, &delivery.id))
+        .key(delivery_status_key(shard, DeliveryStatus::Pending))
+        .key(delivery_status_key(shard, delivery.status))
+        .arg(owner)
+        .arg(&delivery.id)
+        .arg(encode(delivery))
+        .arg(if pending { "1" } else { "0" })
+        .arg(delivery.next_at)
+        .arg(delivery.updated_at)
+        .arg(keep_ms)
+        .arg(drop_before);
+    invocation
+}
+
+/// `requeue_delivery.lua`: delivery `id`, `old` (stored as `old_bytes`), becomes `new`.
+pub(super) fn requeue_delivery<'s>(
+    script: &'s Script,
+    shard: u8,
+    id: &str,
+    old: &Delivery,
+    old_bytes: &[u8],
+    new: &Delivery,
+    now: UnixMillis,
+) -> ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(delivery_key(shard, id))
+        .key(outbox_key(shard, &old.destination))
+        .key(delivery_status_key(shard, old.status))
+        .key(delivery_status_key(shard, DeliveryStatus::Pending))
+        .arg(old_bytes)
+        .arg(encode(new))
+        .arg(id)
+        .arg(now);
+    invocation
+}
+
+/// `log_event.lua` for one encoded event.
+pub(super) fn log_event(script: &Script, event: Vec<u8>, cap: usize) -> ScriptInvocation<'_> {
+    let mut invocation = script.prepare_invoke();
+    invocation.key(EVENT_LOG_KEY).key(EVENT_SEQ_KEY).arg(event).arg(cap);
+    invocation
+}
