@@ -173,7 +173,8 @@ pub(crate) async fn redirect(
     if let (Some((router, _, _, sticky)), Some(offer)) = (&routing, taken) {
         let id = router.id(offer);
         if link.link.sticky_hours > 0 && *sticky != Some(id) {
-            if let Some(cookie) = offer::sticky_cookie(id, link.link.sticky_hours, req.uri().path()) {
+            let path = format!("/go/{network_name}/{slug}");
+            if let Some(cookie) = offer::sticky_cookie(id, link.link.sticky_hours, &path) {
                 res.headers_mut().insert(SET_COOKIE, cookie);
             }
         }

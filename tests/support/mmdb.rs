@@ -17,7 +17,7 @@ enum Record {
 
 /// Writes a database mapping each `(network, prefix length, country)` (networks must not
 /// overlap) and returns its bytes.
-pub fn country_db(networks: &[([u8; 4], u8, &str)]) -> Vec<u8> {
+pub(crate) fn country_db(networks: &[([u8; 4], u8, &str)]) -> Vec<u8> {
     let mut data = Vec::new();
     let mut nodes: Vec<[Record; 2]> = vec![[Record::Empty; 2]];
     for (net, len, country) in networks {
