@@ -21,8 +21,35 @@ use crate::store::{CapCandidate, CapClaim, ClickOrigin, StoreResult};
 /// The cookie that keeps a visitor on one offer of a link (its path is the link's).
 const STICKY_COOKIE: &str = "cakelink_offer";
 
+/// What the router decided for one click of a link with offers.
+pub(super) struct Routing<'a> {
+    pub router: &'a Router,
+    pub pick: Pick,
+    /// The cap day of the click.
+    pub day: u32,
+    /// The offer the visitor's sticky cookie names, if any.
+    pub sticky: Option<&'a str>,
+}
+
+/// Reads the visitor from the request and has `router` pick the candidates; `is_person`
+/// is false for bots and prefetches, which never use a cap up.
+pub(super) fn route<'a>(
+    state: &AppState,
+    req: &'a Request<Incoming>,
+    peer: SocketAddr,
+    user_agent: Option<&str>,
+    router: &'a Router,
+    now_ms: i64,
+    is_person: bool,
+) -> Routing<'a> {
+    let visitor = visitor(state, req, peer, user_agent, router);
+    let day = router.cap_day(now_ms);
+    let pick = router.pick(&visitor, day, is_person, &mut rand::rng());
+    Routing { router, pick, day, sticky: visitor.sticky }
+}
+
 /// What the request tells of the visitor, as far as `router`'s rules ask.
-pub(super) fn visitor<'a>(
+fn visitor<'a>(
     state: &AppState,
     req: &'a Request<Incoming>,
     peer: SocketAddr,
@@ -83,11 +110,11 @@ pub(super) fn sticky_cookie(offer: &str, hours: u32, link_path: &str) -> Option<
 /// went.
 pub(super) async fn record(
     state: &AppState,
-    router: &Router,
-    pick: &Pick,
+    routing: &Routing<'_>,
     click: &mut Click,
-    day: u32,
 ) -> (Option<usize>, StoreResult<()>) {
+    let Routing { router, pick, day, .. } = routing;
+    let day = *day;
     let candidates = pick.candidates.as_slice();
     let settled = match (pick.no_offer, candidates) {
         (Some(reason), _) => Some(Err(reason)),

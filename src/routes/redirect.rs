@@ -87,12 +87,9 @@ pub(crate) async fn redirect(
 
     // 4. Which of the link's offers, for a link with several: its rules and weights, and
     //    what this process knows of the caps. The store has the last word on a cap.
-    let routing = link.router.as_ref().map(|router| {
-        let visitor = offer::visitor(state, req, peer, user_agent, router);
-        let day = router.cap_day(now_ms);
-        (router, router.pick(&visitor, day, bot.is_none(), &mut rand::rng()), day, visitor.sticky)
-    });
-    let url = link.url(routing.as_ref().and_then(|(_, pick, ..)| pick.candidates.first()));
+    let routing =
+        link.router.as_ref().map(|router| offer::route(state, req, peer, user_agent, router, now_ms, bot.is_none()));
+    let url = link.url(routing.as_ref().and_then(|r| r.pick.candidates.first()));
 
     // 5. What the visitor's query carries: UTM, ad click ids, sub-ids to pass through.
     let mut utm = Vec::new();
@@ -141,12 +138,12 @@ pub(crate) async fn redirect(
         ad_click_ids,
         subids,
         offer: None,
-        rule: routing.as_ref().and_then(|(_, pick, ..)| pick.rule),
+        rule: routing.as_ref().and_then(|r| r.pick.rule),
         fallback: None,
     };
     let (taken, recorded) = match &routing {
         None => (None, state.store.clicks().record_or_spool_click(&click, ClickOrigin::Minted).await),
-        Some((router, pick, day, _)) => Box::pin(offer::record(state, router, pick, &mut click, *day)).await,
+        Some(routing) => Box::pin(offer::record(state, routing, &mut click)).await,
     };
     let hot = &state.hot;
     match recorded {
@@ -170,9 +167,9 @@ pub(crate) async fn redirect(
         },
         (_, offer) => redirect_to(status, &link.url(offer).location(network, &pass, click_id.as_str())),
     };
-    if let (Some((router, _, _, sticky)), Some(offer)) = (&routing, taken) {
-        let id = router.id(offer);
-        if link.link.sticky_hours > 0 && *sticky != Some(id) {
+    if let (Some(routing), Some(offer)) = (&routing, taken) {
+        let id = routing.router.id(offer);
+        if link.link.sticky_hours > 0 && routing.sticky != Some(id) {
             let path = format!("/go/{network_name}/{slug}");
             if let Some(cookie) = offer::sticky_cookie(id, link.link.sticky_hours, &path) {
                 res.headers_mut().insert(SET_COOKIE, cookie);

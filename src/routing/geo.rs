@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwap;
 use maxminddb::{PathElement, Reader};
@@ -24,9 +24,27 @@ MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE
 QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR \
 TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS XK YE YT ZA ZM ZW";
 
+/// The codes of [`COUNTRIES`] as a bit per second letter, one word per first letter: a
+/// lookup is two indexes, not a scan (a country lookup runs per click).
+static KNOWN: LazyLock<[u32; 26]> = LazyLock::new(|| {
+    let mut known = [0u32; 26];
+    for code in COUNTRIES.split(' ').map(str::as_bytes) {
+        known[usize::from(code[0] - b'A')] |= 1 << (code[1] - b'A');
+    }
+    known
+});
+
 /// Whether `code` is a country code a rule may name (upper case, as written in rules).
 pub fn is_country_code(code: &str) -> bool {
-    code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) && COUNTRIES.split(' ').any(|c| c == code)
+    match code.as_bytes() {
+        &[a, b] => is_known([a, b]),
+        _ => false,
+    }
+}
+
+/// Whether two bytes are a known code, upper case.
+fn is_known([a, b]: Country) -> bool {
+    a.is_ascii_uppercase() && b.is_ascii_uppercase() && KNOWN[usize::from(a - b'A')] & (1 << (b - b'A')) != 0
 }
 
 /// A country code as a header or database gives it (any case); `None` for the values
@@ -37,8 +55,7 @@ pub fn parse_country(text: &str) -> Option<Country> {
         return None;
     }
     let code = [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()];
-    let known = std::str::from_utf8(&code).is_ok_and(is_country_code);
-    known.then_some(code)
+    is_known(code).then_some(code)
 }
 
 /// A country database in memory, reloadable.
@@ -96,6 +113,8 @@ mod tests {
         assert_eq!(parse_country("XX"), None);
         assert_eq!(parse_country("T1"), None);
         assert_eq!(COUNTRIES.split(' ').count(), 250);
+        assert_eq!(KNOWN.iter().map(|w| w.count_ones()).sum::<u32>(), 250, "no code listed twice");
+        assert!(!is_country_code("U") && !is_country_code("ÜS"));
     }
 
     #[test]

@@ -260,6 +260,40 @@ async fn offers_and_rules_round_trip_through_the_api(backend: Backend) {
     app.stop().await;
 }
 
+async fn conversions_and_their_csv_carry_the_offer(backend: Backend) {
+    let app = spawn_app_with(backend, "", SPLIT).await;
+    let res = go(&app, "split", &[]).await;
+    let offer = if offer_c(&res) == "11" { "a" } else { "b" };
+    let click_id = crate::helpers::click_id_in(&res, "s2");
+    let (status, body) = app.postback(&format!("s2={click_id}&tid=T1&price=7.00")).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")), "{body}");
+    let list = app.api(&format!("conversions?from={0}&to={0}", today())).await;
+    assert_eq!(list["conversions"][0]["offer"], offer, "{list}");
+    let csv = app
+        .client
+        .get(format!("{}/api/conversions?from={1}&to={1}&format=csv", app.base, today()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("csv")
+        .text()
+        .await
+        .expect("body");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let row: Vec<&str> = lines.next().expect("a row").split(',').collect();
+    let column = header.iter().position(|h| *h == "offer").expect("an offer column");
+    assert_eq!(row[column], offer);
+    let rows = app.api(&format!("stats?from={0}&to={0}&group=offer", today())).await;
+    let row =
+        rows["rows"].as_array().expect("rows").iter().find(|r| r["key"] == format!("cake/split/{offer}")).cloned();
+    assert_eq!(
+        (count(row.as_ref().expect("row"), "conversions"), row.expect("row")["revenue"].clone()),
+        (1, json!("7.00"))
+    );
+    app.stop().await;
+}
+
 async fn post(app: &TestApp, body: &Value) -> reqwest::Response {
     app.client.post(format!("{}/api/links", app.base)).bearer_auth(ADMIN_TOKEN).json(body).send().await.expect("post")
 }
@@ -270,6 +304,7 @@ on_both_stores!(
     a_country_header_counts_only_from_a_trusted_proxy,
     a_sticky_visitor_keeps_their_offer,
     offers_and_rules_round_trip_through_the_api,
+    conversions_and_their_csv_carry_the_offer,
 );
 
 #[test]
