@@ -73,6 +73,9 @@ async fn run(clicks: u64, requests: usize, shuffled: bool) {
                     utm: vec![("source".into(), "facebook".into())],
                     ad_click_ids: vec![],
                     subids: vec![],
+                    offer: None,
+                    rule: None,
+                    fallback: None,
                 }
             })
             .collect();

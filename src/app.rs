@@ -64,7 +64,8 @@ impl Application {
     /// Serves until `shutdown` completes, then drains in-flight requests, replays the
     /// outage spool if the store is back, and flushes the spool and the store, all within
     /// `shutdown_timeout_secs` of the signal. A spool the store could not take stays on
-    /// disk and is replayed at the next start. SIGHUP reloads the TLS certificate.
+    /// disk and is replayed at the next start. SIGHUP reloads the TLS certificate and the
+    /// country database.
     /// Conversions are forwarded in the background until the requests are drained.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let signalled = Arc::new(std::sync::OnceLock::new());
@@ -75,7 +76,7 @@ impl Application {
         };
         let config = &self.state.config;
         let forwarder = Forwarder::spawn(self.state.store.outbox(), &config.forward, &config.server.public_url);
-        let reloader = tokio::spawn(tls::reload_on_sighup(self.tls.clone()));
+        let reloader = tokio::spawn(tls::reload_on_sighup(self.tls.clone(), config.geo.mmdb.clone()));
         let upkeep = self.state.metrics.clone().map(|handle| tokio::spawn(telemetry::upkeep(handle)));
         server::serve(self.listener, self.state.clone(), self.tls, shutdown).await;
         reloader.abort();

@@ -17,6 +17,7 @@
 //!   `sessions`: its signed sign-in sessions.
 //! - [`clickid`]: minting and verifying the signed, time-ordered click ids.
 //! - [`links`], [`networks`]: link definitions compiled for the redirect, networks as data.
+//! - [`routing`]: a link's weighted offers, rules, daily caps and the visitor's country and device.
 //! - [`bots`], `memo`, `privacy`: request classification, per-thread memos, what a click
 //!   keeps of the visitor's address.
 //! - [`postback`]: reading a postback, deciding the event, recording the conversion.
@@ -41,6 +42,7 @@ pub mod model;
 pub mod money;
 pub mod networks;
 pub mod postback;
+pub mod routing;
 pub mod store;
 pub mod telemetry;
 

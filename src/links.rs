@@ -15,6 +15,7 @@ use moka::sync::Cache;
 
 use crate::model::{link_key, Link};
 use crate::networks::Network;
+use crate::routing::{self, Router};
 use crate::store::{LinkStore, StoreResult};
 
 /// How long a link read from the store is trusted.
@@ -23,9 +24,13 @@ pub const LINK_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Redirect codes a link may use.
 pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
 
-/// Checks a link's fields; returns `(field, problem)` pairs, empty when it is valid.
-pub fn validate_link(link: &Link, networks: &BTreeMap<String, Network>) -> Vec<(&'static str, String)> {
-    let mut problems = Vec::new();
+/// Longest stickiness a link may ask for: a year.
+pub const MAX_STICKY_HOURS: u32 = 24 * 366;
+
+/// Checks a link's fields; returns `(field, problem)` pairs, empty when it is valid. The
+/// field is named as the config and the API name it (`offers[1].weight`).
+pub fn validate_link(link: &Link, networks: &BTreeMap<String, Network>) -> Vec<(String, String)> {
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
     if link.slug.is_empty()
         || link.slug.len() > 128
         || !link.slug.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
@@ -51,6 +56,11 @@ pub fn validate_link(link: &Link, networks: &BTreeMap<String, Network>) -> Vec<(
     if link.event.as_deref().is_some_and(|e| e.trim().is_empty() || e.len() > 64) {
         problems.push(("event", "must be 1 to 64 characters".into()));
     }
+    if link.sticky_hours > MAX_STICKY_HOURS {
+        problems.push(("sticky_hours", format!("must be at most {MAX_STICKY_HOURS} (a year)")));
+    }
+    let mut problems: Vec<(String, String)> = problems.into_iter().map(|(f, m)| (f.to_owned(), m)).collect();
+    problems.extend(routing::definition::validate(&link.offers, &link.rules, link.cap_tz.as_deref()));
     problems
 }
 
@@ -64,6 +74,36 @@ pub struct CompiledLink {
     pub link: Link,
     /// `network/slug`, kept to avoid formatting it per click.
     pub key: String,
+    /// The link's own `offer`, for links without offers.
+    default: OfferUrl,
+    /// The URL of each of the link's offers, by index.
+    offers: Vec<OfferUrl>,
+    /// The link's offers and rules compiled; `None` when it has no offers.
+    pub router: Option<Router>,
+}
+
+impl CompiledLink {
+    /// Compiles a link for `network` (whose `subid` is stripped from the offer URLs).
+    pub fn compile(link: Link, network: &Network) -> Result<CompiledLink, String> {
+        let default = OfferUrl::compile(&link.offer, network)?;
+        let offers = link.offers.iter().map(|o| OfferUrl::compile(&o.url, network)).collect::<Result<Vec<_>, _>>()?;
+        let router = (!link.offers.is_empty()).then(|| {
+            let offset = link.cap_tz.as_deref().and_then(routing::definition::parse_offset).unwrap_or(0);
+            Router::new(&link.offers, &link.rules, offset)
+        });
+        Ok(CompiledLink { key: link.key(), link, default, offers, router })
+    }
+
+    /// The URL of offer `offer` (an index into the link's offers), or of the link's own
+    /// `offer` for `None`.
+    pub fn url(&self, offer: Option<usize>) -> &OfferUrl {
+        offer.and_then(|i| self.offers.get(i)).unwrap_or(&self.default)
+    }
+}
+
+/// An offer URL compiled for redirects.
+#[derive(Debug)]
+pub struct OfferUrl {
     /// The offer URL without the click-id parameter and without its fragment.
     base: String,
     fragment: Option<String>,
@@ -72,10 +112,10 @@ pub struct CompiledLink {
     offer_params: HashSet<String>,
 }
 
-impl CompiledLink {
-    /// Compiles a link for `network` (whose `subid` is stripped from the offer URL).
-    pub fn compile(link: Link, network: &Network) -> Result<CompiledLink, String> {
-        let mut url = absolute_url(&link.offer)?;
+impl OfferUrl {
+    /// Compiles `offer` for `network` (whose `subid` is stripped).
+    fn compile(offer: &str, network: &Network) -> Result<OfferUrl, String> {
+        let mut url = absolute_url(offer)?;
         let fragment = url.fragment().map(str::to_owned);
         url.set_fragment(None);
         let mut offer_params = HashSet::new();
@@ -105,7 +145,7 @@ impl CompiledLink {
             base.push('?');
             base.push_str(&query);
         }
-        Ok(CompiledLink { key: link.key(), link, base, fragment, has_query, offer_params })
+        Ok(OfferUrl { base, fragment, has_query, offer_params })
     }
 
     /// Whether the affiliate's offer URL already sets `name`.
@@ -226,6 +266,10 @@ mod tests {
             fallback: None,
             event: None,
             source: LinkSource::Config,
+            offers: Vec::new(),
+            rules: Vec::new(),
+            sticky_hours: 0,
+            cap_tz: None,
         }
     }
 
@@ -233,6 +277,7 @@ mod tests {
     fn s2_in_the_offer_is_replaced_and_the_rest_kept_byte_for_byte() {
         let cake = Network::cake();
         let c = CompiledLink::compile(link("https://o.example.com/?a=200&s2=old&c=761&s1=yes%20sir"), &cake).unwrap();
+        let c = c.url(None);
         assert_eq!(c.location(&cake, &[], "CID"), "https://o.example.com/?a=200&c=761&s1=yes%20sir&s2=CID");
         assert!(c.offer_sets("S1") && !c.offer_sets("s3") && !c.offer_sets("s2"));
     }
@@ -242,7 +287,7 @@ mod tests {
         let cake = Network::cake();
         let c = CompiledLink::compile(link("https://o.example.com/path#frag"), &cake).unwrap();
         assert_eq!(
-            c.location(&cake, &[("s3", "a b&c=d")], "CID"),
+            c.url(None).location(&cake, &[("s3", "a b&c=d")], "CID"),
             "https://o.example.com/path?s3=a+b%26c%3Dd&s2=CID#frag"
         );
     }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::money::Money;
+use crate::routing::{Offer, Rule};
 
 /// Milliseconds since the unix epoch.
 pub type UnixMillis = i64;
@@ -37,6 +38,16 @@ pub struct Click {
     pub ad_click_ids: Vec<(String, String)>,
     /// Sub-ids passed through to the offer URL (`s1`, `s3`…), as sent.
     pub subids: Vec<(String, String)>,
+    /// Id of the link's offer the visitor was sent to (links with `[[links.offers]]`).
+    #[serde(default)]
+    pub offer: Option<String>,
+    /// Index of the link's rule that matched, if one did.
+    #[serde(default)]
+    pub rule: Option<u32>,
+    /// Why the visitor went to the link's fallback instead of an offer: `paused` or
+    /// `capped`.
+    #[serde(default)]
+    pub fallback: Option<String>,
 }
 
 impl Click {
@@ -303,6 +314,18 @@ pub struct Link {
     pub fallback: Option<String>,
     pub event: Option<String>,
     pub source: LinkSource,
+    /// Weighted offers; when empty, every visitor goes to `offer`.
+    #[serde(default)]
+    pub offers: Vec<Offer>,
+    /// Checked in order; the first that matches picks the eligible offers.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Hours a visitor keeps the offer they got (a cookie); 0 turns stickiness off.
+    #[serde(default)]
+    pub sticky_hours: u32,
+    /// Offset (`-05:00`) at which the offers' daily caps turn; UTC when absent.
+    #[serde(default)]
+    pub cap_tz: Option<String>,
 }
 
 impl Link {

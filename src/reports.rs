@@ -19,6 +19,14 @@ use crate::model::{Counters, HourCounters, UnixHour, UnixMillis};
 pub(crate) enum Group {
     Link,
     Day,
+    /// By `network/slug/offer`, for links with offers.
+    Offer,
+}
+
+/// Whether counters are an offer's (`network/slug/offer`) rather than a link's: they
+/// repeat part of their link's and are reported only by offer.
+fn is_offer_row(key: &str) -> bool {
+    key.bytes().filter(|&b| b == b'/').count() >= 2
 }
 
 /// A date range in a time zone, `from` and `to` inclusive.
@@ -109,9 +117,10 @@ pub(crate) struct Row {
 pub(crate) fn aggregate(period: &Period, group: Group, hours: &[HourCounters]) -> Vec<Row> {
     let (first, last) = period.hours();
     let mut sums: BTreeMap<String, Counters> = BTreeMap::new();
-    for h in hours.iter().filter(|h| (first..=last).contains(&h.hour)) {
+    let by_offer = group == Group::Offer;
+    for h in hours.iter().filter(|h| (first..=last).contains(&h.hour) && is_offer_row(&h.link) == by_offer) {
         let key = match group {
-            Group::Link => h.link.clone(),
+            Group::Link | Group::Offer => h.link.clone(),
             Group::Day => period.day_of(h.hour).format(DATE).unwrap_or_default(),
         };
         sums.entry(key).or_default().add(&h.counters);
@@ -168,6 +177,16 @@ mod tests {
         assert_eq!(rows[1].revenue, "1.50");
         let utc = Period::parse(Some("2026-11-24"), Some("2026-11-24"), None).unwrap();
         assert_eq!(utc.hours(), (h0, h0 + 23));
+    }
+
+    #[test]
+    fn offer_rows_are_apart_from_link_rows() {
+        let p = Period::parse(Some("1970-01-01"), Some("1970-01-02"), None).unwrap();
+        let hours = [hc(1, "cake/a", 3, 0), hc(1, "cake/a/x", 2, 0), hc(2, "cake/a/y", 1, 0)];
+        let keys = |g| aggregate(&p, g, &hours).into_iter().map(|r| (r.key, r.clicks)).collect::<Vec<_>>();
+        assert_eq!(keys(Group::Link), [("cake/a".to_owned(), 3)]);
+        assert_eq!(keys(Group::Offer), [("cake/a/x".to_owned(), 2), ("cake/a/y".to_owned(), 1)]);
+        assert_eq!(keys(Group::Day), [("1970-01-01".to_owned(), 3)]);
     }
 
     #[test]

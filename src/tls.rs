@@ -18,6 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
+use crate::routing::geo::CountryDb;
 
 /// Why the certificate or key did not load; names the config key at fault and keeps the
 /// cause.
@@ -112,10 +113,13 @@ impl ResolvesServerCert for Swappable {
     }
 }
 
-/// Reloads `tls` on every SIGHUP while the returned future runs. The handler is in place
-/// when this returns, before the future is first polled. Without TLS a SIGHUP is logged
-/// and otherwise ignored (it must not end the process).
-pub(crate) fn reload_on_sighup(tls: Option<Arc<Tls>>) -> impl std::future::Future<Output = ()> + Send {
+/// Reloads `tls` and the country database `geo` on every SIGHUP while the returned future
+/// runs. The handler is in place when this returns, before the future is first polled.
+/// With neither, a SIGHUP is logged and otherwise ignored (it must not end the process).
+pub(crate) fn reload_on_sighup(
+    tls: Option<Arc<Tls>>,
+    geo: Option<Arc<CountryDb>>,
+) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     async move {
@@ -136,11 +140,19 @@ pub(crate) fn reload_on_sighup(tls: Option<Arc<Tls>>) -> impl std::future::Futur
                         Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the certificate in use is kept"),
                     },
                 }
+                if let Some(geo) = &geo {
+                    match geo.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: country database reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGHUP: country database not reloaded; the one in use is kept")
+                        }
+                    }
+                }
             }
         }
         #[cfg(not(unix))]
         {
-            let _ = tls;
+            let _ = (tls, geo);
             std::future::pending::<()>().await
         }
     }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::reader::{problem, Errors, Section};
-use crate::links::validate_link;
+use crate::links::{validate_link, MAX_STICKY_HOURS};
 use crate::model::{Link, LinkSource, LinkStatus};
 use crate::networks::Network;
 
@@ -59,12 +59,28 @@ fn read_link(
     };
     let fallback = s.string("fallback", errors);
     let event = s.string("event", errors);
+    let sticky_hours = s.uint("sticky_hours", 0, u64::from(MAX_STICKY_HOURS), errors).unwrap_or(0) as u32;
+    let cap_tz = s.string("cap_tz", errors);
+    let (offers, rules) = super::routing::read(key, s.raw("offers"), s.raw("rules"), errors);
     s.finish(errors);
     let (Some(slug), Some(offer)) = (slug, offer) else {
         problem(errors, key, "a link needs slug and offer");
         return None;
     };
-    let link = Link { network, slug, offer, redirect, status, fallback, event, source: LinkSource::Config };
+    let link = Link {
+        network,
+        slug,
+        offer,
+        redirect,
+        status,
+        fallback,
+        event,
+        source: LinkSource::Config,
+        offers,
+        rules,
+        sticky_hours,
+        cap_tz,
+    };
     let problems = validate_link(&link, networks);
     for (field, message) in &problems {
         problem(errors, format!("{key}.{field}"), message.clone());

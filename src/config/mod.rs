@@ -12,7 +12,9 @@
 //! - `security`: `[security]`, the click-id key, the admin token and the postback key.
 //! - `privacy`: `[privacy]`, what a stored click keeps of the visitor.
 //! - `networks`: `[networks.<name>]`, affiliate networks (CAKE built in).
-//! - `links`: `[[links]]`, links defined in the file.
+//! - `links`: `[[links]]`, links defined in the file; `routing` reads their offers and
+//!   rules (and the links API's, from JSON).
+//! - `geo`: `[geo]`, where a visitor's country comes from.
 //! - `forward` and `platforms`: `[forward]` and `[[destinations]]`, where conversions
 //!   are forwarded. Destinations' credentials can come from the environment too, as
 //!   `CAKELINK_DESTINATION_<NAME>_<KEY>` (name and key upper-cased, other characters
@@ -24,11 +26,13 @@
 
 mod dashboard;
 mod forward;
+mod geo;
 mod links;
 mod networks;
 mod platforms;
 mod privacy;
 mod reader;
+mod routing;
 mod security;
 mod server;
 mod store;
@@ -37,7 +41,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use self::dashboard::DashboardConfig;
+pub use self::geo::GeoConfig;
 pub use self::privacy::PrivacyConfig;
+pub use self::routing::read_json as read_routing_json;
 pub use self::security::SecurityConfig;
 pub use self::server::{ServerConfig, TlsFiles};
 pub use self::store::StoreConfig;
@@ -67,6 +73,8 @@ pub struct Config {
     pub forward: ForwardConfig,
     /// `[dashboard]`: the web dashboard under `/ui/`.
     pub dashboard: DashboardConfig,
+    /// `[geo]`: where a visitor's country comes from, for rules by country.
+    pub geo: GeoConfig,
     /// Things that work but should be fixed (example secrets, say): reported, not
     /// refused, so the example config runs as is.
     pub warnings: Vec<String>,
@@ -107,7 +115,7 @@ pub enum LoadError {
 
 /// The top-level tables a file may have; anything else is refused as a typo.
 const SECTIONS: &[&str] =
-    &["server", "store", "security", "privacy", "networks", "links", "forward", "destinations", "dashboard"];
+    &["server", "store", "security", "privacy", "networks", "links", "forward", "destinations", "dashboard", "geo"];
 
 impl Config {
     /// Reads `path` and applies overrides from `env` (a lookup, so tests never touch the
@@ -151,6 +159,15 @@ fn read(root: &toml::Table, errors: &mut Errors, env: Env<'_>) -> Option<Config>
     let links = links::read(root.get("links"), &networks, errors);
     let forward = forward::read(root.get("forward"), root.get("destinations"), env, errors);
     let dashboard = dashboard::read(root.get("dashboard"), errors);
+    let geo = geo::read(root.get("geo"), errors);
+    if !geo.is_set() {
+        for link in links.iter().filter(|l| l.rules.iter().any(|r| r.uses_country())) {
+            warnings.push(format!(
+                "link {} has rules by country, but [geo] sets neither mmdb nor header: those rules never match",
+                link.key()
+            ));
+        }
+    }
     Some(Config {
         server: server?,
         store: store?,
@@ -160,6 +177,7 @@ fn read(root: &toml::Table, errors: &mut Errors, env: Env<'_>) -> Option<Config>
         links,
         forward,
         dashboard,
+        geo,
         warnings,
     })
 }

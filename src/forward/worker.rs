@@ -323,6 +323,9 @@ mod tests {
             utm: vec![],
             ad_click_ids: vec![],
             subids: vec![],
+            offer: None,
+            rule: None,
+            fallback: None,
         };
         Delivery::new("d", Subject::Click(Box::new(click)), at)
     }

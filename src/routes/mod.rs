@@ -10,6 +10,7 @@
 //! error text: that goes to the log.
 
 pub(crate) mod api;
+mod offer;
 pub(crate) mod ops;
 pub(crate) mod postback;
 pub(crate) mod redirect;

@@ -1,7 +1,8 @@
 //! `GET`/`HEAD /go/{network}/{slug}`: the hot path.
 //!
 //! Reads top to bottom: find the link (in process, no store read), classify the request,
-//! mint a click id, build the offer URL, record the click, answer. The click is
+//! mint a click id, pick the offer (links with several, see `offer`), read the query,
+//! record the click, answer. The click is
 //! acknowledged by the store before the redirect leaves, so a `302` the visitor received
 //! is a click that survives a crash.
 
@@ -11,10 +12,10 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
+use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, SET_COOKIE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::{error, failure, method_not_allowed, path_segment, text, Body};
+use super::{error, failure, method_not_allowed, offer, path_segment, text, Body};
 use crate::bots::{self, RequestTraits};
 use crate::clock::now_ms;
 use crate::model::{Click, LinkStatus, AD_CLICK_IDS};
@@ -84,7 +85,13 @@ pub(crate) async fn redirect(
     let now_ms = now_ms();
     let click_id = state.keyring.mint((now_ms / 1000) as u64);
 
-    // 4. What the visitor's query carries: UTM, ad click ids, sub-ids to pass through.
+    // 4. Which of the link's offers, for a link with several: its rules and weights, and
+    //    what this process knows of the caps. The store has the last word on a cap.
+    let routing =
+        link.router.as_ref().map(|router| offer::route(state, req, peer, user_agent, router, now_ms, bot.is_none()));
+    let url = link.url(routing.as_ref().and_then(|r| r.pick.candidates.first()));
+
+    // 5. What the visitor's query carries: UTM, ad click ids, sub-ids to pass through.
     let mut utm = Vec::new();
     let mut ad_click_ids = Vec::new();
     let mut subids: Vec<(String, String)> = Vec::new();
@@ -105,7 +112,7 @@ pub(crate) async fn redirect(
             }
         } else if let Some(p) = network.passthrough.iter().find(|p| name.eq_ignore_ascii_case(p)) {
             // The affiliate's own value in the offer URL wins; the first visitor value wins.
-            if link.offer_sets(p) || subids.iter().any(|(k, _)| k == p) {
+            if url.offer_sets(p) || subids.iter().any(|(k, _)| k == p) {
                 continue;
             }
             let value = form_decode(raw_value);
@@ -116,11 +123,10 @@ pub(crate) async fn redirect(
             subids.push((p.clone(), value.into_owned()));
         }
     }
-    let pass: Vec<(&str, &str)> = subids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let location = link.location(network, &pass, click_id.as_str());
 
-    // 5. Record, acknowledged before the answer leaves.
-    let click = Click {
+    // 6. Record, acknowledged before the answer leaves (with the offer, when the store
+    //    decides it against the caps).
+    let mut click = Click {
         id: click_id.to_string(),
         link: link.key.clone(),
         at: now_ms,
@@ -131,9 +137,16 @@ pub(crate) async fn redirect(
         utm,
         ad_click_ids,
         subids,
+        offer: None,
+        rule: routing.as_ref().and_then(|r| r.pick.rule),
+        fallback: None,
+    };
+    let (taken, recorded) = match &routing {
+        None => (None, state.store.clicks().record_or_spool_click(&click, ClickOrigin::Minted).await),
+        Some(routing) => Box::pin(offer::record(state, routing, &mut click)).await,
     };
     let hot = &state.hot;
-    match state.store.clicks().record_or_spool_click(&click, ClickOrigin::Minted).await {
+    match recorded {
         Ok(()) if click.is_bot() => hot.bot_hits.increment(1),
         Ok(()) => hot.clicks.increment(1),
         Err(e) => {
@@ -144,9 +157,25 @@ pub(crate) async fn redirect(
         }
     }
 
-    // 6. Answer.
+    // 7. Answer: the offer taken, or the fallback when no offer could take the visitor.
+    let pass: Vec<(&str, &str)> = click.subids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let status = StatusCode::from_u16(link.link.redirect).unwrap_or(StatusCode::FOUND);
-    let res = redirect_to(status, &location);
+    let mut res = match (&routing, taken) {
+        (Some(_), None) => match &link.link.fallback {
+            Some(fallback) => redirect_to(StatusCode::FOUND, fallback),
+            None => not_found("no offer of this link is available"),
+        },
+        (_, offer) => redirect_to(status, &link.url(offer).location(network, &pass, click_id.as_str())),
+    };
+    if let (Some(routing), Some(offer)) = (&routing, taken) {
+        let id = routing.router.id(offer);
+        if link.link.sticky_hours > 0 && routing.sticky != Some(id) {
+            let path = format!("/go/{network_name}/{slug}");
+            if let Some(cookie) = offer::sticky_cookie(id, link.link.sticky_hours, &path) {
+                res.headers_mut().insert(SET_COOKIE, cookie);
+            }
+        }
+    }
     if bot.is_some() { &hot.redirects_bot } else { &hot.redirects_click }.increment(1);
     hot.redirect_seconds.record(started.elapsed().as_secs_f64());
     res

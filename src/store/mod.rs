@@ -24,6 +24,7 @@
 //! processes sharing one Redis deliver each entry once and take over a dead one's entries.
 
 pub mod embedded;
+mod legacy;
 mod record;
 pub mod redis;
 mod schema;
@@ -99,6 +100,23 @@ pub enum ClickOrigin {
     Replayed,
 }
 
+/// The daily caps a person's click is subject to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapClaim {
+    /// The cap day: days since the epoch in the link's `cap_tz`.
+    pub day: u32,
+    /// Offers the click may take, in order; all but the last have a cap.
+    pub candidates: Vec<CapCandidate>,
+}
+
+/// One offer a capped click may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapCandidate {
+    pub offer: String,
+    /// Human clicks admitted per cap day; `None` for no cap.
+    pub cap: Option<u32>,
+}
+
 /// Clicks: what the redirect writes and the postback reads.
 #[async_trait]
 pub trait ClickStore: Send + Sync + 'static {
@@ -106,6 +124,14 @@ pub trait ClickStore: Send + Sync + 'static {
     /// returns `Ok`, the click survives a crash of the process. Recording the same click
     /// id again changes nothing.
     async fn record_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()>;
+
+    /// Records a person's click (whose `offer` is not set yet) sent to the first of
+    /// `claim`'s candidates whose daily cap has room: that offer's count for the cap day
+    /// moves in the same atomic write as the click, so a cap admits exactly its number
+    /// of clicks whatever the concurrency. Returns the index of the candidate taken, or
+    /// `None` when all were full (the click is then stored as sent to the fallback,
+    /// `capped`). A freshly minted click is never stored twice, so this is not replayed.
+    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>>;
 
     /// The stored click, or `None` when it is unknown or has expired.
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>>;

@@ -13,6 +13,12 @@
 //! - personal: IP address (tag byte: 0 none, 4 and 6 raw address bytes, 1 string) and the
 //!   user agent's hash (tag byte 0 or 1, then 8 bytes).
 //!
+//! Version 2 records (a click sent to one of a link's offers, or to its fallback) put the
+//! route right after the version byte: the offer id (string, empty for none), the rule
+//! index plus one (varint, 0 for none) and the fallback reason (string, empty for none);
+//! the rest is as in version 1, which is still written for clicks without a route, so
+//! every record written before reads as it did.
+//!
 //! The personal part comes last so that dropping it after seven days (it serves only the
 //! conversion APIs) is a truncation: [`strip_personal`]. Strings are a varint length and
 //! UTF-8 bytes. Interned values are the context, encoded the same way, and the user
@@ -24,7 +30,10 @@ use super::{StoreError, StoreResult};
 use crate::memo::Memo;
 use crate::model::Click;
 
+/// A record without a route.
 const VERSION: u8 = 1;
+/// A record with a route after the version byte.
+const VERSION_ROUTED: u8 = 2;
 
 /// Content hash naming an interned value.
 pub(super) type InternKey = [u8; 8];
@@ -159,11 +168,33 @@ pub(super) fn encode(click: &Click) -> EncodedClick {
             interns.push((key, ua.as_bytes().to_vec()));
         }
     }
+    if click.offer.is_some() || click.rule.is_some() || click.fallback.is_some() {
+        out = with_route(&out, click.offer.as_deref(), click.rule, click.fallback.as_deref());
+    }
     EncodedClick { record: out, interns }
+}
+
+/// A version 1 `record` with a route added (a version 2 record): what a store writes once
+/// it has decided which offer, if any, took the click.
+pub(super) fn with_route(record: &[u8], offer: Option<&str>, rule: Option<u32>, fallback: Option<&str>) -> Vec<u8> {
+    // A record that has a route already (the click's rule, say) gets this one instead.
+    let mut r = Reader { bytes: record, pos: 1 };
+    if record.first() == Some(&VERSION_ROUTED) && r.string().and(r.varint()).and(r.string()).is_err() {
+        r.pos = 1;
+    }
+    let body = record.get(r.pos..).unwrap_or_default();
+    let mut out = Vec::with_capacity(record.len() + 24);
+    out.push(VERSION_ROUTED);
+    put_str(&mut out, offer.unwrap_or_default());
+    put_varint(&mut out, rule.map_or(0, |r| u64::from(r) + 1));
+    put_str(&mut out, fallback.unwrap_or_default());
+    out.extend_from_slice(body);
+    out
 }
 
 /// A decoded record whose interned parts are still to be looked up.
 pub(super) struct ParsedClick {
+    route: Route,
     at: i64,
     bot: Option<String>,
     ad_click_ids: Vec<(String, String)>,
@@ -221,8 +252,17 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Where a click was sent, as a version 2 record keeps it.
+#[derive(Default)]
+struct Route {
+    offer: Option<String>,
+    rule: Option<u32>,
+    fallback: Option<String>,
+}
+
 /// The part of a record every click keeps.
 struct Core {
+    route: Route,
     at: i64,
     bot: Option<String>,
     context: InternKey,
@@ -231,9 +271,18 @@ struct Core {
 
 /// Reads the core, leaving `r` where the personal part starts.
 fn parse_core(r: &mut Reader<'_>) -> StoreResult<Core> {
-    if r.byte()? != VERSION {
-        return Err(corrupt("unknown version"));
-    }
+    let route = match r.byte()? {
+        VERSION => Route::default(),
+        VERSION_ROUTED => Route {
+            offer: Some(r.string()?).filter(|o| !o.is_empty()),
+            rule: match r.varint()? {
+                0 => None,
+                n => Some(u32::try_from(n - 1).map_err(|_| corrupt("rule"))?),
+            },
+            fallback: Some(r.string()?).filter(|f| !f.is_empty()),
+        },
+        _ => return Err(corrupt("unknown version")),
+    };
     let at = i64::try_from(r.varint()?).map_err(|_| corrupt("time"))?;
     let bot = Some(r.string()?).filter(|b| !b.is_empty());
     let context = r.key()?;
@@ -242,13 +291,13 @@ fn parse_core(r: &mut Reader<'_>) -> StoreResult<Core> {
     for _ in 0..n {
         ad_click_ids.push((r.string()?, r.string()?));
     }
-    Ok(Core { at, bot, context, ad_click_ids })
+    Ok(Core { route, at, bot, context, ad_click_ids })
 }
 
 /// Decodes a record; the context and user agent are then looked up by their keys.
 pub(super) fn parse(bytes: &[u8]) -> StoreResult<ParsedClick> {
     let mut r = Reader { bytes, pos: 0 };
-    let Core { at, bot, context, ad_click_ids } = parse_core(&mut r)?;
+    let Core { route, at, bot, context, ad_click_ids } = parse_core(&mut r)?;
     let (mut ip, mut user_agent) = (None, None);
     if !r.at_end() {
         ip = match r.byte()? {
@@ -273,7 +322,7 @@ pub(super) fn parse(bytes: &[u8]) -> StoreResult<ParsedClick> {
     if !r.at_end() {
         return Err(corrupt("trailing bytes"));
     }
-    Ok(ParsedClick { at, bot, ad_click_ids, ip, context, user_agent })
+    Ok(ParsedClick { route, at, bot, ad_click_ids, ip, context, user_agent })
 }
 
 /// The record without its personal part, or `None` when it has none left to drop.
@@ -299,6 +348,9 @@ impl ParsedClick {
             utm,
             ad_click_ids: self.ad_click_ids,
             subids,
+            offer: self.route.offer,
+            rule: self.route.rule,
+            fallback: self.route.fallback,
         })
     }
 }
@@ -320,6 +372,9 @@ mod tests {
             utm: vec![("source".into(), "facebook".into()), ("campaign".into(), "bf".into())],
             ad_click_ids: vec![("fbclid".into(), "IwAR123".into())],
             subids: vec![("s3".into(), "creative".into())],
+            offer: None,
+            rule: None,
+            fallback: None,
         }
     }
 
@@ -342,6 +397,26 @@ mod tests {
         let without_fbclid = Click { ad_click_ids: vec![], ..click() };
         // version, time, bot, context hash, no ad ids, IPv4, user-agent hash.
         assert_eq!(encode(&without_fbclid).record.len(), 1 + 6 + 1 + 8 + 1 + 5 + 9);
+    }
+
+    #[test]
+    fn routes_are_kept_and_records_before_them_still_read() {
+        // A version 1 record as written before routes existed: it reads with no route.
+        let v1 = encode(&click()).record;
+        assert_eq!(v1[0], 1);
+        let routed = Click { offer: Some("b".into()), rule: Some(3), ..click() };
+        assert_eq!(round_trip(&routed), routed);
+        let fallback = Click { fallback: Some("capped".into()), rule: Some(0), ..click() };
+        assert_eq!(round_trip(&fallback), fallback);
+        // A store adds the route it decided to a version 1 record.
+        let added = with_route(&v1, Some("b"), Some(3), None);
+        assert_eq!(added, encode(&routed).record);
+        // A record with a route already gets the new one in its place.
+        let ruled = encode(&Click { rule: Some(3), ..click() }).record;
+        assert_eq!(with_route(&ruled, Some("b"), Some(3), None), added);
+        let stripped = strip_personal(&added).unwrap().unwrap();
+        assert_eq!(stripped[0], 2);
+        assert!(parse(&stripped).unwrap().user_agent.is_none());
     }
 
     #[test]
@@ -400,6 +475,7 @@ mod tests {
             let c = Click {
                 id: "x".into(), link: "cake/a".into(), at, bot, ip, user_agent: ua, referer,
                 utm: pairs.clone(), ad_click_ids: pairs.clone(), subids: pairs,
+                offer: None, rule: None, fallback: None,
             };
             prop_assert_eq!(round_trip(&c), c);
         }

@@ -17,19 +17,66 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::legacy;
 use super::record::{self, EncodedClick};
-use super::{Requeue, StoreError, StoreResult};
-use crate::model::{hour_of, Click, Conversion, Counters, Delivery, DeliveryStatus, Subject, UnixHour, UnixMillis};
+use super::{CapClaim, Requeue, StoreError, StoreResult};
+use crate::model::{
+    hour_of, Click, Conversion, Counters, Delivery, DeliveryStatus, Event, Link, Subject, UnixHour, UnixMillis,
+};
+use crate::routing::NoOffer;
 
-/// Encodes one of the crate's records (postcard).
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing the crate's own plain structs into a Vec cannot fail.
-    postcard::to_stdvec(value).unwrap_or_default()
+/// A record the store keeps in postcard form. Types that gained fields since version 1
+/// are written after [`legacy::MARKER`] and read back in either shape.
+pub(crate) trait Stored: Serialize + DeserializeOwned {
+    /// The version 1 shape, for types that changed; `None` for those that never did.
+    fn from_v1(_bytes: &[u8]) -> Option<Result<Self, postcard::Error>> {
+        None
+    }
 }
 
-/// Decodes a stored record; a record that does not decode is reported corrupt.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+impl Stored for Event {}
+impl Stored for Counters {}
+
+impl Stored for Link {
+    fn from_v1(bytes: &[u8]) -> Option<Result<Link, postcard::Error>> {
+        Some(postcard::from_bytes::<legacy::LinkV1>(bytes).map(Link::from))
+    }
+}
+
+impl Stored for Conversion {
+    fn from_v1(bytes: &[u8]) -> Option<Result<Conversion, postcard::Error>> {
+        Some(postcard::from_bytes::<legacy::ConversionV1>(bytes).map(Conversion::from))
+    }
+}
+
+impl Stored for Delivery {
+    fn from_v1(bytes: &[u8]) -> Option<Result<Delivery, postcard::Error>> {
+        Some(postcard::from_bytes::<legacy::DeliveryV1>(bytes).map(Delivery::from))
+    }
+}
+
+/// Encodes one of the crate's records (postcard, after the marker for types that changed).
+pub(crate) fn encode<T: Stored>(value: &T) -> Vec<u8> {
+    // Serializing the crate's own plain structs into a Vec cannot fail.
+    let body = postcard::to_stdvec(value).unwrap_or_default();
+    if T::from_v1(&[]).is_none() {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(legacy::MARKER);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a stored record, in its current or its version 1 shape; a record that does
+/// not decode is reported corrupt.
+pub(crate) fn decode<T: Stored>(bytes: &[u8]) -> StoreResult<T> {
+    let decoded = match (bytes.split_first(), T::from_v1(&[]).is_some()) {
+        (Some((&legacy::MARKER, rest)), true) => postcard::from_bytes(rest),
+        (_, true) => T::from_v1(bytes).unwrap_or_else(|| postcard::from_bytes(bytes)),
+        (_, false) => postcard::from_bytes(bytes),
+    };
+    decoded.map_err(|e| StoreError::Corrupt {
         what: std::any::type_name::<T>().rsplit("::").next().unwrap_or("record").to_owned(),
         source: Some(Box::new(e)),
     })
@@ -43,12 +90,18 @@ pub(crate) struct ClickPlan {
     pub hour: UnixHour,
     /// `network/slug`.
     pub link: String,
+    /// `network/slug/offer` when the click went to one of the link's offers: its counters
+    /// move too, for reports by offer.
+    pub offer_link: Option<String>,
     /// What the click adds to its hour's counters: one click or one bot hit.
     pub counters: Counters,
     /// The compact record and the interned values it names.
     pub encoded: EncodedClick,
     /// Outbox entries for destinations that take clicks (usually none).
     pub deliveries: Vec<Delivery>,
+    /// For a person's click subject to daily caps: the offers it may take, of which the
+    /// backend takes the first with room, in the same atomic write as the click.
+    pub caps: Option<CapPlan>,
 }
 
 impl ClickPlan {
@@ -58,16 +111,72 @@ impl ClickPlan {
             id: click.id.clone(),
             hour: hour_of(click.at),
             link: click.link.clone(),
+            offer_link: click.offer.as_deref().map(|o| offer_link(&click.link, o)),
             counters: Counters::for_click(click),
             encoded: record::encode(click),
+            caps: None,
         }
     }
+
+    /// The plan of a person's `click` (with no offer yet) that takes the first of
+    /// `claim`'s candidates with room, or, when all are full, the fallback.
+    pub(super) fn capped(click: &Click, claim: &CapClaim, outbox: &OutboxRoutes, now: UnixMillis) -> ClickPlan {
+        let mut plan = ClickPlan::of(click, outbox, now);
+        let choices = claim
+            .candidates
+            .iter()
+            .map(|c| CapChoice {
+                cap_key: cap_key(&click.link, &c.offer, claim.day),
+                cap: c.cap,
+                record: record::with_route(&plan.encoded.record, Some(&c.offer), click.rule, None),
+                offer_link: offer_link(&click.link, &c.offer),
+            })
+            .collect();
+        let fallback_record =
+            record::with_route(&plan.encoded.record, None, click.rule, Some(NoOffer::Capped.as_str()));
+        plan.caps = Some(CapPlan { choices, fallback_record });
+        plan
+    }
 }
+
+/// A capped click's choices, each with what the write does when it takes that one.
+pub(crate) struct CapPlan {
+    pub choices: Vec<CapChoice>,
+    /// The record when every choice is full.
+    pub fallback_record: Vec<u8>,
+}
+
+/// One offer a capped click may take.
+pub(crate) struct CapChoice {
+    /// The counter of this offer's human clicks on the cap day.
+    pub cap_key: String,
+    /// `None`: no cap, always taken.
+    pub cap: Option<u32>,
+    /// The click's record when it takes this offer.
+    pub record: Vec<u8>,
+    /// `network/slug/offer`, whose report counters move.
+    pub offer_link: String,
+}
+
+/// The report key of one offer of a link: `network/slug/offer`.
+pub(crate) fn offer_link(link: &str, offer: &str) -> String {
+    format!("{link}/{offer}")
+}
+
+/// The key of one offer's cap counter on one cap day: `network/slug/offer/day`.
+pub(crate) fn cap_key(link: &str, offer: &str, day: u32) -> String {
+    format!("{link}/{offer}/{day}")
+}
+
+/// How long a cap counter is kept after its day: long enough for any `cap_tz`.
+pub(crate) const CAP_KEEP_SECS: u64 = 3 * 86_400;
 
 /// Everything recording one conversion writes, beside the conversion itself.
 pub(crate) struct ConversionPlan {
     /// The UTC hour the conversion counts in.
     pub hour: UnixHour,
+    /// `network/slug/offer` of its click's offer, whose counters move too.
+    pub offer_link: Option<String>,
     pub counters: Counters,
     pub deliveries: Vec<Delivery>,
 }
@@ -76,6 +185,7 @@ impl ConversionPlan {
     pub(super) fn of(conversion: &Conversion, outbox: &OutboxRoutes, now: UnixMillis) -> ConversionPlan {
         ConversionPlan {
             hour: hour_of(conversion.at),
+            offer_link: conversion.click.offer.as_deref().map(|o| offer_link(&conversion.click.link, o)),
             counters: Counters::for_conversion(conversion),
             deliveries: outbox.for_conversion(conversion, now),
         }

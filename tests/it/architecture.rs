@@ -106,7 +106,7 @@ fn modules_import_each_other_in_no_circle() {
 
 #[test]
 fn the_domain_knows_no_http_server_and_routes_know_no_backend() {
-    let domain = ["postback", "clickid", "bots", "links", "model", "money", "store", "forward", "reports"];
+    let domain = ["postback", "clickid", "bots", "links", "model", "money", "store", "forward", "reports", "routing"];
     for file in sources(&src()) {
         let Some(module) = module_of(&file) else { continue };
         let code = code(&file);

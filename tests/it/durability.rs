@@ -407,6 +407,9 @@ fn click_at(id: &str, secs: u64) -> Click {
         utm: Vec::new(),
         ad_click_ids: Vec::new(),
         subids: Vec::new(),
+        offer: None,
+        rule: None,
+        fallback: None,
     }
 }
 

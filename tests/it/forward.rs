@@ -716,6 +716,9 @@ fn old_purchase(age: Duration, tid: &str) -> Conversion {
         utm: vec![],
         ad_click_ids: vec![],
         subids: vec![],
+        offer: None,
+        rule: None,
+        fallback: None,
     };
     let fields = vec![("tid".to_owned(), tid.to_owned()), ("price".to_owned(), "5".to_owned())];
     Conversion {

@@ -5,6 +5,8 @@
 #![allow(clippy::disallowed_methods)]
 
 mod helpers;
+#[path = "../support/mmdb.rs"]
+mod mmdb;
 mod redis_server;
 mod webdriver;
 
@@ -13,6 +15,7 @@ mod api;
 mod architecture;
 mod bad_input;
 mod browser;
+mod caps;
 mod config;
 mod dashboard;
 mod durability;
@@ -20,6 +23,7 @@ mod forward;
 mod outage;
 mod postback;
 mod redirect;
+mod routing;
 mod screenshots;
 mod store_contract;
 mod tls;

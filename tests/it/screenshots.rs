@@ -105,6 +105,9 @@ async fn seed(store: &StoreHandle, extra: &str) {
                     utm: vec![("source".into(), sources[dice.next(4) as usize].into())],
                     ad_click_ids: vec![],
                     subids: vec![],
+                    offer: None,
+                    rule: None,
+                    fallback: None,
                 };
                 clicks_made.push(click.clone());
                 if bot.is_none() && dice.next(1000) < permille {

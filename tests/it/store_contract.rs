@@ -82,6 +82,9 @@ fn click(link: &str, at: UnixMillis, bot: Option<&str>) -> Click {
         utm: pairs(&[("source", "facebook"), ("campaign", "spring sale")]),
         ad_click_ids: pairs(&[("fbclid", "IwAR2xYz_0123")]),
         subids: pairs(&[("s1", "adset-7"), ("s3", "créa/β")]),
+        offer: None,
+        rule: None,
+        fallback: None,
     }
 }
 
@@ -123,6 +126,10 @@ fn link(network: &str, slug: &str) -> Link {
         fallback: Some("https://example.com/".to_owned()),
         event: Some("Purchase".to_owned()),
         source: LinkSource::Api,
+        offers: Vec::new(),
+        rules: Vec::new(),
+        sticky_hours: 0,
+        cap_tz: None,
     }
 }
 

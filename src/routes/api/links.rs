@@ -40,7 +40,7 @@ pub(crate) enum LinkChangeError {
     /// Defined in the config file.
     ReadOnly,
     /// `(field, problem)` pairs.
-    Invalid(Vec<(&'static str, String)>),
+    Invalid(Vec<(String, String)>),
     /// Creating, and the link exists.
     Exists,
     /// Deleting, and there is no such link.
@@ -107,6 +107,11 @@ pub(super) struct LinkBody {
     status: Option<LinkStatus>,
     fallback: Option<String>,
     event: Option<String>,
+    /// Read as TOML would be, so the API and the config file report problems alike.
+    offers: Option<serde_json::Value>,
+    rules: Option<serde_json::Value>,
+    sticky_hours: Option<u32>,
+    cap_tz: Option<String>,
 }
 
 pub(super) async fn read_link_body(state: &AppState, req: Request<Incoming>) -> Result<LinkBody, Response<Body>> {
@@ -134,6 +139,13 @@ pub(super) async fn create_link(state: &AppState, body: LinkBody, path: Option<(
         },
     };
     let is_put = path.is_some();
+    let (offers, rules) = match crate::config::read_routing_json(body.offers.as_ref(), body.rules.as_ref()) {
+        Ok(read) => read,
+        Err(problems) => {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return error(StatusCode::BAD_REQUEST, &text.join("; "));
+        }
+    };
     let link = Link {
         network,
         slug,
@@ -143,6 +155,10 @@ pub(super) async fn create_link(state: &AppState, body: LinkBody, path: Option<(
         fallback: body.fallback,
         event: body.event,
         source: LinkSource::Api,
+        offers,
+        rules,
+        sticky_hours: body.sticky_hours.unwrap_or(0),
+        cap_tz: body.cap_tz,
     };
     match save_link(state, &link, is_put).await {
         Ok(existed) => json(if existed { StatusCode::OK } else { StatusCode::CREATED }, &link),

@@ -28,7 +28,8 @@ pub(super) async fn stats(state: &AppState, query: &HashMap<String, String>) -> 
     let group = match query.get("group").map(String::as_str) {
         None | Some("link") => Group::Link,
         Some("day") => Group::Day,
-        Some(other) => return error(StatusCode::BAD_REQUEST, &format!("group={other:?}: use link or day")),
+        Some("offer") => Group::Offer,
+        Some(other) => return error(StatusCode::BAD_REQUEST, &format!("group={other:?}: use link, day or offer")),
     };
     let (from, to) = period.hours();
     match state.store.conversions().counters(from, to).await {
@@ -50,6 +51,8 @@ struct ConversionRow<'a> {
     item_id: Option<&'a str>,
     click_id: &'a str,
     link: &'a str,
+    /// The link's offer the click went to, for links with offers.
+    offer: Option<&'a str>,
     clicked_at: String,
     bot: Option<&'a str>,
     subids: HashMap<&'a str, &'a str>,
@@ -74,6 +77,7 @@ impl<'a> ConversionRow<'a> {
             item_id: c.item_id.as_deref(),
             click_id: &c.click.id,
             link: &c.click.link,
+            offer: c.click.offer.as_deref(),
             clicked_at: rfc3339(c.click.at),
             bot: c.click.bot.as_deref(),
             subids: pairs(&c.click.subids),
@@ -134,6 +138,7 @@ pub(crate) fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
         "item_id",
         "click_id",
         "link",
+        "offer",
         "clicked_at",
         "bot",
     ]
@@ -159,6 +164,7 @@ pub(crate) fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
             c.item_id.clone().unwrap_or_default(),
             c.click.id.clone(),
             c.click.link.clone(),
+            c.click.offer.clone().unwrap_or_default(),
             rfc3339(c.click.at),
             c.click.bot.clone().unwrap_or_default(),
         ];
@@ -175,6 +181,11 @@ pub(crate) fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
 struct ClickView<'a> {
     click_id: &'a str,
     link: &'a str,
+    /// The link's offer the visitor was sent to, and the rule that chose it.
+    offer: Option<&'a str>,
+    rule: Option<u32>,
+    /// Why the visitor went to the fallback (`paused`, `capped`), if they did.
+    fallback: Option<&'a str>,
     clicked_at: String,
     bot: Option<&'a str>,
     ip: Option<&'a str>,
@@ -190,6 +201,9 @@ impl<'a> ClickView<'a> {
         ClickView {
             click_id: &c.id,
             link: &c.link,
+            offer: c.offer.as_deref(),
+            rule: c.rule,
+            fallback: c.fallback.as_deref(),
             clicked_at: rfc3339(c.at),
             bot: c.bot.as_deref(),
             ip: c.ip.as_deref(),

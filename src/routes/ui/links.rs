@@ -37,7 +37,7 @@ pub(crate) struct LinkForm {
     pub(crate) status: String,
     pub(crate) fallback: String,
     pub(crate) event: String,
-    pub(crate) errors: HashMap<&'static str, String>,
+    pub(crate) errors: HashMap<String, String>,
 }
 
 impl LinkForm {
@@ -82,7 +82,10 @@ impl LinkForm {
         let redirect = match self.redirect.parse::<u16>() {
             Ok(code) => code,
             Err(_) => {
-                self.errors.insert("redirect", format!("{:?} is not one of 301, 302, 303, 307, 308", self.redirect));
+                self.errors.insert(
+                    "redirect".to_owned(),
+                    format!("{:?} is not one of 301, 302, 303, 307, 308", self.redirect),
+                );
                 0
             }
         };
@@ -90,7 +93,7 @@ impl LinkForm {
             "active" | "" => LinkStatus::Active,
             "paused" => LinkStatus::Paused,
             other => {
-                self.errors.insert("status", format!("{other:?}: use active or paused"));
+                self.errors.insert("status".to_owned(), format!("{other:?}: use active or paused"));
                 LinkStatus::Active
             }
         };
@@ -104,6 +107,12 @@ impl LinkForm {
             fallback: optional(&self.fallback),
             event: optional(&self.event),
             source: LinkSource::Api,
+            // The form edits a link's own fields; its offers and rules are kept (see
+            // `change`) and are edited through the API or the config file.
+            offers: Vec::new(),
+            rules: Vec::new(),
+            sticky_hours: 0,
+            cap_tz: None,
         };
         self.errors.is_empty().then_some(link)
     }
@@ -223,13 +232,14 @@ fn explain(form: &mut LinkForm, e: LinkChangeError) -> Option<crate::store::Stor
             }
         }
         LinkChangeError::ReadOnly => {
-            form.errors.insert("slug", READ_ONLY.to_owned());
+            form.errors.insert("slug".to_owned(), READ_ONLY.to_owned());
         }
         LinkChangeError::Exists => {
-            form.errors.insert("slug", format!("{}/{} exists; edit it from the list", form.network, form.slug));
+            form.errors
+                .insert("slug".to_owned(), format!("{}/{} exists; edit it from the list", form.network, form.slug));
         }
         LinkChangeError::NotFound => {
-            form.errors.insert("slug", "no such link".to_owned());
+            form.errors.insert("slug".to_owned(), "no such link".to_owned());
         }
         LinkChangeError::Store(e) => return Some(e),
     }
@@ -297,9 +307,14 @@ pub(crate) async fn change(
             )
         }
     };
-    let Some(link) = form.check() else {
+    let Some(mut link) = form.check() else {
         return edit_page(ctx, &existing, form, StatusCode::BAD_REQUEST);
     };
+    // What the form does not show stays as it was.
+    link.offers = existing.offers.clone();
+    link.rules = existing.rules.clone();
+    link.sticky_hours = existing.sticky_hours;
+    link.cap_tz = existing.cap_tz.clone();
     match save_link(ctx.state, &link, true).await {
         Ok(_) => done("saved"),
         Err(e) => match explain(&mut form, e) {

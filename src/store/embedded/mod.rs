@@ -21,6 +21,7 @@
 //! Only one process can open the directory, so the leases of claimed deliveries live in
 //! memory: a restart forgets them, and what was in flight is due again at once.
 
+mod caps;
 mod writer;
 
 use std::collections::HashMap;
@@ -36,8 +37,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::record::{self, InternKey};
 use super::schema::{self, decode, ClickPlan};
 use super::{
-    BoxError, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, LinkStore, Outbox, OutboxRoutes, Requeue,
-    StoreError, StoreLimits, StoreResult,
+    BoxError, CapClaim, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, LinkStore, Outbox, OutboxRoutes,
+    Requeue, StoreError, StoreLimits, StoreResult,
 };
 use crate::clock::{every, now_ms};
 use crate::model::{
@@ -71,6 +72,8 @@ struct Tables {
     deliveries: Keyspace,
     outbox: Keyspace,
     delivery_status: Keyspace,
+    /// Daily cap counters: `network/slug/offer/day` → count (u32, big-endian).
+    caps: Keyspace,
 }
 
 impl Tables {
@@ -94,6 +97,7 @@ impl Tables {
             deliveries: ks("deliveries")?,
             outbox: ks("outbox")?,
             delivery_status: ks("delivery_status")?,
+            caps: ks("caps")?,
             db,
         })
     }
@@ -108,6 +112,8 @@ struct NewClick {
 
 enum Op {
     Click(Box<NewClick>, oneshot::Sender<StoreResult<()>>),
+    /// A person's click subject to daily caps; answered with the choice taken.
+    CappedClick(Box<NewClick>, oneshot::Sender<StoreResult<Option<usize>>>),
     Conversion(Box<Conversion>, oneshot::Sender<StoreResult<Recorded>>),
     Event(Event, oneshot::Sender<StoreResult<()>>),
     PutLink(Link, oneshot::Sender<StoreResult<()>>),
@@ -241,6 +247,11 @@ impl Drop for EmbeddedStore {
 impl ClickStore for EmbeddedStore {
     async fn record_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()> {
         self.submit(|tx| Op::Click(Box::new(NewClick::of(click, origin, &self.outbox)), tx)).await
+    }
+
+    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
+        let plan = ClickPlan::capped(click, claim, &self.outbox, now_ms());
+        self.submit(|tx| Op::CappedClick(Box::new(NewClick { plan, fresh: true }), tx)).await
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use fjall::{Keyspace, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
+use super::caps::{self, BatchCaps};
 use super::{outbox_key, status_key, unavailable, NewClick, Op, Tables, MAX_BATCH};
 use crate::clickid::ClickId;
 use crate::clock::{now_ms, now_secs};
@@ -34,12 +35,16 @@ const KNOWN_INTERNS_MAX: usize = 1 << 20;
 /// `meta` key: creation time (unix seconds) below which clicks have no personal data.
 const PERSONAL_DROPPED_UNTIL: &[u8] = b"personal_dropped_until";
 
+/// Counter increments of one batch, by hour and link (or `link/offer`).
+type Deltas = HashMap<(UnixHour, String), Counters, foldhash::fast::FixedState>;
+
 /// Replies owed once a batch is committed.
 enum Reply {
     Unit(oneshot::Sender<StoreResult<()>>),
     Recorded(oneshot::Sender<StoreResult<Recorded>>, Recorded),
     Bool(oneshot::Sender<StoreResult<bool>>, bool),
     Requeue(oneshot::Sender<StoreResult<Requeue>>, Requeue),
+    Taken(oneshot::Sender<StoreResult<Option<usize>>>, Option<usize>),
 }
 
 impl Reply {
@@ -59,6 +64,9 @@ impl Reply {
             }
             Reply::Requeue(tx, r) => {
                 let _ = tx.send(failure.map_or(Ok(r), |_| Err(err())));
+            }
+            Reply::Taken(tx, t) => {
+                let _ = tx.send(failure.map_or(Ok(t), |_| Err(err())));
             }
         }
     }
@@ -108,39 +116,38 @@ impl Writer {
         let mut batch = self.t.db.batch();
         let mut replies = Vec::with_capacity(ops.len());
         let mut flushes = Vec::new();
-        let mut deltas: HashMap<(UnixHour, String), Counters, foldhash::fast::FixedState> = HashMap::default();
+        let mut deltas: Deltas = HashMap::default();
         let mut new_ids: HashSet<String> = HashSet::new();
         let mut failure: Option<String> = None;
         let mut new_interns: Vec<InternKey> = Vec::new();
         let event_mark = (self.first_event, self.last_event);
+        let mut caps = BatchCaps::new();
 
         for op in ops.drain(..) {
             match op {
                 Op::Click(click, tx) => {
                     let NewClick { plan, fresh } = *click;
-                    let schema::ClickPlan { id, hour, link, counters, encoded, deliveries } = plan;
-                    let stored = if fresh { Ok(false) } else { self.t.clicks.contains_key(id.as_bytes()) };
+                    let stored = if fresh { Ok(false) } else { self.t.clicks.contains_key(plan.id.as_bytes()) };
                     match stored {
-                        Ok(false) if fresh || new_ids.insert(id.clone()) => {
-                            deltas.entry((hour, link)).or_default().add(&counters);
-                            for (key, value) in encoded.interns {
-                                if self.known.len() >= KNOWN_INTERNS_MAX {
-                                    self.known.clear();
-                                }
-                                if self.known.insert(key) {
-                                    new_interns.push(key);
-                                    batch.insert(&self.t.interns, key, value);
-                                }
-                            }
-                            batch.insert(&self.t.clicks, id.as_bytes(), encoded.record);
-                            if !deliveries.is_empty() {
-                                self.enqueue(&mut batch, deliveries);
-                            }
+                        Ok(false) if fresh || new_ids.insert(plan.id.clone()) => {
+                            self.put_click(&mut batch, &mut deltas, &mut new_interns, plan, None);
                         }
                         Ok(_) => {}
                         Err(e) => failure = Some(e.to_string()),
                     }
                     replies.push(Reply::Unit(tx));
+                }
+                Op::CappedClick(click, tx) => {
+                    let choices = click.plan.caps.as_ref().map(|c| c.choices.as_slice()).unwrap_or_default();
+                    let taken = match caps.admit(&self.t.caps, choices) {
+                        Ok(taken) => taken,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            None
+                        }
+                    };
+                    self.put_click(&mut batch, &mut deltas, &mut new_interns, click.plan, Some(taken));
+                    replies.push(Reply::Taken(tx, taken));
                 }
                 Op::Conversion(conv, tx) => {
                     let outcome = match self.t.conversion_ids.contains_key(conv.id.as_bytes()) {
@@ -150,6 +157,9 @@ impl Writer {
                             key.extend_from_slice(conv.id.as_bytes());
                             let plan = ConversionPlan::of(&conv, &self.limits.outbox, now_ms());
                             deltas.entry((plan.hour, conv.click.link.clone())).or_default().add(&plan.counters);
+                            if let Some(offer_link) = plan.offer_link {
+                                deltas.entry((plan.hour, offer_link)).or_default().add(&plan.counters);
+                            }
                             batch.insert(&self.t.conversions, key, encode(&*conv));
                             batch.insert(&self.t.conversion_ids, conv.id.as_bytes(), at.to_vec());
                             self.enqueue(&mut batch, plan.deliveries);
@@ -238,6 +248,7 @@ impl Writer {
             }
         }
 
+        caps.write(&mut batch, &self.t.caps);
         for ((hour, link), delta) in deltas {
             let mut key = hour.to_be_bytes().to_vec();
             key.extend_from_slice(link.as_bytes());
@@ -270,6 +281,44 @@ impl Writer {
         }
         for tx in flushes {
             let _ = tx.send(self.t.db.persist(PersistMode::SyncAll).map_err(unavailable));
+        }
+    }
+
+    /// Adds a new click to `batch`: its record, the interned values not yet stored, its
+    /// counters (and its offer's), its deliveries. `taken` is what the caps admitted, for
+    /// a capped click: which choice's record and offer apply (`None`: the fallback's).
+    fn put_click(
+        &mut self,
+        batch: &mut fjall::OwnedWriteBatch,
+        deltas: &mut Deltas,
+        new_interns: &mut Vec<InternKey>,
+        plan: schema::ClickPlan,
+        taken: Option<Option<usize>>,
+    ) {
+        let schema::ClickPlan { id, hour, link, mut offer_link, counters, encoded, deliveries, caps } = plan;
+        let mut record = encoded.record;
+        if let (Some(taken), Some(caps)) = (taken, caps) {
+            match taken.and_then(|i| caps.choices.into_iter().nth(i)) {
+                Some(choice) => (record, offer_link) = (choice.record, Some(choice.offer_link)),
+                None => record = caps.fallback_record,
+            }
+        }
+        if let Some(offer_link) = offer_link {
+            deltas.entry((hour, offer_link)).or_default().add(&counters);
+        }
+        deltas.entry((hour, link)).or_default().add(&counters);
+        for (key, value) in encoded.interns {
+            if self.known.len() >= KNOWN_INTERNS_MAX {
+                self.known.clear();
+            }
+            if self.known.insert(key) {
+                new_interns.push(key);
+                batch.insert(&self.t.interns, key, value);
+            }
+        }
+        batch.insert(&self.t.clicks, id.as_bytes(), record);
+        if !deliveries.is_empty() {
+            self.enqueue(batch, deliveries);
         }
     }
 
@@ -350,6 +399,22 @@ impl Writer {
     fn sweep(&mut self) {
         self.drop_expired_clicks();
         self.drop_personal_data();
+        self.drop_old_caps();
+    }
+
+    /// Cap counters are one small key per offer and day; days long past are dropped.
+    fn drop_old_caps(&mut self) {
+        let old = caps::expired(&self.t.caps, now_secs());
+        if old.is_empty() {
+            return;
+        }
+        let mut batch = self.t.db.batch();
+        for key in old {
+            batch.remove(&self.t.caps, key);
+        }
+        if let Err(e) = batch.commit() {
+            tracing::warn!(error = %e, "dropping old cap counters failed; the next sweep retries");
+        }
     }
 
     /// Expired clicks are the key range below the id bound of the cut-off time, so only

@@ -33,6 +33,8 @@ pub(super) struct PendingClick {
     pub bucket_hour: UnixHour,
     pub counter_day: u32,
     pub counter_field: String,
+    /// The same counter of the click's offer (`network/slug/offer`), if it went to one.
+    pub offer_counter_field: Option<String>,
     pub encoded: EncodedClick,
     pub reply: oneshot::Sender<StoreResult<()>>,
 }

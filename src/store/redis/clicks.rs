@@ -3,20 +3,21 @@
 //! A click is a field of its hour's bucket hash, its shared parts interned (see the
 //! module doc). Most clicks go through the [batcher](super::batcher); a person's click
 //! that some destination forwards is recorded with its deliveries in one script of its
-//! own.
+//! own, and so is a person's click subject to daily caps, whose cap check rides on that
+//! one script call.
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use super::batcher::PendingClick;
 use super::keys::{bucket_expiry, click_bucket_key, counter_field, created_hour, day_of_hour, intern_key, shard};
-use super::scripts::{self, ForwardedClickWrite};
-use super::{unavailable, RedisStore, INTERN_SPARE};
+use super::scripts::{self, CappedClickWrite, ForwardedClickWrite};
+use super::{unavailable, Conn, RedisStore, INTERN_SPARE};
 use crate::clock::now_ms;
 use crate::model::Click;
 use crate::store::record;
 use crate::store::schema::ClickPlan;
-use crate::store::{ClickOrigin, ClickStore, StoreError, StoreResult};
+use crate::store::{CapClaim, ClickOrigin, ClickStore, StoreError, StoreResult};
 
 #[async_trait]
 impl ClickStore for RedisStore {
@@ -35,12 +36,39 @@ impl ClickStore for RedisStore {
             bucket_hour: created_hour(&plan.id),
             counter_day: day_of_hour(plan.hour),
             counter_field: counter_field(plan.hour, name, &plan.link),
+            offer_counter_field: plan.offer_link.as_deref().map(|o| counter_field(plan.hour, name, o)),
             id: plan.id,
             encoded: plan.encoded,
             reply,
         };
         self.clicks.send(pending).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
+        let plan = ClickPlan::capped(click, claim, &self.limits.outbox, now_ms());
+        if matches!(self.con, Conn::Cluster(_)) {
+            return self.record_capped_click_on_cluster(plan).await;
+        }
+        let Some(caps) = &plan.caps else { return Err(StoreError::corrupt("a capped click without its caps")) };
+        let bucket = created_hour(&plan.id);
+        let write = CappedClickWrite {
+            shard: shard(&plan.id),
+            id: &plan.id,
+            bucket,
+            bucket_expiry: bucket_expiry(bucket, self.limits.click_ttl.as_secs()),
+            hour: plan.hour,
+            link: &plan.link,
+            encoded: &plan.encoded,
+            intern_ttl_secs: (self.limits.click_ttl + INTERN_SPARE).as_secs(),
+            deliveries: &plan.deliveries,
+            caps,
+        };
+        let taken: i64 = scripts::record_capped_click(&self.scripts.record_capped_click, &write)
+            .invoke_async(&mut self.con())
+            .await
+            .map_err(unavailable)?;
+        Ok(usize::try_from(taken).ok().and_then(|t| t.checked_sub(1)))
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
@@ -68,6 +96,25 @@ impl ClickStore for RedisStore {
 }
 
 impl RedisStore {
+    /// On a cluster a click's cap counters (in their link's slot) and the click (in its
+    /// shard's) cannot share a script: the cap is claimed first (`claim_cap.lua`), then
+    /// the click written with the choice taken. A failure between the two leaves a unit
+    /// of the cap used without a click: a cap may then admit fewer clicks, never more.
+    async fn record_capped_click_on_cluster(&self, mut plan: ClickPlan) -> StoreResult<Option<usize>> {
+        let Some(caps) = plan.caps.take() else { return Err(StoreError::corrupt("a capped click without its caps")) };
+        let taken: i64 = scripts::claim_cap(&self.scripts.claim_cap, &plan.link, &caps)
+            .invoke_async(&mut self.con())
+            .await
+            .map_err(unavailable)?;
+        let taken = usize::try_from(taken).ok().and_then(|t| t.checked_sub(1));
+        match taken.and_then(|t| caps.choices.into_iter().nth(t)) {
+            Some(choice) => (plan.encoded.record, plan.offer_link) = (choice.record, Some(choice.offer_link)),
+            None => plan.encoded.record = caps.fallback_record,
+        }
+        self.record_forwarded_click(plan).await?;
+        Ok(taken)
+    }
+
     /// Records a person's click together with its deliveries, in one script. Used only
     /// when a destination asked for clicks, so it keeps to one click and always writes
     /// the interned values.
@@ -80,6 +127,7 @@ impl RedisStore {
             bucket_expiry: bucket_expiry(bucket, self.limits.click_ttl.as_secs()),
             hour: plan.hour,
             link: &plan.link,
+            offer_link: plan.offer_link.as_deref(),
             counters: &plan.counters,
             encoded: &plan.encoded,
             intern_ttl_secs: (self.limits.click_ttl + INTERN_SPARE).as_secs(),

@@ -29,6 +29,7 @@ impl ConversionStore for RedisStore {
             at: conversion.at.max(0),
             hour: plan.hour,
             link: &conversion.click.link,
+            offer_link: plan.offer_link.as_deref(),
             counters: &plan.counters,
             deliveries: &plan.deliveries,
         };

@@ -56,6 +56,12 @@ pub(super) fn conversion_key(shard: u8, conversion_id: &str) -> String {
     format!("cl:cv:{{{shard}}}:{conversion_id}")
 }
 
+/// The key of a cap counter (`cap_key` is `network/slug/offer/day`), tagged by its link so
+/// that the counters of one click's choices, all offers of one link, share a slot.
+pub(super) fn cap_counter_key(link: &str, cap_key: &str) -> String {
+    format!("cl:cap:{{{link}}}:{}", cap_key.get(link.len() + 1..).unwrap_or(cap_key))
+}
+
 pub(super) fn conversion_times_key(shard: u8) -> String {
     format!("cl:cvt:{{{shard}}}")
 }

@@ -17,7 +17,7 @@
 //! | `cl:ck:{N}:<hour>` | hash | click id → compact click record (the store's `record` module) of the clicks created in that UTC hour; expires `click_ttl` after the hour ends |
 //! | `cl:in:{N}:<16 hex digits>` | string | a value many clicks share (context, user agent), named by its content hash |
 //! | `cl:pd` | string | the hour up to which personal data has been dropped from clicks |
-//! | `cl:ct:{N}:<day>` | hash | `<hour>\|<counter>\|<network/slug>` → count (revenue in micros) |
+//! | `cl:ct:{N}:<day>` | hash | `<hour>\|<counter>\|<network/slug>` → count (revenue in micros); `<network/slug/offer>` for a link's offers |
 //! | `cl:ctd:{N}` | sorted set | days that have a `cl:ct:{N}:<day>` hash (score = member = day) |
 //! | `cl:cv:{N}:<conversion id>` | string | postcard [`Conversion`](crate::model::Conversion); `N` from its click's id |
 //! | `cl:cvt:{N}` | sorted set | conversion ids, scored by `at` (ms) |
@@ -28,6 +28,7 @@
 //! | `cl:ob:{N}:<destination>` | sorted set | pending delivery ids, scored by when they are due (a lease pushes the score out) |
 //! | `cl:dlo:{N}` | hash | claimed delivery id → the process token holding its lease |
 //! | `cl:dls:{N}:<status>` | sorted set | delivery ids with that status, scored by last update (ms) |
+//! | `cl:cap:{<network/slug>}:<offer>/<cap day>` | string | human clicks an offer admitted on that day; tagged by link, kept three days |
 //!
 //! Days are `hour / 24` (UTC). Counters live in one hash per shard and day so a report
 //! reads only the days it covers; the day index `cl:ctd:{N}` lists the days that exist,
@@ -49,6 +50,11 @@
 //! once (group commit, as in the embedded store). Redis runs a handful of large calls
 //! instead of thousands of small ones, and each redirect still waits for Redis to
 //! acknowledge its own click.
+//!
+//! A person's click on an offer with a daily cap is the exception: it is recorded with
+//! one script call of its own (`record_capped_click.lua`), which checks and counts the
+//! cap in the same step as the click's write. On a cluster the counters live in their
+//! link's slot, so the cap is claimed first and the click written next.
 //!
 //! # Why scripts and TTLs
 //!

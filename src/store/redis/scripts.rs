@@ -14,19 +14,21 @@ use redis::{Script, ScriptInvocation};
 
 use super::batcher::{BatchKey, BatchParts, KeyList, PendingClick};
 use super::keys::{
-    bucket_expiry, click_bucket_key, conversion_key, conversion_times_key, counter_days_key, counter_field,
-    counters_key, day_of_hour, delivery_key, delivery_status_key, intern_key, lease_owners_key, outbox_key,
-    EVENT_LOG_KEY, EVENT_SEQ_KEY,
+    bucket_expiry, cap_counter_key, click_bucket_key, conversion_key, conversion_times_key, counter_days_key,
+    counter_field, counters_key, day_of_hour, delivery_key, delivery_status_key, intern_key, lease_owners_key,
+    outbox_key, EVENT_LOG_KEY, EVENT_SEQ_KEY,
 };
 use crate::model::{Counters, Delivery, DeliveryStatus, UnixHour, UnixMillis};
 use crate::store::record::EncodedClick;
-use crate::store::schema::{encode, settled_cutoff};
+use crate::store::schema::{encode, settled_cutoff, CapPlan, CAP_KEEP_SECS};
 
 /// Every script, loaded once per store.
 pub(super) struct Scripts {
     pub record_clicks: Script,
     pub record_conversion: Script,
     pub record_forwarded_click: Script,
+    pub record_capped_click: Script,
+    pub claim_cap: Script,
     pub claim_deliveries: Script,
     pub finish_delivery: Script,
     pub requeue_delivery: Script,
@@ -46,6 +48,8 @@ impl Scripts {
             record_clicks: script!("record_clicks.lua"),
             record_conversion: script!("record_conversion.lua"),
             record_forwarded_click: script!("record_forwarded_click.lua"),
+            record_capped_click: script!("record_capped_click.lua"),
+            claim_cap: script!("claim_cap.lua"),
             claim_deliveries: script!("claim_deliveries.lua"),
             finish_delivery: script!("finish_delivery.lua"),
             requeue_delivery: script!("requeue_delivery.lua"),
@@ -77,7 +81,8 @@ pub(super) fn record_clicks<'s>(
             .arg(&c.id)
             .arg(c.encoded.record.as_slice())
             .arg(keys.index(BatchKey::Counters(c.shard, c.counter_day)))
-            .arg(&c.counter_field);
+            .arg(&c.counter_field)
+            .arg(c.offer_counter_field.as_deref().unwrap_or_default());
     }
     invocation.arg(parts.sent.len());
     for (shard, key, value) in &parts.sent {
@@ -105,6 +110,8 @@ pub(super) struct ConversionWrite<'a> {
     pub at: UnixMillis,
     pub hour: UnixHour,
     pub link: &'a str,
+    /// `network/slug/offer` of the click's offer, whose counters move too.
+    pub offer_link: Option<&'a str>,
     pub counters: &'a Counters,
     pub deliveries: &'a [Delivery],
 }
@@ -125,7 +132,7 @@ pub(super) fn record_conversion<'s>(script: &'s Script, w: &ConversionWrite<'_>)
         .arg(w.id)
         .arg(day);
     add_deliveries(&mut invocation, n, w.deliveries);
-    add_counters(&mut invocation, w.hour, w.link, w.counters);
+    add_counters(&mut invocation, w.hour, &[Some(w.link), w.offer_link], w.counters);
     invocation
 }
 
@@ -137,6 +144,8 @@ pub(super) struct ForwardedClickWrite<'a> {
     pub bucket_expiry: u64,
     pub hour: UnixHour,
     pub link: &'a str,
+    /// `network/slug/offer` of the click's offer, whose counters move too.
+    pub offer_link: Option<&'a str>,
     pub counters: &'a Counters,
     pub encoded: &'a EncodedClick,
     pub intern_ttl_secs: u64,
@@ -162,7 +171,63 @@ pub(super) fn record_forwarded_click<'s>(script: &'s Script, w: &ForwardedClickW
         invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(w.intern_ttl_secs);
     }
     add_deliveries(&mut invocation, n, w.deliveries);
-    add_counters(&mut invocation, w.hour, w.link, w.counters);
+    add_counters(&mut invocation, w.hour, &[Some(w.link), w.offer_link], w.counters);
+    invocation
+}
+
+/// What a capped click writes, for `record_capped_click.lua`.
+pub(super) struct CappedClickWrite<'a> {
+    pub shard: u8,
+    pub id: &'a str,
+    pub bucket: UnixHour,
+    pub bucket_expiry: u64,
+    pub hour: UnixHour,
+    pub link: &'a str,
+    pub encoded: &'a EncodedClick,
+    pub intern_ttl_secs: u64,
+    pub deliveries: &'a [Delivery],
+    pub caps: &'a CapPlan,
+}
+
+/// `record_capped_click.lua` for one person's click and its choices.
+pub(super) fn record_capped_click<'s>(script: &'s Script, w: &CappedClickWrite<'_>) -> ScriptInvocation<'s> {
+    let n = w.shard;
+    let day = day_of_hour(w.hour);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(click_bucket_key(n, w.bucket))
+        .key(counters_key(n, day))
+        .key(counter_days_key(n))
+        .key(delivery_status_key(n, DeliveryStatus::Pending))
+        .arg(w.id)
+        .arg(w.bucket_expiry)
+        .arg(day)
+        .arg(w.caps.fallback_record.as_slice())
+        .arg(counter_field(w.hour, "clicks", w.link))
+        .arg(CAP_KEEP_SECS);
+    invocation.arg(w.encoded.interns.len());
+    for (key, value) in &w.encoded.interns {
+        invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(w.intern_ttl_secs);
+    }
+    add_deliveries(&mut invocation, n, w.deliveries);
+    invocation.arg(w.caps.choices.len());
+    for choice in &w.caps.choices {
+        invocation
+            .key(cap_counter_key(w.link, &choice.cap_key))
+            .arg(choice.cap.unwrap_or(0))
+            .arg(choice.record.as_slice())
+            .arg(counter_field(w.hour, "clicks", &choice.offer_link));
+    }
+    invocation
+}
+
+/// `claim_cap.lua` for the choices of one capped click of `link` (on a cluster).
+pub(super) fn claim_cap<'s>(script: &'s Script, link: &str, caps: &CapPlan) -> ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(CAP_KEEP_SECS);
+    for choice in &caps.choices {
+        invocation.key(cap_counter_key(link, &choice.cap_key)).arg(choice.cap.unwrap_or(0));
+    }
     invocation
 }
 
@@ -181,13 +246,17 @@ fn add_deliveries(invocation: &mut ScriptInvocation<'_>, shard: u8, deliveries: 
 }
 
 /// The `counter_count` section of a recording script: a `field, delta` pair per counter
-/// that moves; only non-zero counters, so a hash holds no field that never moved.
-fn add_counters(invocation: &mut ScriptInvocation<'_>, hour: UnixHour, link: &str, delta: &Counters) {
+/// that moves, of each of `links` (the link, and its offer's when there is one); only
+/// non-zero counters, so a hash holds no field that never moved.
+fn add_counters(invocation: &mut ScriptInvocation<'_>, hour: UnixHour, links: &[Option<&str>], delta: &Counters) {
     let fields = delta.fields();
-    invocation.arg(fields.iter().filter(|(_, value)| *value != 0).count());
-    for (name, value) in fields {
-        if value != 0 {
-            invocation.arg(counter_field(hour, name, link)).arg(value);
+    let links: Vec<&str> = links.iter().flatten().copied().collect();
+    invocation.arg(fields.iter().filter(|(_, value)| *value != 0).count() * links.len());
+    for link in links {
+        for (name, value) in fields {
+            if value != 0 {
+                invocation.arg(counter_field(hour, name, link)).arg(value);
+            }
         }
     }
 }

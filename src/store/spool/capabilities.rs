@@ -10,12 +10,16 @@ use async_trait::async_trait;
 use super::file::io_error;
 use super::{Entry, SpooledStore, DIRECT};
 use crate::model::{Click, Conversion, Event, EventStatus, HourCounters, Recorded, UnixHour, UnixMillis};
-use crate::store::{ClickOrigin, ClickStore, ConversionStore, EventLog, Health, StoreError, StoreResult};
+use crate::store::{CapClaim, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, StoreError, StoreResult};
 
 #[async_trait]
 impl ClickStore for SpooledStore {
     async fn record_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()> {
         self.record_or_spool_click(click, origin).await
+    }
+
+    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
+        self.record_or_spool_capped_click(click, claim).await
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {

@@ -6,7 +6,11 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use serde::Deserialize;
+
 use super::Entry;
+use crate::model::{Event, QueuedPostback};
+use crate::store::legacy::{ClickV1, MARKER};
 use crate::store::{StoreError, StoreResult};
 
 /// The spool file inside the spool directory.
@@ -34,12 +38,34 @@ pub(super) fn io_error(e: impl Into<crate::store::BoxError>) -> StoreError {
 
 /// A frame for `entry`.
 pub(super) fn frame(entry: &Entry) -> StoreResult<Vec<u8>> {
-    let payload = postcard::to_stdvec(entry).map_err(io_error)?;
+    let mut payload = vec![MARKER];
+    payload.extend_from_slice(&postcard::to_stdvec(entry).map_err(io_error)?);
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
+}
+
+/// An entry as version 1 wrote it, before clicks carried their offer (see
+/// `store::legacy`); entries since are written after the marker byte.
+#[derive(Deserialize)]
+enum EntryV1 {
+    Click(ClickV1),
+    Event(Event),
+    Postback(QueuedPostback),
+}
+
+/// A frame's payload, in the current shape or in version 1's.
+fn decode_entry(payload: &[u8]) -> Result<Entry, postcard::Error> {
+    match payload.split_first() {
+        Some((&MARKER, rest)) => postcard::from_bytes(rest),
+        _ => Ok(match postcard::from_bytes::<EntryV1>(payload)? {
+            EntryV1::Click(c) => Entry::Click(c.into()),
+            EntryV1::Event(e) => Entry::Event(e),
+            EntryV1::Postback(p) => Entry::Postback(p),
+        }),
+    }
 }
 
 /// Reads the frame at `offset` of `file`, whose valid content ends at `end`: the entry
@@ -61,7 +87,7 @@ pub(super) fn read_frame(file: &File, offset: u64, end: u64) -> Option<(Result<E
     if crc32fast::hash(&payload) != crc {
         return None;
     }
-    Some((postcard::from_bytes(&payload), next))
+    Some((decode_entry(&payload), next))
 }
 
 /// Reads the spool file at startup: its valid length, record count and click index. A
@@ -87,7 +113,7 @@ pub(super) fn scan(path: &Path, file: &File) -> anyhow::Result<(u64, u64, HashMa
         if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
             break;
         }
-        if let Ok(Entry::Click(click)) = postcard::from_bytes::<Entry>(&payload) {
+        if let Ok(Entry::Click(click)) = decode_entry(&payload) {
             clicks.insert(click.id, offset);
         }
         offset += (HEADER + len) as u64;

@@ -54,7 +54,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::{ClickOrigin, Store, StoreError, StoreResult};
+use super::{CapClaim, ClickOrigin, Store, StoreError, StoreResult};
 use crate::clock::every;
 use crate::model::{Click, Event, QueuedPostback};
 use crate::telemetry;
@@ -275,6 +275,22 @@ impl SpooledStore {
         Box::pin(self.write(Entry::Click(click.clone()), tried)).await
     }
 
+    /// [`ClickStore::record_capped_click`] through the spool. While the store is down no
+    /// cap can be checked, so the click takes the first candidate and is spooled with it:
+    /// an outage may let a cap overshoot by the clicks it spooled, never lose a click.
+    pub async fn record_or_spool_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
+        let tried = self.mode.load(Ordering::Acquire) == DIRECT;
+        if tried {
+            match self.inner.record_capped_click(click, claim).await {
+                Ok(taken) => return Ok(taken),
+                Err(e) => tracing::debug!(error = %e, "the store refused a capped click; spooling it"),
+            }
+        }
+        let mut kept = click.clone();
+        kept.offer = claim.candidates.first().map(|c| c.offer.clone());
+        Box::pin(self.write(Entry::Click(kept), tried)).await.map(|()| Some(0).filter(|_| !claim.candidates.is_empty()))
+    }
+
     /// Keeps a postback that could not be resolved for lack of a store.
     pub async fn queue_postback(&self, postback: QueuedPostback) -> StoreResult<()> {
         self.write(Entry::Postback(postback), true).await
@@ -370,7 +386,9 @@ impl SpooledStore {
                     return Ok(Some(entry));
                 }
                 if mode != DRAINING {
-                    if f.len + bytes.len() as u64 > self.max_bytes {
+                    // Once full, it stays full until a replay empties it: what a smaller
+                    // record would still fit is no reason to take it after refusing another.
+                    if self.full.load(Ordering::Relaxed) || f.len + bytes.len() as u64 > self.max_bytes {
                         self.full.store(true, Ordering::Relaxed);
                         return Err(StoreError::SpoolFull);
                     }

@@ -22,6 +22,9 @@ fn click(id: &str, at: UnixMillis) -> Click {
         utm: vec![("source".into(), "facebook".into())],
         ad_click_ids: Vec::new(),
         subids: Vec::new(),
+        offer: None,
+        rule: None,
+        fallback: None,
     }
 }
 

@@ -11,7 +11,9 @@
 --     per value: key index
 --   click_count
 --     per click: bucket (key index), click id, record,
---                counters (key index), counter field
+--                counters (key index), counter field,
+--                offer field (the same counter of the click's offer, `network/slug/offer`;
+--                empty when the click went to no offer)
 --   sent_count                        interned values sent with their bytes
 --     per value: key index, bytes, ttl (seconds)
 --   bucket_count                      hour buckets whose expiry is (re-)armed
@@ -23,7 +25,7 @@
 -- (the caller sends the batch again with the values). Counter increments are summed
 -- first: one HINCRBY per field, not per click.
 --
--- A click's five arguments are taken with one call, which keeps the per-click cost of
+-- A click's six arguments are taken with one call, which keeps the per-click cost of
 -- naming them at that of indexing ARGV.
 
 -- The key the next argument names by its index.
@@ -47,16 +49,22 @@ end
 local sums = {}
 local order = {}
 local click_count = tonumber(nextarg())
+local function count(counters_index, field)
+  local slot = counters_index .. '|' .. field
+  local sum = sums[slot]
+  if sum then
+    sum.count = sum.count + 1
+  else
+    sums[slot] = {counters = KEYS[tonumber(counters_index)], field = field, count = 1}
+    order[#order + 1] = slot
+  end
+end
 for _ = 1, click_count do
-  local bucket_index, click_id, record, counters_index, field = nextargs(5)
+  local bucket_index, click_id, record, counters_index, field, offer_field = nextargs(6)
   if redis.call('HSETNX', KEYS[tonumber(bucket_index)], click_id, record) == 1 then
-    local slot = counters_index .. '|' .. field
-    local sum = sums[slot]
-    if sum then
-      sum.count = sum.count + 1
-    else
-      sums[slot] = {counters = KEYS[tonumber(counters_index)], field = field, count = 1}
-      order[#order + 1] = slot
+    count(counters_index, field)
+    if offer_field ~= '' then
+      count(counters_index, offer_field)
     end
   end
 end
