@@ -191,9 +191,53 @@ struct EditPage {
     tracking_url: String,
     form: LinkForm,
     redirects: Vec<u16>,
+    offers: Vec<OfferRow>,
+    rules: usize,
+    sticky_hours: u32,
 }
 
-fn edit_page(ctx: &Ctx<'_>, link: &Link, form: LinkForm, status: StatusCode) -> Response<Body> {
+/// One of a link's offers as its page shows it.
+struct OfferRow {
+    id: String,
+    url: String,
+    /// Its share of the traffic when every offer is eligible, as a percentage.
+    share: String,
+    cap: String,
+    status: &'static str,
+    clicks_today: u64,
+}
+
+/// A link's page: its tracking URL, its offers with today's clicks, and the form.
+async fn edit_page(ctx: &Ctx<'_>, link: &Link, form: LinkForm, status: StatusCode) -> Response<Body> {
+    // Today's clicks per offer (UTC), from the counters `group=offer` reports read.
+    let mut per_offer: HashMap<String, u64> = HashMap::new();
+    if !link.offers.is_empty() {
+        let today = time::OffsetDateTime::now_utc().date();
+        let period = Period { from: today, to: today, offset: time::UtcOffset::UTC };
+        let (first, last) = period.hours();
+        match ctx.state.store.conversions().counters(first, last).await {
+            Ok(hours) => {
+                per_offer = reports::aggregate(&period, Group::Offer, &hours)
+                    .into_iter()
+                    .map(|r| (r.key, r.clicks))
+                    .collect();
+            }
+            Err(e) => return store_down(ctx, e),
+        }
+    }
+    let total_weight: u64 = link.offers.iter().map(|o| u64::from(o.weight)).sum::<u64>().max(1);
+    let offers = link
+        .offers
+        .iter()
+        .map(|o| OfferRow {
+            share: format!("{:.0}%", u64::from(o.weight) as f64 * 100.0 / total_weight as f64),
+            cap: o.daily_cap.map_or_else(|| "none".to_owned(), |c| format!("{c} a day")),
+            status: if o.status == crate::routing::OfferStatus::Paused { "paused" } else { "active" },
+            clicks_today: per_offer.get(&format!("{}/{}", link.key(), o.id)).copied().unwrap_or(0),
+            id: o.id.clone(),
+            url: o.url.clone(),
+        })
+        .collect();
     let page = EditPage {
         page: ctx.layout(&format!("Link {}", link.key()), "links"),
         key: link.key(),
@@ -202,6 +246,9 @@ fn edit_page(ctx: &Ctx<'_>, link: &Link, form: LinkForm, status: StatusCode) -> 
         tracking_url: tracking_url(&ctx.state.config.server.public_url, link),
         form,
         redirects: REDIRECT_CODES.to_vec(),
+        offers,
+        rules: link.rules.len(),
+        sticky_hours: link.sticky_hours,
     };
     render(status, &page)
 }
@@ -217,7 +264,7 @@ async fn find(ctx: &Ctx<'_>, network: &str, slug: &str) -> Result<Option<Link>, 
 /// `/ui/links/{network}/{slug}`: the edit form (read-only for config links).
 pub(crate) async fn edit(ctx: &Ctx<'_>, network: &str, slug: &str) -> Response<Body> {
     match find(ctx, network, slug).await {
-        Ok(Some(link)) => edit_page(ctx, &link, LinkForm::of(&link), StatusCode::OK),
+        Ok(Some(link)) => edit_page(ctx, &link, LinkForm::of(&link), StatusCode::OK).await,
         Ok(None) => page_error(ctx, StatusCode::NOT_FOUND, "No such link."),
         Err(res) => res,
     }
@@ -308,7 +355,7 @@ pub(crate) async fn change(
         }
     };
     let Some(mut link) = form.check() else {
-        return edit_page(ctx, &existing, form, StatusCode::BAD_REQUEST);
+        return edit_page(ctx, &existing, form, StatusCode::BAD_REQUEST).await;
     };
     // What the form does not show stays as it was.
     link.offers = existing.offers.clone();
@@ -319,7 +366,7 @@ pub(crate) async fn change(
         Ok(_) => done("saved"),
         Err(e) => match explain(&mut form, e) {
             Some(e) => store_down(ctx, e),
-            None => edit_page(ctx, &existing, form, StatusCode::BAD_REQUEST),
+            None => edit_page(ctx, &existing, form, StatusCode::BAD_REQUEST).await,
         },
     }
 }
