@@ -158,7 +158,15 @@ pub(crate) async fn redirect(
     }
 
     // 7. Answer: the offer taken, or the fallback when no offer could take the visitor.
-    let pass: Vec<(&str, &str)> = click.subids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Sub-ids were sorted out against the first candidate's URL; should the store have
+    // taken another offer, a parameter that offer sets itself is not passed on.
+    let drawn = routing.as_ref().and_then(|r| r.pick.candidates.first());
+    let pass: Vec<(&str, &str)> = click
+        .subids
+        .iter()
+        .filter(|(k, _)| taken == drawn || !link.url(taken).offer_sets(k))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let status = StatusCode::from_u16(link.link.redirect).unwrap_or(StatusCode::FOUND);
     let mut res = match (&routing, taken) {
         (Some(_), None) => match &link.link.fallback {
