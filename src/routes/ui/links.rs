@@ -217,10 +217,8 @@ async fn edit_page(ctx: &Ctx<'_>, link: &Link, form: LinkForm, status: StatusCod
         let (first, last) = period.hours();
         match ctx.state.store.conversions().counters(first, last).await {
             Ok(hours) => {
-                per_offer = reports::aggregate(&period, Group::Offer, &hours)
-                    .into_iter()
-                    .map(|r| (r.key, r.clicks))
-                    .collect();
+                per_offer =
+                    reports::aggregate(&period, Group::Offer, &hours).into_iter().map(|r| (r.key, r.clicks)).collect();
             }
             Err(e) => return store_down(ctx, e),
         }

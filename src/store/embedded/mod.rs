@@ -22,6 +22,8 @@
 //! memory: a restart forgets them, and what was in flight is due again at once.
 
 mod caps;
+mod sweep;
+mod tables;
 mod writer;
 
 use std::collections::HashMap;
@@ -31,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, InternKey};
@@ -45,63 +47,15 @@ use crate::model::{
     link_key, Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, UnixHour,
     UnixMillis,
 };
+use tables::{outbox_key, status_byte, status_key, Tables};
 use writer::Writer;
 
 /// Most requests one batch takes; bounds the latency one commit adds.
 const MAX_BATCH: usize = 4096;
 /// Requests waiting for the writer before senders wait too (backpressure).
 const QUEUE_DEPTH: usize = 65_536;
-/// Most bytes of journal kept before memtables are written out to make room.
-const JOURNAL_MAX: u64 = 128 * 1024 * 1024;
-/// Memtable size of the clicks keyspace.
-const CLICKS_MEMTABLE: u64 = 16 * 1024 * 1024;
 /// How often expired clicks are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-#[derive(Clone)]
-struct Tables {
-    db: Database,
-    clicks: Keyspace,
-    conversions: Keyspace,
-    conversion_ids: Keyspace,
-    counters: Keyspace,
-    events: Keyspace,
-    links: Keyspace,
-    interns: Keyspace,
-    meta: Keyspace,
-    deliveries: Keyspace,
-    outbox: Keyspace,
-    delivery_status: Keyspace,
-    /// Daily cap counters: `network/slug/offer/day` → count (u32, big-endian).
-    caps: Keyspace,
-}
-
-impl Tables {
-    fn open(path: &Path) -> Result<Tables, fjall::Error> {
-        // The journal is kept until every keyspace with writes in it has flushed; bounding
-        // it bounds the disk it takes and the time a restart spends replaying it.
-        let db = Database::builder(path).max_journaling_size(JOURNAL_MAX).open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        // Clicks fill their memtable fastest; a smaller one keeps the process's memory
-        // steady (it grows to this size, then is written out) and its skiplist shallow.
-        let clicks = db.keyspace("clicks", || KeyspaceCreateOptions::default().max_memtable_size(CLICKS_MEMTABLE))?;
-        Ok(Tables {
-            clicks,
-            conversions: ks("conversions")?,
-            conversion_ids: ks("conversion_ids")?,
-            counters: ks("counters")?,
-            events: ks("events")?,
-            links: ks("links")?,
-            interns: ks("interns")?,
-            meta: ks("meta")?,
-            deliveries: ks("deliveries")?,
-            outbox: ks("outbox")?,
-            delivery_status: ks("delivery_status")?,
-            caps: ks("caps")?,
-            db,
-        })
-    }
-}
 
 /// A click on its way to the writer: planned by the caller, which may run on another core.
 struct NewClick {
@@ -137,30 +91,6 @@ pub struct EmbeddedStore {
 
 fn unavailable(e: impl Into<BoxError>) -> StoreError {
     StoreError::unavailable("the embedded store failed", e)
-}
-
-/// The outbox key of a pending delivery: its destination, then the due time, so that a
-/// range read finds what is due for one destination.
-fn outbox_key(destination: &str, next_at: UnixMillis, id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(destination.len() + 9 + id.len());
-    key.extend_from_slice(destination.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&(next_at.max(0) as u64).to_be_bytes());
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-/// The status-index key of a delivery: newest last within a status.
-fn status_key(status: DeliveryStatus, updated_at: UnixMillis, id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9 + id.len());
-    key.push(status_byte(status));
-    key.extend_from_slice(&(updated_at.max(0) as u64).to_be_bytes());
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-fn status_byte(status: DeliveryStatus) -> u8 {
-    DeliveryStatus::ALL.iter().position(|s| *s == status).unwrap_or(0) as u8
 }
 
 impl EmbeddedStore {

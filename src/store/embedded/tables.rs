@@ -1,0 +1,82 @@
+//! The embedded store's keyspaces, how they are opened, and the keys of the outbox and
+//! of the delivery status index (see the module documentation of `embedded` for what
+//! each keyspace holds).
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use crate::model::{DeliveryStatus, UnixMillis};
+
+/// Most bytes of journal kept before memtables are written out to make room.
+const JOURNAL_MAX: u64 = 128 * 1024 * 1024;
+/// Memtable size of the clicks keyspace.
+const CLICKS_MEMTABLE: u64 = 16 * 1024 * 1024;
+#[derive(Clone)]
+pub(super) struct Tables {
+    pub(super) db: Database,
+    pub(super) clicks: Keyspace,
+    pub(super) conversions: Keyspace,
+    pub(super) conversion_ids: Keyspace,
+    pub(super) counters: Keyspace,
+    pub(super) events: Keyspace,
+    pub(super) links: Keyspace,
+    pub(super) interns: Keyspace,
+    pub(super) meta: Keyspace,
+    pub(super) deliveries: Keyspace,
+    pub(super) outbox: Keyspace,
+    pub(super) delivery_status: Keyspace,
+    /// Daily cap counters: `network/slug/offer/day` → count (u32, big-endian).
+    pub(super) caps: Keyspace,
+}
+
+impl Tables {
+    pub(super) fn open(path: &Path) -> Result<Tables, fjall::Error> {
+        // The journal is kept until every keyspace with writes in it has flushed; bounding
+        // it bounds the disk it takes and the time a restart spends replaying it.
+        let db = Database::builder(path).max_journaling_size(JOURNAL_MAX).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        // Clicks fill their memtable fastest; a smaller one keeps the process's memory
+        // steady (it grows to this size, then is written out) and its skiplist shallow.
+        let clicks = db.keyspace("clicks", || KeyspaceCreateOptions::default().max_memtable_size(CLICKS_MEMTABLE))?;
+        Ok(Tables {
+            clicks,
+            conversions: ks("conversions")?,
+            conversion_ids: ks("conversion_ids")?,
+            counters: ks("counters")?,
+            events: ks("events")?,
+            links: ks("links")?,
+            interns: ks("interns")?,
+            meta: ks("meta")?,
+            deliveries: ks("deliveries")?,
+            outbox: ks("outbox")?,
+            delivery_status: ks("delivery_status")?,
+            caps: ks("caps")?,
+            db,
+        })
+    }
+}
+
+/// The outbox key of a pending delivery: its destination, then the due time, so that a
+/// range read finds what is due for one destination.
+pub(super) fn outbox_key(destination: &str, next_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(destination.len() + 9 + id.len());
+    key.extend_from_slice(destination.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&(next_at.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The status-index key of a delivery: newest last within a status.
+pub(super) fn status_key(status: DeliveryStatus, updated_at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + id.len());
+    key.push(status_byte(status));
+    key.extend_from_slice(&(updated_at.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub(super) fn status_byte(status: DeliveryStatus) -> u8 {
+    DeliveryStatus::ALL.iter().position(|s| *s == status).unwrap_or(0) as u8
+}
