@@ -60,15 +60,28 @@ start_redis() {
   exit 1
 }
 
-# The [store] section for a target: embedded, redis or redis-aof (starting Redis).
+# The [store] section for a target: embedded, redis or redis-aof (starting Redis); a
+# suffix (`embedded-split`) names the link the target is measured on, not the store.
 store_toml() {
   local rp
-  case $1 in
+  case ${1%%-split*} in
     embedded) printf 'backend = "embedded"\npath = "%s"\n' "$WORK/embedded-$2" ;;
     redis) rp=$(free_port); start_redis "$rp" --appendonly no; printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;
     redis-aof) rp=$(free_port); start_redis "$rp" --appendonly yes --appendfsync everysec
       printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;
     *) echo "unknown store $1" >&2; exit 2 ;;
+  esac
+}
+
+# The path a target's clicks go to: `/go/cake/demo` (one offer), or for a target named
+# `…-split` the link with a 70/30 split of two offers behind a mobile-device rule, and
+# for `…-split-capped` the same with a daily cap on each offer too high to be reached
+# (so every click takes the capped path without falling back).
+target_path() {
+  case $1 in
+    *-split-capped) echo /go/cake/split-capped ;;
+    *-split) echo /go/cake/split ;;
+    *) echo /go/cake/demo ;;
   esac
 }
 
@@ -88,6 +101,36 @@ postback_key = "$POSTBACK_KEY"
 [[links]]
 slug = "demo"
 offer = "$OFFER"
+[[links]]
+slug = "split"
+offer = "$OFFER"
+  [[links.offers]]
+  id = "a"
+  url = "$OFFER&c=11"
+  weight = 70
+  [[links.offers]]
+  id = "b"
+  url = "$OFFER&c=12"
+  weight = 30
+  [[links.rules]]
+  device = ["mobile"]
+  offers = ["a", "b"]
+[[links]]
+slug = "split-capped"
+offer = "$OFFER"
+  [[links.offers]]
+  id = "a"
+  url = "$OFFER&c=11"
+  weight = 70
+  daily_cap = 1000000000
+  [[links.offers]]
+  id = "b"
+  url = "$OFFER&c=12"
+  weight = 30
+  daily_cap = 1000000000
+  [[links.rules]]
+  device = ["mobile"]
+  offers = ["a", "b"]
 CONF
   RUST_LOG=warn taskset -c "$SERVER_CPU" "$@" "$BIN" serve --config "$WORK/cakelink-$port.toml" \
     2>"$WORK/cakelink-$port.log" &

@@ -5,6 +5,10 @@
 #
 #   benches/load.sh [--runs N] [--duration SECS] [--conns "64 256"] [--targets "nginx embedded redis redis-aof"]
 #
+# A target may carry a suffix naming the link it is measured on: `embedded-split` is the
+# embedded store on a link with two weighted offers behind a rule, `embedded-split-capped`
+# the same with daily caps (see `target_path` in lib.sh).
+#
 # Pinning: the server under test on core 0; wrk and redis-server on core 1. Needs nginx,
 # wrk and redis-server (installed from Debian's packages when missing).
 set -euo pipefail
@@ -68,7 +72,7 @@ RESULTS="$WORK/results"
 for run in $(seq 1 "$RUNS"); do
   for c in $CONNS; do
     for t in $TARGETS; do
-      line=$(wrk_result "${PORT[$t]}" "$DURATION" "$c" benches/wrk-clicks.lua /go/cake/demo)
+      line=$(wrk_result "${PORT[$t]}" "$DURATION" "$c" benches/wrk-clicks.lua "$(target_path "$t")")
       echo "$run $c $t $line" >> "$RESULTS"
       echo "run $run  conns $c  $t: ${line#RESULT }" >&2
     done
