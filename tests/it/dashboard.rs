@@ -225,3 +225,50 @@ async fn the_cookie_is_secure_under_tls() {
     assert!(cookie.split("; ").any(|a| a == "Secure"), "{cookie}");
     app.stop().await;
 }
+
+/// A link with offers shows them on its page: each offer's share of the traffic, its
+/// daily cap, its status, and today's clicks counted by offer, as the reports count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_links_page_shows_its_offers_with_todays_clicks() {
+    let split = r#"
+[[links]]
+slug = "split"
+offer = "https://offers.example.com/?a=200&c=10"
+  [[links.offers]]
+  id = "first"
+  url = "https://offers.example.com/?a=200&c=11"
+  weight = 3
+  daily_cap = 500
+  [[links.offers]]
+  id = "second"
+  url = "https://offers.example.com/?a=200&c=12"
+  weight = 1
+  status = "paused"
+"#;
+    let app = spawn_app_with(Backend::Embedded, "", split).await;
+    // The paused offer takes nothing: every click goes to the first.
+    for _ in 0..3 {
+        app.click("split").await;
+    }
+    let cookie = sign_in(&app).await;
+    let res = get(&app, "/ui/links/cake/split", &cookie).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.expect("page");
+    let row = |id: &str| {
+        let start = html.find(&format!("data-offer=\"{id}\"")).unwrap_or_else(|| panic!("no row for {id}: {html}"));
+        let end = html[start..].find("</tr>").map_or(html.len(), |e| start + e);
+        html[start..end].to_owned()
+    };
+    let first = row("first");
+    for text in ["75%", "500 a day", "active", ">3<"] {
+        assert!(first.contains(text), "{text} missing in {first}");
+    }
+    let second = row("second");
+    for text in ["25%", "none", "paused", ">0<"] {
+        assert!(second.contains(text), "{text} missing in {second}");
+    }
+    // A link without offers has no offers table.
+    let plain = get(&app, "/ui/links/cake/demo", &cookie).await.text().await.expect("page");
+    assert!(!plain.contains("data-offer="), "{plain}");
+    app.stop().await;
+}
