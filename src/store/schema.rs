@@ -160,7 +160,13 @@ pub(crate) struct CapChoice {
 
 /// The report key of one offer of a link: `network/slug/offer`.
 pub(crate) fn offer_link(link: &str, offer: &str) -> String {
-    format!("{link}/{offer}")
+    // Built by hand: it runs for every click of a link with offers, and `format!` costs
+    // several times as many instructions.
+    let mut key = String::with_capacity(link.len() + 1 + offer.len());
+    key.push_str(link);
+    key.push('/');
+    key.push_str(offer);
+    key
 }
 
 /// The key of one offer's cap counter on one cap day: `network/slug/offer/day`.
