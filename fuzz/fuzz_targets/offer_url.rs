@@ -31,9 +31,13 @@ fuzz_target!(|data: &[u8]| {
         fallback: None,
         event: None,
         source: LinkSource::Config,
+        offers: Vec::new(),
+        rules: Vec::new(),
+        sticky_hours: 0,
+        cap_tz: None,
     };
     let Ok(compiled) = CompiledLink::compile(link, &network) else { return };
-    let location = compiled.location(&network, &pairs, CLICK_ID);
+    let location = compiled.url(None).location(&network, &pairs, CLICK_ID);
     let url = url::Url::parse(&location).unwrap_or_else(|e| panic!("{location:?} is not a URL: {e}"));
     let ids: Vec<String> = url.query_pairs().filter(|(k, _)| k == "s2").map(|(_, v)| v.into_owned()).collect();
     assert_eq!(ids, [CLICK_ID], "the click id is the only s2 in {location:?}");
