@@ -34,7 +34,7 @@ pub(super) fn read(value: Option<&toml::Value>, errors: &mut Errors) -> GeoConfi
     let mmdb = g.string("mmdb", errors).and_then(|path| match CountryDb::open(&PathBuf::from(&path)) {
         Ok(db) => Some(Arc::new(db)),
         Err(e) => {
-            g.err(errors, "mmdb", e);
+            g.err(errors, "mmdb", e.to_string());
             None
         }
     });

@@ -70,19 +70,36 @@ impl std::fmt::Debug for CountryDb {
     }
 }
 
-fn read(path: &Path) -> Result<Reader<Vec<u8>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Reader::from_source(bytes).map_err(|e| format!("{} is not a MaxMind DB file: {e}", path.display()))
+/// Why a country database did not load; the message names the file, the source says why.
+#[derive(Debug, thiserror::Error)]
+pub enum CountryDbError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a MaxMind DB file: {source}", path.display())]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: maxminddb::MaxMindDbError,
+    },
+}
+
+fn read(path: &Path) -> Result<Reader<Vec<u8>>, CountryDbError> {
+    let bytes = std::fs::read(path).map_err(|source| CountryDbError::Read { path: path.to_owned(), source })?;
+    Reader::from_source(bytes).map_err(|source| CountryDbError::Format { path: path.to_owned(), source })
 }
 
 impl CountryDb {
     /// Reads the database at `path`.
-    pub fn open(path: &Path) -> Result<CountryDb, String> {
+    pub fn open(path: &Path) -> Result<CountryDb, CountryDbError> {
         Ok(CountryDb { path: path.to_owned(), reader: ArcSwap::from_pointee(read(path)?) })
     }
 
     /// Reads the file again; on failure the database in use stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), CountryDbError> {
         self.reader.store(Arc::new(read(&self.path)?));
         Ok(())
     }
@@ -122,7 +139,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.mmdb");
         std::fs::write(&path, b"not a database").unwrap();
-        assert!(CountryDb::open(&path).unwrap_err().contains("not a MaxMind DB"));
-        assert!(CountryDb::open(&dir.path().join("missing")).unwrap_err().contains("cannot read"));
+        assert!(CountryDb::open(&path).unwrap_err().to_string().contains("not a MaxMind DB"));
+        assert!(CountryDb::open(&dir.path().join("missing")).unwrap_err().to_string().contains("cannot read"));
     }
 }
