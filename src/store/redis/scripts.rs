@@ -166,13 +166,18 @@ pub(super) fn record_forwarded_click<'s>(script: &'s Script, w: &ForwardedClickW
         .arg(w.encoded.record.as_slice())
         .arg(w.bucket_expiry)
         .arg(day);
-    invocation.arg(w.encoded.interns.len());
-    for (key, value) in &w.encoded.interns {
-        invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(w.intern_ttl_secs);
-    }
+    add_interns(&mut invocation, n, w.encoded, w.intern_ttl_secs);
     add_deliveries(&mut invocation, n, w.deliveries);
     add_counters(&mut invocation, w.hour, &[Some(w.link), w.offer_link], w.counters);
     invocation
+}
+
+/// A single click's interned values, as the prelude's `store_interns` reads them.
+fn add_interns(invocation: &mut ScriptInvocation<'_>, n: u8, encoded: &EncodedClick, ttl_secs: u64) {
+    invocation.arg(encoded.interns.len());
+    for (key, value) in &encoded.interns {
+        invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(ttl_secs);
+    }
 }
 
 /// What a capped click writes, for `record_capped_click.lua`.
@@ -205,10 +210,7 @@ pub(super) fn record_capped_click<'s>(script: &'s Script, w: &CappedClickWrite<'
         .arg(w.caps.fallback_record.as_slice())
         .arg(counter_field(w.hour, "clicks", w.link))
         .arg(CAP_KEEP_SECS);
-    invocation.arg(w.encoded.interns.len());
-    for (key, value) in &w.encoded.interns {
-        invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(w.intern_ttl_secs);
-    }
+    add_interns(&mut invocation, n, w.encoded, w.intern_ttl_secs);
     add_deliveries(&mut invocation, n, w.deliveries);
     invocation.arg(w.caps.choices.len());
     for choice in &w.caps.choices {

@@ -1,4 +1,4 @@
--- What every script starts with: the argument cursors, and two steps the recording
+-- What every script starts with: the argument cursors, and the steps the recording
 -- scripts share (prepended when the scripts are loaded,
 -- so that each script reads its KEYS and ARGV by name, in the order its header lists).
 --
@@ -23,6 +23,18 @@ local function nextargs(n)
   local first = i + 1
   i = i + n
   return unpack(ARGV, first, i)
+end
+
+-- Stores the interned values a single click's record names. Reads the count, then per
+-- value its key, and its bytes and ttl (seconds).
+local function store_interns()
+  local intern_count = tonumber(nextarg())
+  for _ = 1, intern_count do
+    local key = nextkey()
+    local bytes = nextarg()
+    local ttl = nextarg()
+    redis.call('SET', key, bytes, 'EX', ttl)
+  end
 end
 
 -- What recording a conversion or a forwarded click does once its record is new.

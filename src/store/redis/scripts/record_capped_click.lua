@@ -40,13 +40,7 @@ local record = nextarg()
 local link_field = nextarg()
 local cap_ttl = nextarg()
 
-local intern_count = tonumber(nextarg())
-for _ = 1, intern_count do
-  local key = nextkey()
-  local bytes = nextarg()
-  local ttl = nextarg()
-  redis.call('SET', key, bytes, 'EX', ttl)
-end
+store_interns()
 enqueue_deliveries(pending)
 
 local taken = 0

@@ -34,13 +34,7 @@ local record = nextarg()
 local bucket_expiry = nextarg()
 local day = nextarg()
 
-local intern_count = tonumber(nextarg())
-for _ = 1, intern_count do
-  local key = nextkey()
-  local bytes = nextarg()
-  local ttl = nextarg()
-  redis.call('SET', key, bytes, 'EX', ttl)
-end
+store_interns()
 if redis.call('HSETNX', bucket, click_id, record) == 0 then
   return 0
 end
