@@ -38,11 +38,11 @@ impl Application {
             outbox: config.forward.routes(),
         };
         let backend = store::open(&config.store.backend, limits).await.context("opening the store")?;
-        let spool = SpooledStore::open(backend.clone(), &config.store.spool).context("opening the outage spool")?;
+        let spool = SpooledStore::open(backend, &config.store.spool).context("opening the outage spool")?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
-        let state = Arc::new(AppState::new(config, Storage::new(backend, spool))?);
+        let state = Arc::new(AppState::new(config, Storage::new(spool))?);
         state.store.spool().start(Arc::new(QueuedPostbacks(Arc::downgrade(&state))));
         Ok(Application { listener, state, tls: tls.map(Arc::new) })
     }

@@ -280,12 +280,12 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Storage {
     spool: Arc<SpooledStore>,
-    backend: Arc<dyn Store>,
 }
 
 impl Storage {
-    pub fn new(backend: Arc<dyn Store>, spool: Arc<SpooledStore>) -> Storage {
-        Storage { spool, backend }
+    /// The spool and, behind it, the backend it wraps.
+    pub fn new(spool: Arc<SpooledStore>) -> Storage {
+        Storage { spool }
     }
 
     /// Clicks, through the spool (its inherent `record_click` is what the redirect calls,
@@ -303,11 +303,11 @@ impl Storage {
     }
 
     pub fn links(&self) -> Arc<dyn LinkStore> {
-        self.backend.clone()
+        self.spool.backend().clone()
     }
 
     pub fn outbox(&self) -> Arc<dyn Outbox> {
-        self.backend.clone()
+        self.spool.backend().clone()
     }
 
     pub fn health(&self) -> &dyn Health {

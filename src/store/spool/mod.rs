@@ -195,6 +195,11 @@ impl SpooledStore {
         Ok(store)
     }
 
+    /// The store the spool wraps, for what the spool does not change (links, the outbox).
+    pub fn backend(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
     /// Starts the task that probes the inner store while spooling and replays the spool
     /// once it answers.
     pub fn start(self: &Arc<SpooledStore>, resolver: Arc<dyn Resolve>) {
