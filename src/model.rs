@@ -82,9 +82,23 @@ pub struct Conversion {
     /// Every postback field that carried a value, names lower-cased.
     pub fields: Vec<(String, String)>,
     pub click: Click,
+    /// When the network reversed it (rejected, returned, scrubbed), if it did. Kept by
+    /// the store beside the record (the record itself never changes) and filled in when
+    /// the conversion is read back.
+    #[serde(skip)]
+    pub reversed_at: Option<UnixMillis>,
 }
 
 impl Conversion {
+    /// `"ok"`, or `"reversed"` once the network reversed it.
+    pub fn status(&self) -> &'static str {
+        if self.reversed_at.is_some() {
+            "reversed"
+        } else {
+            "ok"
+        }
+    }
+
     /// Derives the conversion id from what makes a conversion unique: the click, the
     /// network's transaction id (or, without one, the exact set of fields) and the event.
     pub fn derive_id(click_id: &str, transaction_id: Option<&str>, fields: &[(String, String)], event: &str) -> String {
@@ -125,6 +139,17 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// What reversing a conversion did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reversed {
+    /// It left its day's figures and its reversal was enqueued for its destinations.
+    Done,
+    /// It was reversed before; nothing changed.
+    Already,
+    /// No conversion with that id is stored.
+    NotFound,
+}
+
 /// What a postback came to: the status of its event-log entry.
 ///
 /// Stored and shown as its name (`"no_match"`), so that the stored event log reads the
@@ -136,11 +161,19 @@ pub enum EventStatus {
     NoMatch,
     Rejected,
     Queued,
+    /// The network reversed a recorded conversion (its disposition).
+    Reversed,
 }
 
 impl EventStatus {
-    pub const ALL: [EventStatus; 5] =
-        [EventStatus::Ok, EventStatus::Duplicate, EventStatus::NoMatch, EventStatus::Rejected, EventStatus::Queued];
+    pub const ALL: [EventStatus; 6] = [
+        EventStatus::Ok,
+        EventStatus::Duplicate,
+        EventStatus::NoMatch,
+        EventStatus::Rejected,
+        EventStatus::Queued,
+        EventStatus::Reversed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -149,6 +182,7 @@ impl EventStatus {
             EventStatus::NoMatch => "no_match",
             EventStatus::Rejected => "rejected",
             EventStatus::Queued => "queued",
+            EventStatus::Reversed => "reversed",
         }
     }
 
@@ -345,21 +379,35 @@ pub fn link_key(network: &str, slug: &str) -> String {
 pub enum Subject {
     Conversion(Box<Conversion>),
     Click(Box<Click>),
+    /// The network reversed a conversion that was forwarded: platforms that can retract
+    /// it are told, the others record why they were not. The conversion carries its
+    /// `reversed_at`.
+    Reversal(Box<Conversion>, UnixMillis),
 }
 
 impl Subject {
     /// The id a platform de-duplicates on: the conversion id, or the click id.
     pub fn event_id(&self) -> &str {
         match self {
-            Subject::Conversion(c) => &c.id,
+            Subject::Conversion(c) | Subject::Reversal(c, _) => &c.id,
             Subject::Click(c) => &c.id,
+        }
+    }
+
+    /// What a delivery of this subject is keyed on: the event id, or for a reversal the
+    /// conversion's id with `.reversal`, so that a conversion's reversal is a delivery of
+    /// its own beside the conversion's.
+    pub fn delivery_key(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Subject::Reversal(c, _) => format!("{}.reversal", c.id).into(),
+            _ => self.event_id().into(),
         }
     }
 
     /// The click behind the event (the conversion's copy, or the click itself).
     pub fn click(&self) -> &Click {
         match self {
-            Subject::Conversion(c) => &c.click,
+            Subject::Conversion(c) | Subject::Reversal(c, _) => &c.click,
             Subject::Click(c) => c,
         }
     }
@@ -367,7 +415,7 @@ impl Subject {
     /// When the event happened.
     pub fn at(&self) -> UnixMillis {
         match self {
-            Subject::Conversion(c) => c.at,
+            Subject::Conversion(c) | Subject::Reversal(c, _) => c.at,
             Subject::Click(c) => c.at,
         }
     }
@@ -376,7 +424,7 @@ impl Subject {
     /// or `ViewContent` for a click.
     pub fn event_name(&self) -> &str {
         match self {
-            Subject::Conversion(c) => &c.event,
+            Subject::Conversion(c) | Subject::Reversal(c, _) => &c.event,
             Subject::Click(_) => "ViewContent",
         }
     }
@@ -396,15 +444,19 @@ pub enum DeliveryStatus {
     Expired,
     /// The destination is in dry run: the request was built and kept, not sent.
     DryRun,
+    /// Nothing to send: the platform has no way to take it (a reversal on a platform
+    /// without retractions); `last_error` says why.
+    Skipped,
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 5] = [
+    pub const ALL: [DeliveryStatus; 6] = [
         DeliveryStatus::Pending,
         DeliveryStatus::Delivered,
         DeliveryStatus::Failed,
         DeliveryStatus::Expired,
         DeliveryStatus::DryRun,
+        DeliveryStatus::Skipped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -414,6 +466,7 @@ impl DeliveryStatus {
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Expired => "expired",
             DeliveryStatus::DryRun => "dry_run",
+            DeliveryStatus::Skipped => "skipped",
         }
     }
 
@@ -458,7 +511,7 @@ impl Delivery {
     /// A new pending entry, due at once.
     pub fn new(destination: &str, subject: Subject, now: UnixMillis) -> Delivery {
         Delivery {
-            id: Delivery::id_for(subject.event_id(), destination),
+            id: Delivery::id_for(&subject.delivery_key(), destination),
             destination: destination.to_owned(),
             subject,
             status: DeliveryStatus::Pending,

@@ -369,6 +369,7 @@ async fn record(
         item_id: fields.get(&network.item_field).map(str::to_owned),
         fields: fields.present().to_vec(),
         click,
+        reversed_at: None,
     };
     let recorded = ctx.conversions.record_conversion(&conversion).await?;
     let base = base.clone();

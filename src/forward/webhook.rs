@@ -76,7 +76,7 @@ impl Platform for Webhook {
             "ad_click_ids": pairs(&click.ad_click_ids),
         });
         let conversion = match subject {
-            Subject::Conversion(c) => json!({
+            Subject::Conversion(c) | Subject::Reversal(c, _) => json!({
                 "conversion_id": c.id,
                 "converted_at": rfc3339(c.at),
                 "network": c.network,

@@ -76,6 +76,7 @@ impl From<ConversionV1> for Conversion {
             item_id: c.item_id,
             fields: c.fields,
             click: c.click.into(),
+            reversed_at: None,
         }
     }
 }

@@ -39,7 +39,8 @@ pub use schema::{OutboxRoute, OutboxRoutes};
 use spool::SpooledStore;
 
 use crate::model::{
-    Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, UnixHour, UnixMillis,
+    Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, Reversed, UnixHour,
+    UnixMillis,
 };
 
 /// A store failure. The cause is for the log; clients only learn that the store failed.
@@ -146,8 +147,27 @@ pub trait ConversionStore: Send + Sync + 'static {
     /// Counters of every link for the hours `from..=to`.
     async fn counters(&self, from: UnixHour, to: UnixHour) -> StoreResult<Vec<HourCounters>>;
 
-    /// Conversions recorded in `from..to` (milliseconds), oldest first.
+    /// Conversions recorded in `from..to` (milliseconds), oldest first, reversed ones
+    /// included (with their `reversed_at`).
     async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>>;
+
+    /// Every conversion of the click `click_id`, oldest first, with their `reversed_at`.
+    async fn conversions_of_click(&self, click_id: &str) -> StoreResult<Vec<Conversion>> {
+        // TODO(reversal store): replaced by each backend.
+        let _ = click_id;
+        Err(StoreError::corrupt("conversions_of_click is not implemented"))
+    }
+
+    /// Reverses the stored conversion `conversion.id` at `at`, in one atomic write: its
+    /// counters leave the hour it counted in (conversions, leads or purchases, revenue),
+    /// `at` is kept as its `reversed_at`, and a [`Subject::Reversal`](crate::model::Subject)
+    /// delivery is enqueued for each destination its conversion was routed to. Reversing
+    /// again changes nothing (`Already`).
+    async fn reverse_conversion(&self, conversion: &Conversion, at: UnixMillis) -> StoreResult<Reversed> {
+        // TODO(reversal store): replaced by each backend.
+        let _ = (conversion, at);
+        Err(StoreError::corrupt("reverse_conversion is not implemented"))
+    }
 }
 
 /// The capped log of every postback.

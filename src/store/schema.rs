@@ -305,6 +305,15 @@ impl OutboxRoutes {
     }
 
     /// The deliveries recording `click` enqueues: none for a bot.
+    /// The reversal of `conversion` (reversed at `at`) for each destination its
+    /// conversion was routed to.
+    pub fn for_reversal(&self, conversion: &Conversion, at: UnixMillis, now: UnixMillis) -> Vec<Delivery> {
+        self.for_conversion(conversion, now)
+            .into_iter()
+            .map(|d| Delivery::new(&d.destination, Subject::Reversal(Box::new(conversion.clone()), at), now))
+            .collect()
+    }
+
     pub fn for_click(&self, click: &Click, now: UnixMillis) -> Vec<Delivery> {
         if !self.wants_clicks || click.is_bot() {
             return Vec::new();

@@ -732,6 +732,7 @@ fn old_purchase(age: Duration, tid: &str) -> Conversion {
         item_id: None,
         fields,
         click,
+        reversed_at: None,
     }
 }
 

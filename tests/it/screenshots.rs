@@ -125,6 +125,7 @@ async fn seed(store: &StoreHandle, extra: &str) {
                         item_id: None,
                         fields,
                         click,
+                        reversed_at: None,
                     };
                     conversions_made.push(conversion);
                 }

@@ -101,6 +101,7 @@ fn conversion(click: &Click, event: &str, value: &str, at: UnixMillis, tid: &str
         item_id: Some("sku-42".to_owned()),
         fields,
         click: click.clone(),
+        reversed_at: None,
     }
 }
 

@@ -77,6 +77,7 @@ impl Resolve for Converter {
                 item_id: None,
                 fields: postback.present.clone(),
                 click,
+                reversed_at: None,
             };
             store.record_conversion(&conversion).await?;
         }
