@@ -128,6 +128,7 @@ impl Resolve for QueuedPostbacks {
             links: &state.links,
             keyring: &state.keyring,
             spool: None,
+            reconciled: false,
         };
         postback::resolve_queued(&ctx, network, queued).await.map(|_| ())
     }

@@ -1,5 +1,5 @@
 //! The command-line verbs: `serve` (the default), `postback-url`, `check-config`,
-//! `test-postback`.
+//! `test-postback`, `reconcile`.
 
 use std::path::PathBuf;
 
@@ -64,6 +64,36 @@ pub enum Command {
         #[arg(long, default_value = "0.00")]
         price: String,
     },
+    /// Compare the network's conversion report with what cakelink recorded, with the
+    /// reason for every conversion one side lacks (runs on the running server).
+    Reconcile {
+        #[arg(long, default_value = "cake")]
+        network: String,
+        /// First day, YYYY-MM-DD (in --tz).
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD, inclusive.
+        #[arg(long)]
+        to: String,
+        /// The conversion report as exported from the network (CSV).
+        #[arg(long, required_unless_present = "api", conflicts_with = "api")]
+        file: Option<PathBuf>,
+        /// Read the report from the network's affiliate API ([networks.NAME.api]).
+        #[arg(long)]
+        api: bool,
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+        format: String,
+        /// Record the missing conversions whose click is stored, and apply the report's
+        /// reversals.
+        #[arg(long)]
+        ingest: bool,
+        /// The report's time zone, ±HH:MM (default UTC).
+        #[arg(long, allow_hyphen_values = true)]
+        tz: Option<String>,
+        /// Base URL of the running server (default: the config's listen address).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<Config, BadConfig> {
@@ -126,6 +156,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(test_postback(config, link, url, price))
         }
+        Command::Reconcile { network, from, to, file, api, format, ingest, tz, url } => {
+            let config = load(&cli.config)?;
+            let body = match &file {
+                Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+                None => Vec::new(),
+            };
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("network", &network).append_pair("from", &from).append_pair("to", &to);
+            query.append_pair("format", &format).append_pair("source", if api { "api" } else { "file" });
+            if ingest {
+                query.append_pair("ingest", "true");
+            }
+            if let Some(tz) = &tz {
+                query.append_pair("tz", tz);
+            }
+            let base = server_url(&config, url);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(reconcile(&config, &base, &query.finish(), body))
+        }
     }
 }
 
@@ -178,14 +227,8 @@ async fn test_postback(config: Config, link: Option<String>, url: Option<String>
         }
     };
     let net = config.networks.get(&network).with_context(|| format!("no network {network:?} in the config"))?;
-    let base = url.unwrap_or_else(|| {
-        let mut addr = config.server.listen;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}")
-    });
-    let base = base.trim_end_matches('/');
+    let base = server_url(&config, url);
+    let base = base.as_str();
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
 
     let click_url = format!("{base}/go/{network}/{slug}?utm_source=cakelink-test-postback");
@@ -234,6 +277,51 @@ async fn test_postback(config: Config, link: Option<String>, url: Option<String>
         .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
     if ok.as_deref() != Some("ok") && ok.as_deref() != Some("duplicate") {
         bail!("the postback was not recorded");
+    }
+    Ok(())
+}
+
+/// The running server's base URL: `--url`, else the config's listen address (a wildcard
+/// address asked on this machine's loopback).
+fn server_url(config: &Config, url: Option<String>) -> String {
+    let base = url.unwrap_or_else(|| {
+        let mut addr = config.server.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    });
+    base.trim_end_matches('/').to_owned()
+}
+
+/// Posts the report to the running server's `/api/reconcile` and prints its answer.
+async fn reconcile(config: &Config, base: &str, query: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    let url = format!("{base}/api/reconcile?{query}");
+    let res = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(config.security.admin_token.expose())
+        .header("content-type", "text/csv")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("is cakelink running at {base}? POST /api/reconcile failed"))?;
+    let status = res.status();
+    let ingested = res.headers().get("x-cakelink-ingested").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let text = res.text().await.context("reading the reconciliation failed")?;
+    if !status.is_success() {
+        let reason = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        bail!("reconcile refused ({status}): {reason}");
+    }
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    if let Some(done) = ingested {
+        eprintln!("ingested: {done}");
     }
     Ok(())
 }

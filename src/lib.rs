@@ -20,7 +20,10 @@
 //! - [`routing`]: a link's weighted offers, rules, daily caps and the visitor's country and device.
 //! - [`bots`], `memo`, `privacy`: request classification, per-thread memos, what a click
 //!   keeps of the visitor's address.
-//! - [`postback`]: reading a postback, deciding the event, recording the conversion.
+//! - [`postback`]: reading a postback, deciding the event, recording or reversing the
+//!   conversion.
+//! - [`reconcile`]: the network's conversion report against what was recorded, with a
+//!   reason for every difference; ingesting what was missing.
 //! - `access`: who may send postbacks (allowlists, trusted proxies).
 //! - `reports`: per-link and per-day figures from hourly counters.
 //! - [`model`], [`money`], `clock`, `text`: records, exact money, time, text helpers.
@@ -42,6 +45,8 @@ pub mod model;
 pub mod money;
 pub mod networks;
 pub mod postback;
+pub mod reconcile;
+pub mod reports;
 pub mod routing;
 pub mod store;
 pub mod telemetry;
@@ -51,7 +56,6 @@ mod clock;
 mod forward;
 mod memo;
 mod privacy;
-mod reports;
 mod routes;
 mod secret;
 mod server;

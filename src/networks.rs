@@ -35,7 +35,78 @@ pub struct Network {
     /// Networks postbacks are accepted from; empty accepts any address (the key still
     /// has to match).
     pub postback_allowlist: Vec<ipnet::IpNet>,
+    /// The postback field carrying the conversion's disposition, if the network sends one.
+    pub disposition_field: Option<String>,
+    /// Dispositions (lower-cased) that reverse a recorded conversion.
+    pub reversing_dispositions: Vec<String>,
+    /// The column headers of the network's conversion report, for `cakelink reconcile`.
+    pub reconcile: ReportColumns,
+    /// The network's affiliate API, for `cakelink reconcile --api`.
+    pub api: Option<NetworkApi>,
 }
+
+/// The headers a conversion report's columns may carry, as written; compared with
+/// [`header_key`] (case, spaces, `_` and `-` ignored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportColumns {
+    pub click_id: Vec<String>,
+    pub transaction_id: Vec<String>,
+    pub price: Vec<String>,
+    pub converted_at: Vec<String>,
+    pub offer: Vec<String>,
+    /// Optional: without it every row is a valid conversion.
+    pub disposition: Vec<String>,
+}
+
+impl ReportColumns {
+    /// CAKE's affiliate conversion report, as exported from the portal and as its API
+    /// names the fields.
+    pub fn cake() -> ReportColumns {
+        let list = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        ReportColumns {
+            click_id: list(&["Sub ID 2", "subid_2", "s2"]),
+            transaction_id: list(&["Transaction ID", "transaction_id", "tid"]),
+            price: list(&["Price", "payout"]),
+            converted_at: list(&["Conversion Date", "conversion_date"]),
+            offer: list(&["Offer ID", "offer_id"]),
+            disposition: list(&["Disposition"]),
+        }
+    }
+
+    /// Columns named after a network's postback fields, plus CAKE's names, for networks
+    /// that map none of their own.
+    pub fn for_fields(click_id: &str, transaction: &str, value: &str) -> ReportColumns {
+        let mut columns = ReportColumns::cake();
+        for (list, name) in
+            [(&mut columns.click_id, click_id), (&mut columns.transaction_id, transaction), (&mut columns.price, value)]
+        {
+            if !list.iter().any(|n| header_key(n) == header_key(name)) {
+                list.insert(0, name.to_owned());
+            }
+        }
+        columns
+    }
+}
+
+/// A header as compared: lower-cased, without spaces, `_` and `-` (`Sub ID 2`, `subid_2`
+/// and `SUBID-2` are one).
+pub fn header_key(header: &str) -> String {
+    header.chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '\t')).flat_map(char::to_lowercase).collect()
+}
+
+/// Where a network's affiliate API answers: `[networks.NAME.api]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkApi {
+    /// The network's domain, e.g. `https://network.example.com`.
+    pub base_url: String,
+    pub affiliate_id: String,
+    pub api_key: crate::secret::Secret,
+    /// Rows asked for per page.
+    pub page_size: u32,
+}
+
+/// Dispositions that reverse a conversion unless a network names its own.
+pub const REVERSING_DISPOSITIONS: &[&str] = &["rejected", "returned", "scrubbed", "reversed", "chargeback"];
 
 impl Network {
     /// CAKE, as its documentation describes it.
@@ -52,7 +123,17 @@ impl Network {
             event_field: None,
             postback_template: "s1=#s1#&s2=#s2#&s3=#s3#&s4=#s4#&s5=#s5#&oid=#oid#&affid=#affid#&campid=#campid#&cid=#cid#&tid=#tid#&price=#price#".into(),
             postback_allowlist: Vec::new(),
+            disposition_field: None,
+            reversing_dispositions: REVERSING_DISPOSITIONS.iter().map(|d| (*d).to_owned()).collect(),
+            reconcile: ReportColumns::cake(),
+            api: None,
         }
+    }
+
+    /// Whether a disposition reverses a conversion (`Rejected`, `returned`, …).
+    pub fn reverses(&self, disposition: &str) -> bool {
+        let d = disposition.trim().to_ascii_lowercase();
+        self.reversing_dispositions.contains(&d)
     }
 
     /// Longest value CAKE accepts in a sub-id: `s1` holds 50 characters, `s2`–`s5` 100.

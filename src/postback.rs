@@ -7,7 +7,7 @@
 
 use crate::clickid::{ClickIdError, Keyring};
 use crate::links::LinkCatalog;
-use crate::model::{Conversion, Event, EventStatus, QueuedPostback, Recorded, UnixMillis, LEAD, PURCHASE};
+use crate::model::{Conversion, Event, EventStatus, QueuedPostback, Recorded, Reversed, UnixMillis, LEAD, PURCHASE};
 use crate::money::Money;
 use crate::networks::{is_absent, Network};
 use crate::store::spool::SpooledStore;
@@ -201,6 +201,9 @@ pub struct Context<'a> {
     /// Where a postback waits while the store is down; `None` when resolving one that
     /// waited (it must not be queued again).
     pub spool: Option<&'a SpooledStore>,
+    /// Whether the conversion comes from reconciling the network's report rather than
+    /// from the network's postback: its event-log reason says so (`reconciled`).
+    pub reconciled: bool,
 }
 
 /// Resolves, de-duplicates and records one authenticated postback. While the store is
@@ -346,6 +349,21 @@ async fn record(
     now: UnixMillis,
 ) -> StoreResult<Answer> {
     let click_id = base.click_id.clone().unwrap_or_default();
+    let transaction_id = fields.get(&network.transaction_field).map(str::to_owned);
+    if let Some(disposition) = network.disposition_field.as_deref().and_then(|f| fields.get(f)) {
+        if network.reverses(disposition) {
+            let what = if ctx.reconciled { "reconciled: disposition" } else { "disposition" };
+            return reverse(
+                ctx.conversions,
+                &click_id,
+                transaction_id.as_deref(),
+                now,
+                &format!("{what} {disposition}"),
+            )
+            .await
+            .map(|reversal| reversal.answer(base.clone()));
+        }
+    }
     let Some(click) = ctx.clicks.find_click(&click_id).await? else {
         return Ok(Answer { reason: "unknown_click_id: genuine but not in the store".into(), ..base.clone() });
     };
@@ -356,7 +374,6 @@ async fn record(
     };
     let postback_event = network.event_field.as_deref().and_then(|f| fields.get(f)).or_else(|| fields.get("event"));
     let event = decide_event(postback_event, link_event.as_deref(), value);
-    let transaction_id = fields.get(&network.transaction_field).map(str::to_owned);
     let id = Conversion::derive_id(&click_id, transaction_id.as_deref(), fields.present(), &event);
     let conversion = Conversion {
         id: id.clone(),
@@ -377,7 +394,7 @@ async fn record(
         Recorded::New => Answer {
             status: EventStatus::Ok,
             http: 200,
-            reason: format!("{event} recorded"),
+            reason: if ctx.reconciled { "reconciled".to_owned() } else { format!("{event} recorded") },
             conversion_id: Some(id),
             ..base
         },
@@ -389,6 +406,62 @@ async fn record(
             ..base
         },
     })
+}
+
+/// What reversing a click's conversion came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reversal {
+    /// The conversion reversed (or found reversed before), if one matched.
+    pub conversion: Option<Conversion>,
+    pub outcome: Reversed,
+    /// Why, for the event log: the disposition that reversed it.
+    pub why: String,
+}
+
+impl Reversal {
+    /// The postback's answer: `reversed`, `duplicate` for a second reversal, `no_match`
+    /// when no conversion of the click matches.
+    pub(crate) fn answer(self, base: Answer) -> Answer {
+        let conversion_id = self.conversion.as_ref().map(|c| c.id.clone());
+        let (status, reason) = match self.outcome {
+            Reversed::Done => (EventStatus::Reversed, self.why),
+            Reversed::Already => (EventStatus::Duplicate, format!("already reversed ({})", self.why)),
+            Reversed::NotFound => (
+                EventStatus::NoMatch,
+                format!(
+                    "no_conversion_to_reverse: no recorded conversion of this click has that transaction id ({})",
+                    self.why
+                ),
+            ),
+        };
+        Answer { status, http: 200, reason, conversion_id, ..base }
+    }
+}
+
+/// Reverses the conversion of `click_id` whose transaction id is `transaction_id` (with
+/// none, the click's latest conversion without one) at `at`. A conversion reversed
+/// before is `Already`; none matching is `NotFound`.
+pub async fn reverse(
+    conversions: &dyn ConversionStore,
+    click_id: &str,
+    transaction_id: Option<&str>,
+    at: UnixMillis,
+    why: &str,
+) -> StoreResult<Reversal> {
+    let of_click = conversions.conversions_of_click(click_id).await?;
+    let matching = of_click.into_iter().filter(|c| c.transaction_id.as_deref() == transaction_id);
+    // The live conversion first: a click may have had one reversed and one recorded
+    // again under the same transaction id with another event.
+    let target = matching.rev().min_by_key(|c| c.reversed_at.is_some());
+    let Some(conversion) = target else {
+        return Ok(Reversal { conversion: None, outcome: Reversed::NotFound, why: why.to_owned() });
+    };
+    let outcome = if conversion.reversed_at.is_some() {
+        Reversed::Already
+    } else {
+        conversions.reverse_conversion(&conversion, at).await?
+    };
+    Ok(Reversal { conversion: Some(conversion), outcome, why: why.to_owned() })
 }
 
 #[cfg(test)]

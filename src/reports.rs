@@ -31,7 +31,7 @@ fn is_offer_row(key: &str) -> bool {
 
 /// A date range in a time zone, `from` and `to` inclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Period {
+pub struct Period {
     pub from: Date,
     pub to: Date,
     pub offset: UtcOffset,
@@ -42,7 +42,7 @@ const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
 
 impl Period {
     /// Reads `from`, `to` (`YYYY-MM-DD`) and `tz` (`±HH:MM`, whole hours; default UTC).
-    pub(crate) fn parse(from: Option<&str>, to: Option<&str>, tz: Option<&str>) -> Result<Period, String> {
+    pub fn parse(from: Option<&str>, to: Option<&str>, tz: Option<&str>) -> Result<Period, String> {
         let date = |name: &str, v: Option<&str>| -> Result<Date, String> {
             let v = v.ok_or_else(|| format!("{name} is required (YYYY-MM-DD)"))?;
             Date::parse(v, DATE).map_err(|_| format!("{name}={v:?} is not a date like 2026-11-24"))
@@ -63,7 +63,7 @@ impl Period {
     }
 
     /// The period as milliseconds, `start..end`.
-    pub(crate) fn millis(&self) -> (UnixMillis, UnixMillis) {
+    pub fn millis(&self) -> (UnixMillis, UnixMillis) {
         let start = self.from.midnight().assume_offset(self.offset).unix_timestamp();
         let end = self.to.next_day().unwrap_or(self.to).midnight().assume_offset(self.offset).unix_timestamp();
         (start * 1000, end * 1000)

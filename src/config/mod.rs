@@ -155,7 +155,7 @@ fn read(root: &toml::Table, errors: &mut Errors, env: Env<'_>) -> Option<Config>
     let store = store::read(root.get("store"), env, errors);
     let security = security::read(root.get("security"), env, errors, &mut warnings);
     let privacy = privacy::read(root.get("privacy"), errors);
-    let networks = networks::read(root.get("networks"), errors);
+    let networks = networks::read(root.get("networks"), env, errors);
     let links = links::read(root.get("links"), &networks, errors);
     let forward = forward::read(root.get("forward"), root.get("destinations"), env, errors);
     let dashboard = dashboard::read(root.get("dashboard"), errors);

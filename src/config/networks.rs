@@ -6,18 +6,22 @@
 
 use std::collections::BTreeMap;
 
-use super::reader::{problem, valid_name, Errors, Section};
-use crate::networks::Network;
+use super::reader::{env_var, problem, valid_name, Env, Errors, Section};
+use crate::networks::{header_key, Network, NetworkApi, ReportColumns};
+use crate::secret::Secret;
+
+/// Rows asked of a network's API per page unless `page_size` says otherwise.
+const API_PAGE_SIZE: u64 = 500;
 
 /// Reads the `networks` table into the known networks, CAKE always among them.
-pub(super) fn read(value: Option<&toml::Value>, errors: &mut Errors) -> BTreeMap<String, Network> {
+pub(super) fn read(value: Option<&toml::Value>, env: Env<'_>, errors: &mut Errors) -> BTreeMap<String, Network> {
     let mut networks = BTreeMap::new();
     networks.insert("cake".to_owned(), Network::cake());
     match value {
         None => {}
         Some(toml::Value::Table(t)) => {
             for (name, value) in t {
-                if let Some(n) = read_network(name, value, errors) {
+                if let Some(n) = read_network(name, value, env, errors) {
                     networks.insert(name.clone(), n);
                 }
             }
@@ -29,7 +33,7 @@ pub(super) fn read(value: Option<&toml::Value>, errors: &mut Errors) -> BTreeMap
 
 /// One `[networks.<name>]`; `None` when it has no `subid` (the network cannot carry a
 /// click id without one).
-fn read_network(name: &str, value: &toml::Value, errors: &mut Errors) -> Option<Network> {
+fn read_network(name: &str, value: &toml::Value, env: Env<'_>, errors: &mut Errors) -> Option<Network> {
     let mut s = Section::new(format!("networks.{name}"), Some(value), errors);
     if !valid_name(name) {
         problem(errors, format!("networks.{name}"), "a network name may hold only letters, digits and - _ .");
@@ -69,6 +73,20 @@ fn read_network(name: &str, value: &toml::Value, errors: &mut Errors) -> Option<
         }
     });
     let postback_allowlist = s.cidrs("postback_allowlist", errors);
+    let disposition_field = s.string("disposition_field", errors).map(|v| v.trim().to_ascii_lowercase());
+    if disposition_field.as_deref() == Some("") {
+        s.err(errors, "disposition_field", "must not be empty (leave it out when the network sends none)");
+    }
+    let reversing_dispositions = match s.strings("reversing_dispositions", errors) {
+        Some(list) => list.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
+        None => cake.reversing_dispositions.clone(),
+    };
+    let reconcile_default = match &base {
+        Some(b) => b.reconcile.clone(),
+        None => ReportColumns::for_fields(&click_id_field, &transaction_field, &value_field),
+    };
+    let reconcile = read_columns(&s.key("reconcile"), s.raw("reconcile"), reconcile_default, errors);
+    let api = s.raw("api").and_then(|v| read_api(name, &s.key("api"), v, env, errors));
     s.finish(errors);
     if subid.is_empty() {
         return None;
@@ -85,6 +103,71 @@ fn read_network(name: &str, value: &toml::Value, errors: &mut Errors) -> Option<
         event_field,
         postback_template,
         postback_allowlist,
+        disposition_field,
+        reversing_dispositions,
+        reconcile,
+        api,
+    })
+}
+
+/// `[networks.NAME.reconcile]`: the headers of each column of the network's conversion
+/// report, a string or a list each; unnamed columns keep their defaults.
+fn read_columns(path: &str, value: Option<&toml::Value>, default: ReportColumns, errors: &mut Errors) -> ReportColumns {
+    let Some(value) = value else {
+        return default;
+    };
+    let mut s = Section::new(path, Some(value), errors);
+    let mut column = |key: &'static str, default: Vec<String>, errors: &mut Errors| -> Vec<String> {
+        let names = match s.raw(key) {
+            None => return default,
+            Some(toml::Value::String(one)) => vec![one.clone()],
+            Some(_) => s.strings(key, errors).unwrap_or_default(),
+        };
+        let keys: Vec<String> =
+            names.iter().filter(|n| !header_key(n).is_empty()).map(|n| n.trim().to_owned()).collect();
+        if keys.is_empty() {
+            s.err(errors, key, "must name at least one column header");
+        }
+        keys
+    };
+    let columns = ReportColumns {
+        click_id: column("click_id", default.click_id, errors),
+        transaction_id: column("transaction_id", default.transaction_id, errors),
+        price: column("price", default.price, errors),
+        converted_at: column("converted_at", default.converted_at, errors),
+        offer: column("offer", default.offer, errors),
+        disposition: column("disposition", default.disposition, errors),
+    };
+    s.finish(errors);
+    columns
+}
+
+/// `[networks.NAME.api]`: the network's affiliate API. The key may come from
+/// `CAKELINK_NETWORK_<NAME>_API_KEY` instead of the file.
+fn read_api(name: &str, path: &str, value: &toml::Value, env: Env<'_>, errors: &mut Errors) -> Option<NetworkApi> {
+    let mut s = Section::new(path, Some(value), errors);
+    let base_url = if s.raw("base_url").is_some() {
+        s.http_url("base_url", "", errors)
+    } else {
+        s.err(errors, "base_url", "is required: the network's domain, e.g. \"https://network.example.com\"");
+        String::new()
+    };
+    let affiliate_id = s.string("affiliate_id", errors).unwrap_or_default().trim().to_owned();
+    if affiliate_id.is_empty() || !affiliate_id.bytes().all(|b| b.is_ascii_digit()) {
+        s.err(errors, "affiliate_id", "is required: your affiliate id at the network (digits)");
+    }
+    let var = env_var("NETWORK", name, "api_key");
+    let api_key = env(&var).or_else(|| s.string("api_key", errors)).unwrap_or_default();
+    if api_key.trim().is_empty() {
+        s.err(errors, "api_key", format!("is required (or set {var})"));
+    }
+    let page_size = s.uint("page_size", 1, 10_000, errors).unwrap_or(API_PAGE_SIZE) as u32;
+    s.finish(errors);
+    Some(NetworkApi {
+        base_url: base_url.trim_end_matches('/').to_owned(),
+        affiliate_id,
+        api_key: Secret::new(api_key.trim()),
+        page_size,
     })
 }
 

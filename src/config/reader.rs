@@ -184,6 +184,16 @@ pub(super) fn written_key(key: &str) -> String {
 
 /// A name that goes into keys, URLs and environment variable names (networks,
 /// destinations): 1 to 64 letters, digits and `- _ .`.
+/// The environment variable that can hold `key` of `name` in a section of `kind`: all
+/// upper-cased, every other character `_` (`NETWORK`, `cake`, `api_key` →
+/// `CAKELINK_NETWORK_CAKE_API_KEY`).
+pub(super) fn env_var(kind: &str, name: &str, key: &str) -> String {
+    let upper = |t: &str| -> String {
+        t.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    };
+    format!("CAKELINK_{kind}_{}_{}", upper(name), upper(key))
+}
+
 pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }

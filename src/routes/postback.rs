@@ -95,6 +95,7 @@ pub(crate) async fn postback(
         links: &state.links,
         keyring: &state.keyring,
         spool: Some(store.spool()),
+        reconciled: false,
     };
     let answer = postback::process(&ctx, network, &fields, now).await;
     if answer.status == EventStatus::Queued {

@@ -8,6 +8,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 mod links;
 mod outbox;
+mod reconcile;
 mod reports;
 
 use super::{error, failure, method_not_allowed, path_segment, secret_matches, Body};
@@ -62,6 +63,8 @@ pub(crate) async fn api(state: &AppState, req: Request<Incoming>) -> Response<Bo
                 _ => method_not_allowed("GET, PUT, DELETE"),
             }
         }
+        (["reconcile"], Method::POST) => reconcile::reconcile(state, &query, req).await,
+        (["reconcile"], _) => method_not_allowed("POST"),
         (["stats"], Method::GET) => stats(state, &query).await,
         (["conversions"], Method::GET) => conversions(state, &query).await,
         (["clicks", id], Method::GET) => click(state, id).await,

@@ -43,6 +43,9 @@ pub(super) async fn stats(state: &AppState, query: &HashMap<String, String>) -> 
 struct ConversionRow<'a> {
     conversion_id: &'a str,
     converted_at: String,
+    /// `ok`, or `reversed` once the network reversed it (it then counts in no figure).
+    status: &'static str,
+    reversed_at: Option<String>,
     network: &'a str,
     event: &'a str,
     value: String,
@@ -69,6 +72,8 @@ impl<'a> ConversionRow<'a> {
         ConversionRow {
             conversion_id: &c.id,
             converted_at: rfc3339(c.at),
+            status: c.status(),
+            reversed_at: c.reversed_at.map(rfc3339),
             network: &c.network,
             event: &c.event,
             value: c.value.to_string(),
@@ -130,6 +135,8 @@ pub(crate) fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
     let mut header = vec![
         "conversion_id",
         "converted_at",
+        "status",
+        "reversed_at",
         "network",
         "event",
         "value",
@@ -156,6 +163,8 @@ pub(crate) fn to_csv(list: &[Conversion]) -> Result<Vec<u8>, csv::Error> {
         let mut row = vec![
             c.id.clone(),
             rfc3339(c.at),
+            c.status().to_owned(),
+            c.reversed_at.map(rfc3339).unwrap_or_default(),
             c.network.clone(),
             c.event.clone(),
             c.value.to_string(),

@@ -27,6 +27,8 @@ pub(super) struct SpoolFile {
     pub records: u64,
     /// Spooled click id → offset of its frame.
     pub clicks: HashMap<String, u64>,
+    /// Postbacks waiting for the store, oldest first.
+    pub postbacks: Vec<QueuedPostback>,
     /// Written since the last fsync.
     pub dirty: bool,
 }
@@ -90,14 +92,23 @@ pub(super) fn read_frame(file: &File, offset: u64, end: u64) -> Option<(Result<E
     Some((decode_entry(&payload), next))
 }
 
-/// Reads the spool file at startup: its valid length, record count and click index. A
-/// torn or corrupt tail is cut off.
-pub(super) fn scan(path: &Path, file: &File) -> anyhow::Result<(u64, u64, HashMap<String, u64>)> {
+/// What [`scan`] learns of a spool file.
+pub(super) struct Scanned {
+    pub len: u64,
+    pub records: u64,
+    pub clicks: HashMap<String, u64>,
+    pub postbacks: Vec<QueuedPostback>,
+}
+
+/// Reads the spool file at startup: its valid length, record count, click index and
+/// waiting postbacks. A torn or corrupt tail is cut off.
+pub(super) fn scan(path: &Path, file: &File) -> anyhow::Result<Scanned> {
     let size = file.metadata()?.len();
     let mut reader = std::io::BufReader::new(file.try_clone()?);
     let mut offset = 0u64;
     let mut records = 0u64;
     let mut clicks = HashMap::new();
+    let mut postbacks = Vec::new();
     let mut header = [0u8; HEADER];
     let mut payload = Vec::new();
     loop {
@@ -113,8 +124,12 @@ pub(super) fn scan(path: &Path, file: &File) -> anyhow::Result<(u64, u64, HashMa
         if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
             break;
         }
-        if let Ok(Entry::Click(click)) = decode_entry(&payload) {
-            clicks.insert(click.id, offset);
+        match decode_entry(&payload) {
+            Ok(Entry::Click(click)) => {
+                clicks.insert(click.id, offset);
+            }
+            Ok(Entry::Postback(postback)) => postbacks.push(postback),
+            _ => {}
         }
         offset += (HEADER + len) as u64;
         records += 1;
@@ -128,5 +143,5 @@ pub(super) fn scan(path: &Path, file: &File) -> anyhow::Result<(u64, u64, HashMa
         file.set_len(offset)?;
         file.sync_data()?;
     }
-    Ok((offset, records, clicks))
+    Ok(Scanned { len: offset, records, clicks, postbacks })
 }

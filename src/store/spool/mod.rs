@@ -58,7 +58,7 @@ use super::{CapClaim, ClickOrigin, Store, StoreError, StoreResult};
 use crate::clock::every;
 use crate::model::{Click, Event, QueuedPostback};
 use crate::telemetry;
-use file::{frame, io_error, read_frame, scan, SpoolFile, FILE_NAME};
+use file::{frame, io_error, read_frame, scan, Scanned, SpoolFile, FILE_NAME};
 /// How often a spooling store's inner store is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Records read and replayed per step.
@@ -153,12 +153,12 @@ impl SpooledStore {
             .open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open spool {}: {e}", path.display()))?;
         let reader = file.try_clone()?;
-        let (len, records, clicks) = scan(&path, &file)?;
+        let Scanned { len, records, clicks, postbacks } = scan(&path, &file)?;
         let stop = Arc::new(AtomicBool::new(false));
         let store = Arc::new(SpooledStore {
             inner,
             mode: AtomicU8::new(if len > 0 { SPOOLING } else { DIRECT }),
-            file: Mutex::new(SpoolFile { file, len, records, clicks, dirty: false }),
+            file: Mutex::new(SpoolFile { file, len, records, clicks, postbacks, dirty: false }),
             reader,
             drained: Notify::new(),
             #[allow(clippy::disallowed_types)]
@@ -297,6 +297,11 @@ impl SpooledStore {
     }
 
     /// Keeps a postback that could not be resolved for lack of a store.
+    /// The postbacks waiting in the spool for the store, oldest first.
+    pub fn queued_postbacks(&self) -> Vec<QueuedPostback> {
+        self.lock().postbacks.clone()
+    }
+
     pub async fn queue_postback(&self, postback: QueuedPostback) -> StoreResult<()> {
         self.write(Entry::Postback(postback), true).await
     }
@@ -404,8 +409,12 @@ impl SpooledStore {
                         return Err(io_error(e));
                     }
                     let at = f.len;
-                    if let Entry::Click(click) = &entry {
-                        f.clicks.insert(click.id.clone(), at);
+                    match &entry {
+                        Entry::Click(click) => {
+                            f.clicks.insert(click.id.clone(), at);
+                        }
+                        Entry::Postback(postback) => f.postbacks.push(postback.clone()),
+                        Entry::Event(_) => {}
                     }
                     f.len += bytes.len() as u64;
                     f.records += 1;

@@ -45,6 +45,7 @@ impl SpooledStore {
                 f.len = 0;
                 f.records = 0;
                 f.clicks = HashMap::new();
+                f.postbacks = Vec::new();
                 f.dirty = true;
                 self.full.store(false, Ordering::Relaxed);
                 self.mode.store(DIRECT, Ordering::Release);
