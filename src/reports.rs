@@ -189,7 +189,7 @@ impl SilenceWindow {
     /// The UTC hours the window covers at `now`, inclusive.
     pub(crate) fn hours_at(&self, now: UnixMillis) -> (UnixHour, UnixHour) {
         let last = hour_of(now);
-        (last.saturating_sub(self.hours - 1), last)
+        (last.saturating_sub(self.hours.saturating_sub(1)), last)
     }
 }
 
