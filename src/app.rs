@@ -12,11 +12,11 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::forward::Forwarder;
-use crate::model::QueuedPostback;
+use crate::model::{EventStatus, QueuedPostback};
 use crate::postback::{self, Context};
 use crate::state::AppState;
 use crate::store::spool::{Resolve, SpooledStore};
-use crate::store::{self, Storage, Store, StoreLimits, StoreResult};
+use crate::store::{self, EventLog, Storage, Store, StoreLimits, StoreResult};
 use crate::tls::{self, Tls};
 use crate::{server, telemetry};
 
@@ -43,6 +43,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         let state = Arc::new(AppState::new(config, Storage::new(spool))?);
+        seed_last_ok(state.store.events()).await;
         state.store.spool().start(Arc::new(QueuedPostbacks(Arc::downgrade(&state))));
         Ok(Application { listener, state, tls: tls.map(Arc::new) })
     }
@@ -130,6 +131,24 @@ impl Resolve for QueuedPostbacks {
             spool: None,
             reconciled: false,
         };
-        postback::resolve_queued(&ctx, network, queued).await.map(|_| ())
+        let answer = postback::resolve_queued(&ctx, network, queued).await?;
+        if answer.status == EventStatus::Ok {
+            telemetry::postback_ok(&network.name, queued.received_at);
+        }
+        Ok(())
+    }
+}
+
+/// How many of the newest `ok` event-log entries seed the last-ok gauge at start-up: a
+/// network whose last `ok` postback is older than that many others starts blank.
+const LAST_OK_SEED: usize = 1000;
+
+/// Sets each network's last-ok gauge from the event log, so that a restart does not
+/// blank it. A store that cannot answer only leaves it blank; serving goes on.
+async fn seed_last_ok(events: &dyn EventLog) {
+    match events.events(Some(EventStatus::Ok), LAST_OK_SEED).await {
+        // Newest first, and the gauge keeps the newest: every entry can be offered.
+        Ok(list) => list.iter().for_each(|e| telemetry::postback_ok(&e.network, e.received_at)),
+        Err(e) => tracing::warn!(error = %e, "the event log could not seed the last-ok postback gauge"),
     }
 }

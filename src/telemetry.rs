@@ -3,7 +3,8 @@
 //! The recorder is process-wide, installed once; every server in the process (tests
 //! start several) shares it, so counters are cumulative per process.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -14,6 +15,7 @@ pub const BOT_HITS: &str = "cakelink_bot_hits_total";
 pub const CLICKS_UNSTORED: &str = "cakelink_clicks_unstored_total";
 pub const SUBIDS_DROPPED: &str = "cakelink_subids_dropped_total";
 pub const POSTBACKS: &str = "cakelink_postbacks_total";
+pub const POSTBACK_LAST_OK: &str = "cakelink_postback_last_ok_timestamp_seconds";
 pub const STORE_UP: &str = "cakelink_store_up";
 pub const FORWARD_SENT: &str = "cakelink_forward_sent_total";
 pub const FORWARD_RETRIED: &str = "cakelink_forward_retried_total";
@@ -51,6 +53,20 @@ impl Default for HotMetrics {
     fn default() -> HotMetrics {
         HotMetrics::new()
     }
+}
+
+/// The newest `ok` postback time per network, in milliseconds: what the gauge shows.
+static LAST_OK: OnceLock<Mutex<HashMap<String, i64>>> = OnceLock::new();
+
+/// Notes a postback of `network` answered `ok` at `at` (milliseconds). The gauge only
+/// moves forward: a postback queued during an outage and resolved later carries its
+/// arrival time, which may be older than one answered since.
+pub fn postback_ok(network: &str, at: i64) {
+    let mut last = LAST_OK.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    let newest = last.entry(network.to_owned()).or_insert(at);
+    *newest = (*newest).max(at);
+    // Set under the lock, so that two postbacks at once cannot set it out of order.
+    metrics::gauge!(POSTBACK_LAST_OK, "network" => network.to_owned()).set(*newest as f64 / 1000.0);
 }
 
 /// How often histogram samples are folded into their buckets.
@@ -102,6 +118,11 @@ fn describe() {
         "Passed-through sub-ids dropped for exceeding the network's length limit."
     );
     metrics::describe_counter!(POSTBACKS, "Postbacks by status.");
+    metrics::describe_gauge!(
+        POSTBACK_LAST_OK,
+        metrics::Unit::Seconds,
+        "Unix time of the newest postback answered ok, by network; seeded from the event log at start-up."
+    );
     metrics::describe_gauge!(STORE_UP, "1 when the store answered the last readiness check.");
     metrics::describe_gauge!(SPOOL_BYTES, metrics::Unit::Bytes, "Bytes in the outage spool, waiting for the store.");
     metrics::describe_gauge!(SPOOL_RECORDS, "Records (clicks, postbacks, events) in the outage spool.");

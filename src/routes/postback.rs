@@ -98,6 +98,9 @@ pub(crate) async fn postback(
         reconciled: false,
     };
     let answer = postback::process(&ctx, network, &fields, now).await;
+    if answer.status == EventStatus::Ok {
+        telemetry::postback_ok(&network.name, now);
+    }
     if answer.status == EventStatus::Queued {
         // Logged when it is resolved, with its `queued` entry first: logging it now
         // would put that entry after the spooled records it must precede.

@@ -1,6 +1,7 @@
 //! The dashboard in a real headless Chromium over WebDriver: signing in, the chart, a
 //! link created through the form, the event log, re-queueing a failed delivery, XSS
-//! payloads staying text, and a form posted without its CSRF token.
+//! payloads staying text, the warning about links clicked without postbacks, and a form
+//! posted without its CSRF token.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +16,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::helpers::{location, spawn_app, spawn_app_with, Backend, TestApp, ADMIN_TOKEN, CHROME};
+use crate::helpers::{location, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp, ADMIN_TOKEN, CHROME};
+use crate::postback_health::{now_ms, Seedable};
 use crate::webdriver::Browser;
 
 const XSS: &str = "<img src=x onerror=alert(1)>";
@@ -95,6 +97,8 @@ async fn the_chart_has_one_mark_per_day_of_the_range() {
     let script = format!("return document.querySelector(\"#chart rect.bar[data-day='{today}'] title\").textContent");
     assert_eq!(browser.eval(&script).await, Value::String(format!("{today}: 3 clicks, 0 conversions")));
     assert_eq!(browser.text("#total-clicks").await, "3");
+    // Three clicks without a postback are no reason for alarm.
+    assert_eq!(browser.count("#silent-links").await, 0, "no silent-link warning");
     // The per-link table sorts on the server: by link, both ways.
     browser.click("#per-link th:first-child a").await;
     browser.wait_path("/ui/?range=7d&sort=link&dir=desc").await;
@@ -298,6 +302,41 @@ async fn what_strangers_write_stays_text_on_every_page() {
     browser.assert_no_dialog("the last page").await;
     browser.quit().await;
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_clicked_without_postbacks_are_flagged_on_the_overview() {
+    let store = StoreHandle::new(Backend::Embedded);
+    let seeded = Seedable::start(&store, "").await;
+    let now = now_ms();
+    seeded.clicks("cake/demo", 130, now, false).await;
+    seeded.conversion("cake/demo", now - 5 * 86_400_000).await;
+    seeded.clicks("cake/cpl", 150, now, false).await;
+    seeded.conversion("cake/cpl", now).await;
+    seeded.clicks("cake/perm", 400, now, true).await;
+    // Slugs cannot carry markup, but stored counters are shown as they are: a link name
+    // from elsewhere (an older version, another process) must stay text.
+    let hostile = format!("cake/{XSS}");
+    seeded.clicks(&hostile, 101, now, false).await;
+
+    let browser = Browser::start(1280, 800).await;
+    sign_in(&browser, &seeded.app).await;
+    browser.wait_for("#silent-links").await;
+    browser.assert_no_dialog("/ui/").await;
+    let injected = browser.eval("return document.querySelectorAll('img[src=x]').length").await;
+    assert_eq!(injected, 0, "markup in a link name became an element");
+    let warning = browser.text("#silent-links").await;
+    assert!(warning.contains("postback URL is probably not set"), "{warning}");
+    let items = browser
+        .eval("return [...document.querySelectorAll('#silent-links li')].map(li => li.textContent.trim())")
+        .await;
+    let items: Vec<&str> = items.as_array().expect("list").iter().map(|v| v.as_str().expect("text")).collect();
+    assert_eq!(items.len(), 2, "{items:?}");
+    // Most clicked first; the last postback before the window is shown, or that there was none.
+    assert!(items[0].starts_with("cake/demo: 130 clicks; last postback: 20"), "{items:?}");
+    assert_eq!(items[1], format!("{hostile}: 101 clicks; last postback: none in the 90 days before"));
+    browser.quit().await;
+    seeded.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

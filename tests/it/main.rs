@@ -22,6 +22,7 @@ mod durability;
 mod forward;
 mod outage;
 mod postback;
+mod postback_health;
 mod reconcile;
 mod redirect;
 mod routing;

@@ -6,6 +6,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 
+mod health;
 mod links;
 mod outbox;
 mod reconcile;
@@ -66,6 +67,7 @@ pub(crate) async fn api(state: &AppState, req: Request<Incoming>) -> Response<Bo
         (["reconcile"], Method::POST) => reconcile::reconcile(state, &query, req).await,
         (["reconcile"], _) => method_not_allowed("POST"),
         (["stats"], Method::GET) => stats(state, &query).await,
+        (["health", "postbacks"], Method::GET) => health::postbacks(state, &query).await,
         (["conversions"], Method::GET) => conversions(state, &query).await,
         (["clicks", id], Method::GET) => click(state, id).await,
         (["events"], Method::GET) => events(state, &query).await,
@@ -75,7 +77,9 @@ pub(crate) async fn api(state: &AppState, req: Request<Incoming>) -> Response<Bo
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         },
         (["deliveries", _, "requeue"], _) => method_not_allowed("POST"),
-        (["stats"] | ["conversions"] | ["clicks", _] | ["events"] | ["deliveries"], _) => method_not_allowed("GET"),
+        (["stats"] | ["conversions"] | ["clicks", _] | ["events"] | ["deliveries"] | ["health", "postbacks"], _) => {
+            method_not_allowed("GET")
+        }
         _ => error(StatusCode::NOT_FOUND, "no such API route"),
     }
 }

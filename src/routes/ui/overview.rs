@@ -3,6 +3,10 @@
 //! Everything comes from one read of the hourly counters for the range (the same call
 //! and the same aggregation as `/api/stats`), so the page costs the same at a thousand
 //! clicks or a million.
+//!
+//! Above the figures, a warning lists the links people clicked all day with no
+//! conversion coming back (`reports::silent_links`, as `/api/health/postbacks` serves it
+//! with its defaults).
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -13,8 +17,9 @@ use time::{Date, Duration, OffsetDateTime};
 
 use super::chart::{self, Chart, Day};
 use super::{query_string, render, store_down, Ctx, Layout};
+use crate::clock::now_ms;
 use crate::money::Money;
-use crate::reports::{self, Group, Period, Row};
+use crate::reports::{self, rfc3339, Group, Period, Row, SilenceWindow};
 use crate::routes::Body;
 
 const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
@@ -230,6 +235,21 @@ struct OverviewPage {
     chart: Option<Chart>,
     heads: Vec<Head>,
     rows: Vec<Figures>,
+    silence: Option<Silence>,
+}
+
+/// The silent links of the default window, as the warning shows them.
+pub(crate) struct Silence {
+    pub(crate) hours: u32,
+    pub(crate) min_clicks: u64,
+    pub(crate) links: Vec<SilentRow>,
+}
+
+pub(crate) struct SilentRow {
+    pub(crate) link: String,
+    pub(crate) clicks: String,
+    /// RFC 3339, or what to say when none was seen in the look-back.
+    pub(crate) last_postback: String,
 }
 
 /// `/ui/?range=…&tz=…&sort=…&dir=…`
@@ -243,6 +263,7 @@ pub(crate) async fn overview(ctx: &Ctx<'_>) -> Response<Body> {
             chart: None,
             heads: Vec::new(),
             rows: Vec::new(),
+            silence: None,
         };
         return render(StatusCode::BAD_REQUEST, &page);
     };
@@ -251,7 +272,26 @@ pub(crate) async fn overview(ctx: &Ctx<'_>) -> Response<Body> {
         Ok(h) => h,
         Err(e) => return store_down(ctx, e),
     };
-    let (page, status) = build(ctx, range, &period, &hours);
+    let window = SilenceWindow::default();
+    let silent = match reports::silent_links(ctx.state.store.conversions(), window, now_ms()).await {
+        Ok(s) => s,
+        Err(e) => return store_down(ctx, e),
+    };
+    let (mut page, status) = build(ctx, range, &period, &hours);
+    page.silence = (!silent.is_empty()).then(|| Silence {
+        hours: window.hours,
+        min_clicks: window.min_clicks,
+        links: silent
+            .into_iter()
+            .map(|s| SilentRow {
+                link: s.link,
+                clicks: grouped(&s.clicks.to_string()),
+                last_postback: s
+                    .last_postback_at
+                    .map_or_else(|| format!("none in the {} days before", reports::LOOKBACK_HOURS / 24), rfc3339),
+            })
+            .collect(),
+    });
     render(status, &page)
 }
 
@@ -314,7 +354,7 @@ fn build(
     let mut page = ctx.layout("Overview", "overview");
     page.problem = problem;
     let chart = Some(chart::draw(&days));
-    (OverviewPage { page, range, totals: Some(totals), chart, heads, rows }, status)
+    (OverviewPage { page, range, totals: Some(totals), chart, heads, rows, silence: None }, status)
 }
 
 #[cfg(test)]
