@@ -153,6 +153,7 @@ mod tests {
 
     use super::super::tests::{parse, GOOD};
     use crate::config::Config;
+    use crate::forward::google::GoogleApi;
     use crate::forward::PlatformConfig;
 
     const DESTINATIONS: &str = r#"
@@ -212,9 +213,14 @@ enabled = false
         }
         match &f.destinations[1].platform {
             PlatformConfig::Google(g) => {
+                // The Data Manager API is the default; a developer token left in the file
+                // is kept but not needed.
+                assert_eq!(g.api, GoogleApi::DataManager);
                 assert_eq!(g.customer_id, "1234567890");
+                assert_eq!(g.datamanager_url, "https://datamanager.googleapis.com");
                 assert_eq!(g.token_url, "https://oauth2.googleapis.com/token");
                 assert_eq!(g.consent.as_deref(), Some("GRANTED"));
+                assert!(g.developer_token.is_some());
             }
             other => panic!("{other:?}"),
         }
@@ -239,6 +245,7 @@ colour = "red"
 [[destinations]]
 name = "a"
 type = "google"
+api = "ads"
 customer_id = "123"
 [[destinations]]
 type = "carrier-pigeon"
@@ -251,6 +258,16 @@ secret = "s"
 max_attempts = 0
 event_map = { Lead = 3 }
 enabled = "yes"
+[[destinations]]
+name = "g"
+type = "google"
+api = "adwords"
+customer_id = "123"
+conversion_action = "1"
+client_id = "c"
+client_secret = "s"
+refresh_token = "r"
+datamanager_url = "not a url"
 "#;
         let errors = parse(&format!("{GOOD}{bad}")).unwrap_err().0;
         let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
@@ -271,10 +288,53 @@ enabled = "yes"
             "destinations[3].max_attempts",
             "destinations[3].event_map.Lead",
             "destinations[3].enabled",
+            "destinations[4].api",
+            "destinations[4].datamanager_url",
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
         let token = errors.iter().find(|e| e.key == "destinations[0].access_token").unwrap();
         assert!(token.message.contains("CAKELINK_DESTINATION_A_ACCESS_TOKEN"), "{}", token.message);
+        let api = errors.iter().find(|e| e.key == "destinations[4].api").unwrap();
+        assert!(api.message.contains("\"data_manager\" or \"ads\""), "{}", api.message);
+        // The Data Manager API needs no developer token.
+        assert!(!keys.contains(&"destinations[4].developer_token"), "{keys:?}");
+    }
+
+    #[test]
+    fn google_takes_the_ads_api_with_a_developer_token_and_its_own_urls() {
+        let ads = r#"
+[[destinations]]
+name = "gads"
+type = "google"
+api = "ads"
+customer_id = "123-456-7890"
+conversion_action = "987"
+developer_token = "dev"
+client_id = "cid"
+client_secret = "secret"
+refresh_token = "refresh"
+api_url = "http://127.0.0.1:9/"
+datamanager_url = "http://127.0.0.1:8"
+token_url = "http://127.0.0.1:7/token"
+"#;
+        let c = parse(&format!("{GOOD}{ads}")).unwrap();
+        match &c.forward.destinations[0].platform {
+            PlatformConfig::Google(g) => {
+                assert_eq!(g.api, GoogleApi::Ads);
+                assert_eq!(g.developer_token.as_ref().map(|t| t.expose()), Some("dev"));
+                assert_eq!(
+                    (g.api_url.as_str(), g.datamanager_url.as_str()),
+                    ("http://127.0.0.1:9", "http://127.0.0.1:8")
+                );
+                assert_eq!(g.token_url, "http://127.0.0.1:7/token");
+            }
+            other => panic!("{other:?}"),
+        }
+        let without_token = ads.replace("developer_token = \"dev\"\n", "");
+        let errors = parse(&format!("{GOOD}{without_token}")).unwrap_err().0;
+        assert!(errors.iter().any(|e| e.key == "destinations[0].developer_token"), "{errors:?}");
+        let data_manager = without_token.replace("api = \"ads\"", "api = \"data_manager\"");
+        assert!(parse(&format!("{GOOD}{data_manager}")).is_ok());
     }
 }

@@ -1,12 +1,15 @@
 //! Each destination type's own keys: Meta, Google Ads, TikTok and webhooks.
 //!
+//! Google's `api` picks the API its uploads go through: `data_manager` (the default) or
+//! `ads`; the developer token is required by `ads` only.
+//!
 //! Credentials are [`Secret`]s and can come from the environment as
 //! `CAKELINK_DESTINATION_<NAME>_<KEY>`, so tokens need not sit in the file; the
 //! environment wins. The API endpoints are keys too (with the platforms' real ones as
 //! defaults) so tests and staging can point a destination at a stand-in server.
 
 use super::reader::{Env, Errors, Section};
-use crate::forward::google::GoogleConfig;
+use crate::forward::google::{GoogleApi, GoogleConfig};
 use crate::forward::meta::MetaConfig;
 use crate::forward::tiktok::TikTokConfig;
 use crate::forward::webhook::WebhookConfig;
@@ -69,6 +72,14 @@ fn read_meta(k: &mut Keys<'_, '_, '_>, errors: &mut Errors) -> MetaConfig {
 }
 
 fn read_google(k: &mut Keys<'_, '_, '_>, errors: &mut Errors) -> GoogleConfig {
+    let api = match k.s.string("api", errors).as_deref() {
+        None | Some("data_manager") => GoogleApi::DataManager,
+        Some("ads") => GoogleApi::Ads,
+        Some(other) => {
+            k.s.err(errors, "api", format!("{other:?} is not a Google API; use \"data_manager\" or \"ads\""));
+            GoogleApi::DataManager
+        }
+    };
     // Customer ids are written 123-456-7890 in the Ads UI and sent as digits.
     let digits = |v: String| v.chars().filter(|c| *c != '-').collect::<String>();
     let customer_id = digits(k.required("customer_id", "the Google Ads account id", errors));
@@ -88,14 +99,21 @@ fn read_google(k: &mut Keys<'_, '_, '_>, errors: &mut Errors) -> GoogleConfig {
         }
     };
     GoogleConfig {
+        api,
         customer_id,
         conversion_action,
         login_customer_id,
-        developer_token: k.secret("developer_token", errors),
+        // Only the Google Ads API asks for one; a token left in the file after switching
+        // to the Data Manager API is not an error, just unused.
+        developer_token: match api {
+            GoogleApi::Ads => Some(k.secret("developer_token", errors)),
+            GoogleApi::DataManager => k.optional_secret("developer_token", errors),
+        },
         client_id: k.required("client_id", "the OAuth2 client id", errors),
         client_secret: k.secret("client_secret", errors),
         refresh_token: k.secret("refresh_token", errors),
         api_url: k.s.http_url("api_url", "https://googleads.googleapis.com", errors),
+        datamanager_url: k.s.http_url("datamanager_url", "https://datamanager.googleapis.com", errors),
         token_url: k.s.http_url("token_url", "https://oauth2.googleapis.com/token", errors),
         consent,
     }
@@ -130,6 +148,13 @@ impl Keys<'_, '_, '_> {
                 Secret::new("")
             }
         }
+    }
+
+    /// A credential that may be left out: from the environment or the file, `None` when
+    /// neither has a non-empty value.
+    fn optional_secret(&mut self, key: &'static str, errors: &mut Errors) -> Option<Secret> {
+        let var = destination_var(self.name, key);
+        (self.env)(&var).or_else(|| self.s.string(key, errors)).filter(|v| !v.trim().is_empty()).map(Secret::new)
     }
 
     /// A required, non-empty string, trimmed; `what` tells the operator what to put there.

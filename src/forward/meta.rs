@@ -53,6 +53,10 @@ impl Meta {
 
 #[async_trait]
 impl Platform for Meta {
+    fn name(&self) -> &'static str {
+        "meta"
+    }
+
     fn batch_limit(&self) -> usize {
         BATCH_LIMIT
     }
@@ -102,7 +106,13 @@ impl Platform for Meta {
         Ok(event)
     }
 
-    async fn send(&self, http: &reqwest::Client, timeout: Duration, items: &[Value]) -> Vec<Outcome> {
+    async fn send(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+        items: &[Value],
+        _validate_only: bool,
+    ) -> Vec<Outcome> {
         let mut body = json!({ "data": items, "access_token": self.config.access_token.expose() });
         if let Some(code) = &self.config.test_event_code {
             body["test_event_code"] = json!(code);

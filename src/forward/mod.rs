@@ -6,16 +6,20 @@
 //! [`Forwarder`] claims due deliveries under a lease, hands each destination its batch,
 //! and stores what happened: delivered, retry later (exponential backoff with jitter, up
 //! to the destination's `max_attempts`), failed for good (dead-lettered, re-queueable
-//! through the API), expired (too old for the platform) or dry run. It never runs on a
-//! request's path: a slow platform slows only its own deliveries.
+//! through the API), expired (too old for the platform), skipped (a reversal the platform
+//! has no way to take) or dry run. It never runs on a request's path: a slow platform
+//! slows only its own deliveries.
 //!
 //! Each platform is a small [`Platform`]: an encoder from the event to its part of the
 //! request, and a sender that classifies the answer per event by the platform's own rules.
+//! A platform also says whether it can retract a conversion the network reversed; the
+//! worker settles the reversals of those that cannot as skipped, in one place.
 //!
-//! - [`meta`]: Meta Conversions API.
-//! - [`google`]: Google Ads click conversions (OAuth2 refresh-token flow, partial failures).
-//! - [`tiktok`]: TikTok Events API.
-//! - [`webhook`]: any URL, HMAC-SHA256 signed.
+//! - [`meta`]: Meta Conversions API (no retraction).
+//! - [`google`]: Google Ads, through the Data Manager API (the default) or the Google Ads
+//!   API's click-conversion upload; both retract reversed conversions.
+//! - [`tiktok`]: TikTok Events API (no retraction).
+//! - [`webhook`]: any URL, HMAC-SHA256 signed; a reversal is a `conversion.reversed` event.
 
 pub(crate) mod google;
 pub(crate) mod meta;
@@ -162,8 +166,24 @@ impl Outcome {
 /// A platform's encoder and sender.
 #[async_trait]
 pub(crate) trait Platform: Send + Sync {
+    /// The platform's name as the operator knows it, for the reasons recorded on deliveries.
+    fn name(&self) -> &'static str;
+
     /// Most events one request may carry.
     fn batch_limit(&self) -> usize;
+
+    /// Whether the platform can take back a conversion the network reversed. When it
+    /// cannot, the worker settles the reversal as skipped without encoding or sending it.
+    fn retracts(&self) -> bool {
+        false
+    }
+
+    /// Whether the platform can check a request without acting on it. A dry-run
+    /// destination on such a platform sends its requests in that mode; on the others it
+    /// sends nothing.
+    fn validates(&self) -> bool {
+        false
+    }
 
     /// Why `subject` must not be sent at `now` (too old), if so.
     fn expired(&self, _subject: &Subject, _now: UnixMillis) -> Option<String> {
@@ -178,8 +198,16 @@ pub(crate) trait Platform: Send + Sync {
     /// This event's part of the request; `Err` when it cannot be sent at all.
     fn encode(&self, subject: &Subject, ctx: &Encoding) -> Result<Value, String>;
 
-    /// Sends one request carrying `items`; one outcome per item, in order.
-    async fn send(&self, http: &reqwest::Client, timeout: Duration, items: &[Value]) -> Vec<Outcome>;
+    /// Sends one request carrying `items`; one outcome per item, in order. With
+    /// `validate_only` (only asked of a platform that [`validates`](Platform::validates)),
+    /// the platform is asked to check the request and act on nothing.
+    async fn send(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+        items: &[Value],
+        validate_only: bool,
+    ) -> Vec<Outcome>;
 }
 
 /// What encoders need beside the event.
@@ -235,7 +263,6 @@ pub(crate) fn by_status(status: reqwest::StatusCode, retry_after: Option<Duratio
     }
 }
 
-/// The `Retry-After` header in seconds, if present.
 /// A platform's answer to one request.
 pub(crate) struct PlatformReply {
     pub status: reqwest::StatusCode,
@@ -253,6 +280,7 @@ pub(crate) async fn platform_reply(request: reqwest::RequestBuilder) -> Result<P
     Ok(PlatformReply { status, after, text })
 }
 
+/// The `Retry-After` header in seconds, if present.
 fn retry_after(res: &reqwest::Response) -> Option<Duration> {
     res.headers()
         .get(reqwest::header::RETRY_AFTER)

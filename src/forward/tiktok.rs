@@ -48,6 +48,10 @@ impl TikTok {
 
 #[async_trait]
 impl Platform for TikTok {
+    fn name(&self) -> &'static str {
+        "tiktok"
+    }
+
     fn batch_limit(&self) -> usize {
         BATCH_LIMIT
     }
@@ -85,7 +89,13 @@ impl Platform for TikTok {
         Ok(event)
     }
 
-    async fn send(&self, http: &reqwest::Client, timeout: Duration, items: &[Value]) -> Vec<Outcome> {
+    async fn send(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+        items: &[Value],
+        _validate_only: bool,
+    ) -> Vec<Outcome> {
         let mut body = json!({ "event_source": "web", "event_source_id": self.config.pixel_id, "data": items });
         if let Some(code) = &self.config.test_event_code {
             body["test_event_code"] = json!(code);

@@ -5,6 +5,10 @@
 //! `X-Cakelink-Timestamp` and the signature, hex, in `X-Cakelink-Signature` as
 //! `v1=<hex>`. A receiver recomputes it and rejects old timestamps, so a captured request
 //! cannot be replayed later.
+//!
+//! A conversion the network reversed is an event of its own, `conversion.reversed`: the
+//! conversion as it was sent, with its `reversed_at`, and an `event_id` of its own
+//! (`<conversion id>.reversal`) so that a receiver de-duplicating on `event_id` keeps it.
 
 use std::time::Duration;
 
@@ -20,6 +24,8 @@ use crate::secret::Secret;
 
 pub(crate) const TIMESTAMP_HEADER: &str = "x-cakelink-timestamp";
 pub(crate) const SIGNATURE_HEADER: &str = "x-cakelink-signature";
+/// The event name of a reversal, whatever the conversion's event and `event_map`.
+pub(crate) const REVERSED: &str = "conversion.reversed";
 
 /// A webhook destination's settings.
 #[derive(Clone, Debug)]
@@ -55,8 +61,16 @@ pub(crate) fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
 
 #[async_trait]
 impl Platform for Webhook {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
     fn batch_limit(&self) -> usize {
         1
+    }
+
+    fn retracts(&self) -> bool {
+        true
     }
 
     fn encode(&self, subject: &Subject, ctx: &Encoding) -> Result<Value, String> {
@@ -75,7 +89,7 @@ impl Platform for Webhook {
             "utm": pairs(&click.utm),
             "ad_click_ids": pairs(&click.ad_click_ids),
         });
-        let conversion = match subject {
+        let mut conversion = match subject {
             Subject::Conversion(c) | Subject::Reversal(c, _) => json!({
                 "conversion_id": c.id,
                 "converted_at": rfc3339(c.at),
@@ -89,16 +103,29 @@ impl Platform for Webhook {
             }),
             Subject::Click(_) => Value::Null,
         };
+        let (event, occurred_at) = match subject {
+            Subject::Reversal(_, reversed_at) => {
+                conversion["reversed_at"] = json!(rfc3339(*reversed_at));
+                (REVERSED, *reversed_at)
+            }
+            _ => (ctx.destination.event_name(subject, &[]), subject.at()),
+        };
         Ok(json!({
-            "event": ctx.destination.event_name(subject, &[]),
-            "event_id": subject.event_id(),
-            "occurred_at": rfc3339(subject.at()),
+            "event": event,
+            "event_id": subject.delivery_key(),
+            "occurred_at": rfc3339(occurred_at),
             "conversion": conversion,
             "click": click_json,
         }))
     }
 
-    async fn send(&self, http: &reqwest::Client, timeout: Duration, items: &[Value]) -> Vec<Outcome> {
+    async fn send(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+        items: &[Value],
+        _validate_only: bool,
+    ) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             let body = item.to_string().into_bytes();

@@ -1,5 +1,9 @@
 //! The forwarding worker: one loop per destination claims due deliveries from the
 //! outbox under a lease, sends them in batches, and settles each with its outcome.
+//!
+//! What no request is needed for is settled before anything is encoded: a reversal on a
+//! platform that cannot retract is skipped (with why), an event too old for the
+//! platform expired.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +15,12 @@ use tokio::task::JoinSet;
 use serde_json::Value;
 
 use super::{
-    google, meta, tiktok, webhook, Destination, Encoding, ForwardConfig, Outcome, Platform, PlatformConfig,
-    BATCHES_PER_ROUND, CLAIM_LIMIT, DEPTH_EVERY, MAX_BACKOFF,
+    meta, tiktok, webhook, Destination, Encoding, ForwardConfig, Outcome, Platform, PlatformConfig, BATCHES_PER_ROUND,
+    CLAIM_LIMIT, DEPTH_EVERY, MAX_BACKOFF,
 };
 use crate::clock::now_ms;
-use crate::model::{Delivery, DeliveryStatus, UnixMillis};
+use crate::model::{Delivery, DeliveryStatus, Subject, UnixMillis};
+use crate::reports::rfc3339;
 use crate::store::Outbox;
 use crate::telemetry;
 
@@ -29,7 +34,7 @@ impl Sender {
     fn new(d: &Destination) -> Sender {
         let platform: Box<dyn Platform> = match &d.platform {
             PlatformConfig::Meta(c) => Box::new(meta::Meta::new(c.clone())),
-            PlatformConfig::Google(c) => Box::new(google::Google::new(c.clone())),
+            PlatformConfig::Google(c) => c.platform(),
             PlatformConfig::TikTok(c) => Box::new(tiktok::TikTok::new(c.clone())),
             PlatformConfig::Webhook(c) => Box::new(webhook::Webhook::new(c.clone())),
         };
@@ -161,6 +166,14 @@ impl Forwarder {
         let now = now_ms();
         let mut ready: Vec<(Delivery, Value)> = Vec::new();
         for mut d in deliveries {
+            if let Some(why) = cannot_retract(sender.platform.as_ref(), &d.subject) {
+                tracing::info!(delivery = %d.id, reason = %why, "reversal skipped");
+                d.status = DeliveryStatus::Skipped;
+                d.updated_at = now;
+                d.last_error = Some(why);
+                self.finish(&d).await;
+                continue;
+            }
             if let Some(why) = sender.platform.expired(&d.subject, now) {
                 tracing::info!(delivery = %d.id, reason = %why, "event expired before it could be sent");
                 d.status = DeliveryStatus::Expired;
@@ -188,7 +201,10 @@ impl Forwarder {
         while !ready.is_empty() {
             let rest = ready.split_off(size.min(ready.len()));
             let chunk = std::mem::replace(&mut ready, rest);
-            if dest.dry_run {
+            // A dry run sends nothing, unless the platform can check a request without
+            // acting on it: then it is sent that way, and the answer kept.
+            let validate_only = dest.dry_run && sender.platform.validates();
+            if dest.dry_run && !validate_only {
                 for (mut d, _) in chunk {
                     d.status = DeliveryStatus::DryRun;
                     d.updated_at = now_ms();
@@ -201,15 +217,23 @@ impl Forwarder {
                 return;
             }
             let items: Vec<Value> = chunk.iter().map(|(_, item)| item.clone()).collect();
-            let outcomes = sender.platform.send(&self.http, dest.timeout, &items).await;
+            let outcomes = sender.platform.send(&self.http, dest.timeout, &items, validate_only).await;
             for ((d, _), outcome) in chunk.into_iter().zip(outcomes) {
-                let settled = settle(d, outcome, dest, sender.platform.as_ref(), now_ms());
+                let mut settled = settle(d, outcome, dest, sender.platform.as_ref(), now_ms());
+                if validate_only && settled.status == DeliveryStatus::Delivered {
+                    // Google checked it and would take it; nothing was recorded there.
+                    settled.status = DeliveryStatus::DryRun;
+                }
                 let counter = match settled.status {
-                    DeliveryStatus::Delivered => telemetry::FORWARD_SENT,
-                    DeliveryStatus::Pending => telemetry::FORWARD_RETRIED,
-                    _ => telemetry::FORWARD_FAILED,
+                    DeliveryStatus::Delivered => Some(telemetry::FORWARD_SENT),
+                    DeliveryStatus::Pending => Some(telemetry::FORWARD_RETRIED),
+                    // A checked dry run was neither sent nor refused.
+                    DeliveryStatus::DryRun => None,
+                    _ => Some(telemetry::FORWARD_FAILED),
                 };
-                metrics::counter!(counter, "destination" => dest.name.clone()).increment(1);
+                if let Some(counter) = counter {
+                    metrics::counter!(counter, "destination" => dest.name.clone()).increment(1);
+                }
                 if settled.status == DeliveryStatus::Failed {
                     tracing::warn!(delivery = %settled.id, error = ?settled.last_error, "delivery dead-lettered");
                 }
@@ -226,6 +250,19 @@ impl Forwarder {
                 tracing::warn!(delivery = %d.id, error = %e, "storing a delivery outcome failed; it will be retried")
             }
         }
+    }
+}
+
+/// Why `subject` is not sent at all: it is a reversal, and the platform has no way to
+/// retract a conversion.
+fn cannot_retract(platform: &dyn Platform, subject: &Subject) -> Option<String> {
+    match subject {
+        Subject::Reversal(_, reversed_at) if !platform.retracts() => Some(format!(
+            "{} has no way to retract a conversion; reversed at {}",
+            platform.name(),
+            rfc3339(*reversed_at)
+        )),
+        _ => None,
     }
 }
 
@@ -366,6 +403,41 @@ mod tests {
         assert!(d.last_error.as_deref().is_some_and(|e| e.contains("de-duplication window")));
         let failed = Outcome::Failed { status: Some(400), error: "no".into() };
         assert_eq!(settle(pending(now), failed, &dest, &hook, now).status, DeliveryStatus::Failed);
+    }
+
+    #[test]
+    fn reversals_are_skipped_only_where_the_platform_cannot_retract() {
+        let meta = meta::Meta::new(meta::MetaConfig {
+            pixel_id: "1".into(),
+            access_token: crate::secret::Secret::new("t"),
+            graph_url: "http://127.0.0.1:9".into(),
+            version: "v21.0".into(),
+            test_event_code: None,
+        });
+        let hook = webhook::Webhook::new(webhook::WebhookConfig {
+            url: "http://127.0.0.1:9/".into(),
+            secret: crate::secret::Secret::new("s"),
+        });
+        let conversion = crate::model::Conversion {
+            id: "conv".into(),
+            at: 1_000,
+            network: "cake".into(),
+            event: "Purchase".into(),
+            value: Money::default(),
+            currency: "USD".into(),
+            transaction_id: None,
+            item_id: None,
+            fields: vec![],
+            click: pending(1_000).subject.click().clone(),
+            reversed_at: Some(1_764_000_000_000),
+        };
+        let reversal = Subject::Reversal(Box::new(conversion.clone()), 1_764_000_000_000);
+        assert_eq!(
+            cannot_retract(&meta, &reversal).as_deref(),
+            Some("meta has no way to retract a conversion; reversed at 2025-11-24T16:00:00Z")
+        );
+        assert_eq!(cannot_retract(&hook, &reversal), None);
+        assert_eq!(cannot_retract(&meta, &Subject::Conversion(Box::new(conversion))), None);
     }
 
     #[test]

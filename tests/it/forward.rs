@@ -28,31 +28,31 @@ use crate::helpers::{spawn_app_over, Backend, StoreHandle, TestApp, ADMIN_TOKEN,
 use crate::on_both_stores;
 
 /// How long a test waits for the worker before failing.
-const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
 /// One request a stand-in received.
 #[derive(Clone, Debug)]
-struct Seen {
-    path: String,
-    headers: HashMap<String, String>,
-    body: String,
+pub(crate) struct Seen {
+    pub(crate) path: String,
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: String,
 }
 
 impl Seen {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{} is not JSON: {e}", self.body))
     }
 }
 
 /// What a stand-in answers.
 #[derive(Clone, Debug)]
-struct Reply {
-    status: u16,
-    body: String,
-    delay: Duration,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) delay: Duration,
 }
 
-fn reply(status: u16, body: &str) -> Reply {
+pub(crate) fn reply(status: u16, body: &str) -> Reply {
     Reply { status, body: body.to_owned(), delay: Duration::ZERO }
 }
 
@@ -66,13 +66,13 @@ struct Script {
 
 /// A platform stand-in: a real HTTP server on port 0 that records every request and
 /// answers from a script.
-struct StandIn {
-    url: String,
+pub(crate) struct StandIn {
+    pub(crate) url: String,
     script: Arc<Mutex<Script>>,
 }
 
 impl StandIn {
-    async fn start() -> StandIn {
+    pub(crate) async fn start() -> StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stand-in");
         let addr: SocketAddr = listener.local_addr().expect("stand-in address");
         let script = Arc::new(Mutex::new(Script::default()));
@@ -114,22 +114,22 @@ impl StandIn {
         StandIn { url: format!("http://{addr}"), script }
     }
 
-    fn answer(&self, path: &str, replies: &[Reply]) {
+    pub(crate) fn answer(&self, path: &str, replies: &[Reply]) {
         let mut s = self.script.lock().expect("script lock");
         s.queued.entry(path.to_owned()).or_default().extend(replies.iter().cloned());
     }
 
-    fn default_answer(&self, path: &str, reply: Reply) {
+    pub(crate) fn default_answer(&self, path: &str, reply: Reply) {
         self.script.lock().expect("script lock").defaults.insert(path.to_owned(), reply);
     }
 
-    fn seen(&self, path: &str) -> Vec<Seen> {
+    pub(crate) fn seen(&self, path: &str) -> Vec<Seen> {
         self.script.lock().expect("script lock").seen.iter().filter(|s| s.path == path).cloned().collect()
     }
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -145,12 +145,12 @@ where
 }
 
 /// Deliveries through the API, e.g. `status=failed`.
-async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
+pub(crate) async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
     app.api(&format!("deliveries?{query}")).await["deliveries"].as_array().expect("deliveries").clone()
 }
 
 /// Waits until the delivery of `event_id` to `destination` has `status`, and returns it.
-async fn settled(app: &TestApp, destination: &str, event_id: &str, status: &str) -> Value {
+pub(crate) async fn settled(app: &TestApp, destination: &str, event_id: &str, status: &str) -> Value {
     let started = Instant::now();
     loop {
         let list = deliveries(app, &format!("destination={destination}&limit=1000")).await;
@@ -167,43 +167,43 @@ async fn settled(app: &TestApp, destination: &str, event_id: &str, status: &str)
 }
 
 /// Clicks `/go/cake/demo` with ad click ids in the query and returns the click id.
-async fn click_with(app: &TestApp, query: &str) -> String {
+pub(crate) async fn click_with(app: &TestApp, query: &str) -> String {
     let res = app.get(&format!("/go/cake/demo?{query}")).await;
     assert_eq!(res.status(), 302);
     crate::helpers::click_id_in(&res, "s2")
 }
 
 /// A purchase postback for `click_id`; returns the conversion id.
-async fn purchase(app: &TestApp, click_id: &str, tid: &str, price: &str) -> String {
+pub(crate) async fn purchase(app: &TestApp, click_id: &str, tid: &str, price: &str) -> String {
     let (status, body) = app.postback(&format!("s2={click_id}&tid={tid}&oid=42&price={price}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ok", "{body}");
     body["conversion_id"].as_str().expect("conversion id").to_owned()
 }
 
-fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Milliseconds of an RFC 3339 time from the API.
-fn rfc3339_ms(text: &str) -> i64 {
+pub(crate) fn rfc3339_ms(text: &str) -> i64 {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).expect("RFC 3339");
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// A destination name unique to a test and its store: metrics are counted per process,
 /// and the tests of both stores run in one.
-fn named(base: &str, backend: Backend) -> String {
+pub(crate) fn named(base: &str, backend: Backend) -> String {
     format!("{base}-{}", if backend == Backend::Embedded { "embedded" } else { "redis" })
 }
 
 /// `[forward]` polling fast, with a lease short enough for takeover tests, and the
 /// destinations given (each with a 2-second request timeout, shorter than the lease).
-fn forward(destinations: &str) -> String {
+pub(crate) fn forward(destinations: &str) -> String {
     format!("\n[forward]\npoll_ms = 20\nlease_secs = 3\n{destinations}")
 }
 
-fn meta(name: &str, stand_in: &StandIn, extra: &str) -> String {
+pub(crate) fn meta(name: &str, stand_in: &StandIn, extra: &str) -> String {
     format!(
         r#"
 [[destinations]]
@@ -222,7 +222,7 @@ timeout_secs = 2
     )
 }
 
-const META_PATH: &str = "/v21.0/123456/events";
+pub(crate) const META_PATH: &str = "/v21.0/123456/events";
 
 async fn meta_gets_the_exact_server_event(backend: Backend) {
     let name = named("meta-shape", backend);
@@ -424,12 +424,13 @@ on_both_stores!(
     a_restart_mid_delivery_loses_nothing,
 );
 
-fn google(name: &str, stand_in: &StandIn) -> String {
+pub(crate) fn google(name: &str, stand_in: &StandIn) -> String {
     format!(
         r#"
 [[destinations]]
 name = "{name}"
 type = "google"
+api = "ads"
 customer_id = "123-456-7890"
 login_customer_id = "999-000-1111"
 conversion_action = "555"
@@ -447,7 +448,7 @@ timeout_secs = 2
     )
 }
 
-const GOOGLE_PATH: &str = "/v22/customers/1234567890:uploadClickConversions";
+pub(crate) const GOOGLE_PATH: &str = "/v22/customers/1234567890:uploadClickConversions";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_gets_click_conversions_with_a_cached_token_and_partial_failures() {
@@ -515,7 +516,7 @@ async fn google_gets_click_conversions_with_a_cached_token_and_partial_failures(
     app.stop().await;
 }
 
-fn tiktok(name: &str, stand_in: &StandIn) -> String {
+pub(crate) fn tiktok(name: &str, stand_in: &StandIn) -> String {
     format!(
         r#"
 [[destinations]]
@@ -531,7 +532,7 @@ timeout_secs = 2
     )
 }
 
-const TIKTOK_PATH: &str = "/open_api/v1.3/event/track/";
+pub(crate) const TIKTOK_PATH: &str = "/open_api/v1.3/event/track/";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiktok_gets_events_and_its_codes_inside_a_200_decide() {
@@ -674,7 +675,25 @@ async fn two_processes_on_one_redis_deliver_each_event_once_and_take_over_a_dead
 
 /// Records conversions straight into the store, as an earlier run of cakelink would have
 /// left them, with the outbox routes of the config in `extra`.
-async fn seed(store: &StoreHandle, extra: &str, conversions: &[Conversion]) {
+pub(crate) async fn seed(store: &StoreHandle, extra: &str, conversions: &[Conversion]) {
+    let opened = open_store(store, extra).await;
+    for c in conversions {
+        opened.record_conversion(c).await.expect("record conversion");
+    }
+    opened.flush().await.expect("flush");
+}
+
+/// Reverses a recorded conversion straight in the store, as a network's reversal would,
+/// which enqueues its reversal for the destinations it went to.
+pub(crate) async fn reverse(store: &StoreHandle, extra: &str, conversion: &Conversion, at: i64) {
+    let opened = open_store(store, extra).await;
+    let done = opened.reverse_conversion(conversion, at).await.expect("reverse conversion");
+    assert_eq!(done, cakelink::model::Reversed::Done);
+    opened.flush().await.expect("flush");
+}
+
+/// The store of `store`, opened as the app would with the config in `extra`.
+async fn open_store(store: &StoreHandle, extra: &str) -> std::sync::Arc<dyn cakelink::store::Store> {
     let text = crate::helpers::config_text("127.0.0.1:0", &store.toml, "", extra);
     let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}"));
     let limits = StoreLimits {
@@ -685,23 +704,19 @@ async fn seed(store: &StoreHandle, extra: &str, conversions: &[Conversion]) {
     };
     // A just-stopped embedded store lets go of its directory lock a moment later.
     let started = Instant::now();
-    let opened = loop {
+    loop {
         match cakelink::store::open(&config.store.backend, limits.clone()).await {
-            Ok(opened) => break opened,
+            Ok(opened) => return opened,
             Err(e) if format!("{e:#}").contains("Locked") && started.elapsed() < DEADLINE => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("open the store: {e:#}"),
         }
-    };
-    for c in conversions {
-        opened.record_conversion(c).await.expect("record conversion");
     }
-    opened.flush().await.expect("flush");
 }
 
 /// A purchase that happened `age` ago, on a click a minute before it.
-fn old_purchase(age: Duration, tid: &str) -> Conversion {
+pub(crate) fn old_purchase(age: Duration, tid: &str) -> Conversion {
     let now = time::OffsetDateTime::now_utc();
     let at = (now.unix_timestamp_nanos() / 1_000_000) as i64 - age.as_millis() as i64;
     let keyring = Keyring::new(crate::helpers::SECRET, &[], 86_400 * 37);
@@ -790,7 +805,7 @@ async fn the_deliveries_api_refuses_bad_input() {
     };
     let (status, error) = get("deliveries?status=lost").await;
     assert_eq!(status, 400);
-    assert!(error.contains("pending, delivered, failed, expired, dry_run"), "{error}");
+    assert!(error.contains("pending, delivered, failed, expired, dry_run, skipped"), "{error}");
     let (status, error) = get("deliveries?destination=nowhere").await;
     assert_eq!((status, error.contains("not a configured destination")), (400, true));
     assert_eq!(get("deliveries?limit=0").await.0, 400);
@@ -839,5 +854,81 @@ secret = "s"
     let meta = deliveries(&app, "destination=meta-hangs").await;
     assert_eq!(meta.len(), 2);
     assert!(meta.iter().all(|d| d["status"] == "pending" && d["attempts"] == 0), "{meta:?}");
+    app.stop().await;
+}
+
+/// `ms` as the API writes times: RFC 3339 in UTC.
+pub(crate) fn rfc3339_of(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .expect("time")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339")
+}
+
+/// Waits until the delivery `id` to `destination` has `status`, and returns it.
+pub(crate) async fn settled_id(app: &TestApp, destination: &str, id: &str, status: &str) -> Value {
+    eventually(&format!("{id} to be {status}"), || async {
+        deliveries(app, &format!("destination={destination}&limit=1000"))
+            .await
+            .into_iter()
+            .find(|d| d["id"] == id && d["status"] == status)
+    })
+    .await
+}
+
+/// A purchase a minute old whose click came from a Google ad.
+pub(crate) fn google_purchase(tid: &str) -> Conversion {
+    let mut c = old_purchase(Duration::from_secs(60), tid);
+    c.click.ad_click_ids = vec![("gclid".into(), format!("gclid-{tid}"))];
+    c
+}
+
+// Needs the store's `reverse_conversion` (being written on another branch; here it still
+// answers "not implemented").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the store's reverse_conversion from the reversal store branch"]
+async fn a_reversal_is_skipped_by_meta_and_tiktok_and_reaches_webhooks_as_conversion_reversed() {
+    let platform = StandIn::start().await;
+    platform.default_answer(TIKTOK_PATH, reply(200, r#"{"code":0,"message":"OK"}"#));
+    let store = StoreHandle::new(Backend::Embedded);
+    let hook = format!(
+        "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}/hook\"\nsecret = \"s\"\nbackoff_ms = 20\ntimeout_secs = 2\n",
+        platform.url
+    );
+    let extra = forward(&format!("{}{}{hook}", meta("meta-rev", &platform, ""), tiktok("tt-rev", &platform)));
+    let purchase = old_purchase(Duration::from_secs(60), "rev-1");
+    seed(&store, &extra, std::slice::from_ref(&purchase)).await;
+    let app = spawn_app_over(&store, &extra).await;
+    for dest in ["meta-rev", "tt-rev", "hook"] {
+        settled(&app, dest, &purchase.id, "delivered").await;
+    }
+    app.stop().await;
+
+    let reversed_at = purchase.at + 3_600_000;
+    reverse(&store, &extra, &purchase, reversed_at).await;
+    let app = spawn_app_over(&store, &extra).await;
+    let reversed_text = rfc3339_of(reversed_at);
+    for (dest, name) in [("meta-rev", "meta"), ("tt-rev", "tiktok")] {
+        let skipped = settled_id(&app, dest, &format!("{}.reversal~{dest}", purchase.id), "skipped").await;
+        assert_eq!(skipped["kind"], "reversal");
+        assert_eq!(skipped["attempts"], 0);
+        let why = format!("{name} has no way to retract a conversion; reversed at {reversed_text}");
+        assert_eq!(skipped["last_error"], why.as_str());
+    }
+    let delivered = settled_id(&app, "hook", &format!("{}.reversal~hook", purchase.id), "delivered").await;
+    assert_eq!(delivered["kind"], "reversal");
+    assert_eq!(platform.seen(META_PATH).len(), 1, "nothing more went to Meta");
+    assert_eq!(platform.seen(TIKTOK_PATH).len(), 1, "nothing more went to TikTok");
+    let hooks = platform.seen("/hook");
+    assert_eq!(hooks.len(), 2);
+    let body = hooks[1].json();
+    assert_eq!(body["event"], "conversion.reversed");
+    assert_eq!(body["event_id"], format!("{}.reversal", purchase.id));
+    assert_eq!(body["occurred_at"], reversed_text.as_str());
+    assert_eq!(body["conversion"]["conversion_id"], purchase.id.as_str());
+    assert_eq!(body["conversion"]["reversed_at"], reversed_text.as_str());
+    assert_eq!(body["conversion"]["value"], "5.00");
+    let skipped = deliveries(&app, "status=skipped").await;
+    assert_eq!(skipped.len(), 2, "the skipped filter lists both: {skipped:?}");
     app.stop().await;
 }

@@ -20,6 +20,7 @@ mod config;
 mod dashboard;
 mod durability;
 mod forward;
+mod forward_google;
 mod outage;
 mod postback;
 mod postback_health;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{store_error, MAX_EVENTS};
 use crate::clock::now_ms;
-use crate::model::{Delivery, DeliveryStatus, Event, EventStatus};
+use crate::model::{Delivery, DeliveryStatus, Event, EventStatus, Subject};
 use crate::reports::rfc3339;
 use crate::routes::{error, json, Body};
 use crate::state::AppState;
@@ -38,7 +38,11 @@ struct DeliveryView<'a> {
     destination: &'a str,
     event_id: &'a str,
     event: &'a str,
+    /// What is forwarded: `conversion`, `click`, or `reversal` (of the conversion
+    /// `event_id`, which the network reversed).
+    kind: &'static str,
     click_id: &'a str,
+    /// Any of [`DeliveryStatus::ALL`], `skipped` included.
     status: &'static str,
     attempts: u32,
     created_at: String,
@@ -58,6 +62,11 @@ impl<'a> DeliveryView<'a> {
             destination: &d.destination,
             event_id: d.subject.event_id(),
             event: d.subject.event_name(),
+            kind: match d.subject {
+                Subject::Conversion(_) => "conversion",
+                Subject::Click(_) => "click",
+                Subject::Reversal(..) => "reversal",
+            },
             click_id: &d.subject.click().id,
             status: d.status.as_str(),
             attempts: d.attempts,
@@ -126,10 +135,8 @@ pub(super) async fn events(state: &AppState, query: &HashMap<String, String>) ->
         None => None,
         Some((_, Some(status))) => Some(status),
         Some((s, None)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("status={s:?}: use ok, duplicate, no_match, rejected or queued"),
-            )
+            let known: Vec<&str> = EventStatus::ALL.iter().map(|s| s.as_str()).collect();
+            return error(StatusCode::BAD_REQUEST, &format!("status={s:?}: use one of {}", known.join(", ")));
         }
     };
     let list = match state.store.events().events(status, limit).await {
