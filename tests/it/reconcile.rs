@@ -161,8 +161,9 @@ async fn every_reason_by_its_cause(backend: Backend) {
     let silent_row =
         r["missing"].as_array().expect("missing").iter().find(|m| m["click_id"] == silent.as_str()).cloned();
     let silent_row = silent_row.expect("silent row");
-    let keys: Vec<&str> = silent_row.as_object().expect("object").keys().map(String::as_str).collect();
-    assert_eq!(keys, ["click_id", "transaction_id", "price", "converted_at", "offer", "reason"]);
+    let mut keys: Vec<&str> = silent_row.as_object().expect("object").keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["click_id", "converted_at", "offer", "price", "reason", "transaction_id"]);
     assert_eq!((silent_row["price"].as_str(), silent_row["offer"].as_str()), (Some("7.00"), Some("761")));
 
     let extra = &r["extra"][0];
