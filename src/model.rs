@@ -284,6 +284,18 @@ impl Counters {
         self.revenue = self.revenue.saturating_add(other.revenue);
     }
 
+    /// Takes back what `other` added (a reversed conversion leaves its hour), never
+    /// going below zero: a counter that lost part of its history stays at zero rather
+    /// than wrapping.
+    pub fn subtract(&mut self, other: &Counters) {
+        self.clicks = self.clicks.saturating_sub(other.clicks);
+        self.bot_hits = self.bot_hits.saturating_sub(other.bot_hits);
+        self.conversions = self.conversions.saturating_sub(other.conversions);
+        self.leads = self.leads.saturating_sub(other.leads);
+        self.purchases = self.purchases.saturating_sub(other.purchases);
+        self.revenue = Money::from_micros(self.revenue.micros().saturating_sub(other.revenue.micros()).max(0));
+    }
+
     /// The counters as named fields, for stores that keep one number per field.
     pub fn fields(&self) -> [(&'static str, i64); 6] {
         [
@@ -296,7 +308,9 @@ impl Counters {
         ]
     }
 
-    /// Sets one named field (the inverse of [`Counters::fields`]); unknown names are ignored.
+    /// Sets one named field (the inverse of [`Counters::fields`]); unknown names are
+    /// ignored. A negative stored value (a take-back that outran what was counted) reads
+    /// as zero.
     pub fn set_field(&mut self, name: &str, value: i64) {
         let v = value.max(0) as u64;
         match name {
@@ -305,7 +319,7 @@ impl Counters {
             "conversions" => self.conversions = v,
             "leads" => self.leads = v,
             "purchases" => self.purchases = v,
-            "revenue" => self.revenue = Money::from_micros(value),
+            "revenue" => self.revenue = Money::from_micros(value.max(0)),
             _ => {}
         }
     }
@@ -529,6 +543,34 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtracting_counters_takes_back_exactly_and_never_goes_below_zero() {
+        let mut hour = Counters {
+            clicks: 3,
+            bot_hits: 1,
+            conversions: 2,
+            leads: 1,
+            purchases: 1,
+            revenue: Money::from_micros(12_345_679),
+        };
+        let purchase =
+            Counters { conversions: 1, purchases: 1, revenue: Money::from_micros(12_345_678), ..Counters::default() };
+        hour.subtract(&purchase);
+        assert_eq!(
+            hour,
+            Counters { clicks: 3, bot_hits: 1, conversions: 1, leads: 1, purchases: 0, revenue: Money::from_micros(1) }
+        );
+        hour.subtract(&purchase);
+        assert_eq!(
+            hour,
+            Counters { clicks: 3, bot_hits: 1, conversions: 0, leads: 1, purchases: 0, revenue: Money::ZERO }
+        );
+        let mut read = Counters::default();
+        read.set_field("revenue", -5);
+        read.set_field("conversions", -1);
+        assert_eq!(read, Counters::default());
+    }
 
     #[test]
     fn conversion_id_depends_on_tid_or_fields_and_event() {

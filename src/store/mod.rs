@@ -152,22 +152,15 @@ pub trait ConversionStore: Send + Sync + 'static {
     async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>>;
 
     /// Every conversion of the click `click_id`, oldest first, with their `reversed_at`.
-    async fn conversions_of_click(&self, click_id: &str) -> StoreResult<Vec<Conversion>> {
-        // TODO(reversal store): replaced by each backend.
-        let _ = click_id;
-        Err(StoreError::corrupt("conversions_of_click is not implemented"))
-    }
+    async fn conversions_of_click(&self, click_id: &str) -> StoreResult<Vec<Conversion>>;
 
     /// Reverses the stored conversion `conversion.id` at `at`, in one atomic write: its
     /// counters leave the hour it counted in (conversions, leads or purchases, revenue),
     /// `at` is kept as its `reversed_at`, and a [`Subject::Reversal`](crate::model::Subject)
     /// delivery is enqueued for each destination its conversion was routed to. Reversing
-    /// again changes nothing (`Already`).
-    async fn reverse_conversion(&self, conversion: &Conversion, at: UnixMillis) -> StoreResult<Reversed> {
-        // TODO(reversal store): replaced by each backend.
-        let _ = (conversion, at);
-        Err(StoreError::corrupt("reverse_conversion is not implemented"))
-    }
+    /// again changes nothing (`Already`), and without a stored conversion of that id
+    /// nothing is written (`NotFound`).
+    async fn reverse_conversion(&self, conversion: &Conversion, at: UnixMillis) -> StoreResult<Reversed>;
 }
 
 /// The capped log of every postback.

@@ -7,7 +7,8 @@
 //!   [`super::record`]);
 //! - the write plan of a click ([`ClickPlan`]) and of a conversion ([`ConversionPlan`]):
 //!   the record, its interned values, the counter increments of its hour and the outbox
-//!   deliveries it enqueues;
+//!   deliveries it enqueues; and of a conversion's reversal ([`ReversalPlan`]): the same
+//!   counters taken back and the reversal's deliveries;
 //! - the outbox's transitions ([`requeued`]) and its listing order ([`newest_first`]);
 //! - retention: where personal data and settled deliveries stop being kept
 //!   ([`personal_cutoff_secs`], [`settled_cutoff`], [`strip_conversion`]).
@@ -189,13 +190,64 @@ pub(crate) struct ConversionPlan {
 
 impl ConversionPlan {
     pub(super) fn of(conversion: &Conversion, outbox: &OutboxRoutes, now: UnixMillis) -> ConversionPlan {
+        ConversionPlan { deliveries: outbox.for_conversion(conversion, now), ..ConversionPlan::counted(conversion) }
+    }
+
+    /// Where and what `conversion` counts, without deliveries: shared with its reversal,
+    /// which takes back exactly this.
+    fn counted(conversion: &Conversion) -> ConversionPlan {
         ConversionPlan {
             hour: hour_of(conversion.at),
             offer_link: conversion.click.offer.as_deref().map(|o| offer_link(&conversion.click.link, o)),
             counters: Counters::for_conversion(conversion),
-            deliveries: outbox.for_conversion(conversion, now),
+            deliveries: Vec::new(),
         }
     }
+}
+
+/// Everything reversing one stored conversion writes, beside its reversal time: the
+/// counters it added leave the same two rows of the same hour that recording moved
+/// ([`ConversionPlan`]), and its reversal is enqueued for the destinations it went to.
+pub(crate) struct ReversalPlan {
+    /// The conversion's id.
+    pub id: String,
+    /// When the network reversed it (ms), kept as its `reversed_at`.
+    pub at: UnixMillis,
+    /// The UTC hour the conversion counted in.
+    pub hour: UnixHour,
+    /// `network/slug` of its click.
+    pub link: String,
+    /// `network/slug/offer` of its click's offer, whose counters moved too.
+    pub offer_link: Option<String>,
+    /// What recording added, and reversing takes back.
+    pub counters: Counters,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl ReversalPlan {
+    pub(super) fn of(conversion: &Conversion, at: UnixMillis, outbox: &OutboxRoutes, now: UnixMillis) -> ReversalPlan {
+        let recorded = ConversionPlan::counted(conversion);
+        ReversalPlan {
+            id: conversion.id.clone(),
+            at,
+            hour: recorded.hour,
+            link: conversion.click.link.clone(),
+            offer_link: recorded.offer_link,
+            counters: recorded.counters,
+            deliveries: outbox.for_reversal(conversion, at, now),
+        }
+    }
+}
+
+/// How a reversal time is kept beside a conversion: eight bytes, big-endian.
+pub(crate) fn encode_reversed_at(at: UnixMillis) -> [u8; 8] {
+    at.to_be_bytes()
+}
+
+/// The reversal time kept by [`encode_reversed_at`].
+pub(crate) fn decode_reversed_at(bytes: &[u8]) -> StoreResult<UnixMillis> {
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| StoreError::corrupt("reversal time"))?;
+    Ok(UnixMillis::from_be_bytes(bytes))
 }
 
 /// `old` put back in the queue, due at `now` with its attempts reset, or why it cannot
@@ -270,8 +322,8 @@ impl OutboxRoutes {
         OutboxRoutes { routes, wants_clicks, keep_settled: None }
     }
 
-    /// Drops delivered, failed, expired and dry-run deliveries `keep` after their last
-    /// update.
+    /// Drops settled deliveries (delivered, failed, expired, dry-run and skipped) `keep`
+    /// after their last update.
     pub fn keep_settled_for(mut self, keep: Duration) -> OutboxRoutes {
         self.keep_settled = Some(keep);
         self
@@ -304,7 +356,6 @@ impl OutboxRoutes {
             .collect()
     }
 
-    /// The deliveries recording `click` enqueues: none for a bot.
     /// The reversal of `conversion` (reversed at `at`) for each destination its
     /// conversion was routed to.
     pub fn for_reversal(&self, conversion: &Conversion, at: UnixMillis, now: UnixMillis) -> Vec<Delivery> {
@@ -314,6 +365,7 @@ impl OutboxRoutes {
             .collect()
     }
 
+    /// The deliveries recording `click` enqueues: none for a bot.
     pub fn for_click(&self, click: &Click, now: UnixMillis) -> Vec<Delivery> {
         if !self.wants_clicks || click.is_bot() {
             return Vec::new();
@@ -323,5 +375,98 @@ impl OutboxRoutes {
             .filter(|r| r.clicks && r.takes(click))
             .map(|r| Delivery::new(&r.destination, Subject::Click(Box::new(click.clone())), now))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Money;
+
+    fn conversion(event: &str, offer: Option<&str>, gclid: bool) -> Conversion {
+        let click = Click {
+            id: "c1".into(),
+            link: "cake/summer".into(),
+            at: 1_000,
+            bot: None,
+            ip: None,
+            user_agent: None,
+            referer: None,
+            utm: Vec::new(),
+            ad_click_ids: if gclid { vec![("gclid".into(), "g".into())] } else { Vec::new() },
+            subids: Vec::new(),
+            offer: offer.map(str::to_owned),
+            rule: None,
+            fallback: None,
+        };
+        Conversion {
+            id: "v1".into(),
+            at: 7_200_000 + 5,
+            network: "cake".into(),
+            event: event.into(),
+            value: Money::from_micros(2_500_000),
+            currency: "USD".into(),
+            transaction_id: None,
+            item_id: None,
+            fields: Vec::new(),
+            click,
+            reversed_at: None,
+        }
+    }
+
+    fn routes() -> OutboxRoutes {
+        OutboxRoutes::new(vec![
+            OutboxRoute { destination: "meta".into(), events: None, clicks: false, requires_any: vec![] },
+            OutboxRoute {
+                destination: "gads".into(),
+                events: Some(vec!["Purchase".into()]),
+                clicks: false,
+                requires_any: vec!["gclid".into()],
+            },
+        ])
+    }
+
+    #[test]
+    fn a_reversal_takes_back_what_recording_added_from_the_same_rows() {
+        let c = conversion("Purchase", Some("o2"), false);
+        let recorded = ConversionPlan::of(&c, &routes(), 9);
+        let reversed = ReversalPlan::of(&c, 50_000_000, &routes(), 9);
+        assert_eq!(reversed.hour, recorded.hour);
+        assert_eq!(reversed.hour, 2);
+        assert_eq!(reversed.link, "cake/summer");
+        assert_eq!(reversed.offer_link, recorded.offer_link);
+        assert_eq!(reversed.offer_link.as_deref(), Some("cake/summer/o2"));
+        assert_eq!(reversed.counters, recorded.counters);
+        assert_eq!(
+            reversed.counters,
+            Counters { conversions: 1, purchases: 1, revenue: Money::from_micros(2_500_000), ..Counters::default() }
+        );
+        assert_eq!((reversed.id.as_str(), reversed.at), ("v1", 50_000_000));
+    }
+
+    #[test]
+    fn a_reversal_goes_only_where_its_conversion_went() {
+        let lead = conversion("Lead", None, true);
+        let reversed = ReversalPlan::of(&lead, 77, &routes(), 9);
+        assert_eq!(reversed.deliveries.len(), 1);
+        let d = &reversed.deliveries[0];
+        assert_eq!((d.destination.as_str(), d.id.as_str()), ("meta", "v1.reversal~meta"));
+        assert_eq!(d.subject, Subject::Reversal(Box::new(lead.clone()), 77));
+        assert_eq!((d.status, d.next_at), (DeliveryStatus::Pending, 9));
+
+        let purchase = conversion("Purchase", None, true);
+        let mut to: Vec<String> =
+            ReversalPlan::of(&purchase, 77, &routes(), 9).deliveries.into_iter().map(|d| d.destination).collect();
+        to.sort();
+        assert_eq!(to, vec!["gads", "meta"]);
+        assert!(ReversalPlan::of(&purchase, 77, &OutboxRoutes::default(), 9).deliveries.is_empty());
+    }
+
+    #[test]
+    fn reversal_times_round_trip_and_damage_is_reported() {
+        for at in [0, 1, 1_764_000_000_123, -1] {
+            assert_eq!(decode_reversed_at(&encode_reversed_at(at)).ok(), Some(at));
+        }
+        assert!(decode_reversed_at(b"short").is_err());
     }
 }

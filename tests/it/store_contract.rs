@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cakelink::clickid::Keyring;
 use cakelink::model::{
     Click, Conversion, Counters, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, LinkSource,
-    LinkStatus, Recorded, Subject, UnixHour, UnixMillis,
+    LinkStatus, Recorded, Reversed, Subject, UnixHour, UnixMillis,
 };
 use cakelink::money::Money;
 use cakelink::store::embedded::EmbeddedStore;
@@ -507,6 +507,148 @@ async fn check_outbox_leases_and_outcomes(store: &dyn Store) {
     assert_eq!(back[0].id, failed.id);
 }
 
+/// A purchase and a lead of one click on offer `o1`, and a purchase of another click in
+/// the next hour: reversing the first purchase takes exactly its part back from its hour,
+/// for the link and the offer, and leaves the other hours alone.
+async fn check_reversal_takes_back_its_counters(store: &dyn Store) {
+    let mut c = click("cake1/spring", ms(H) + 1, None);
+    c.offer = Some("o1".to_owned());
+    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
+    let purchase = conversion(&c, "Purchase", "12.345678", ms(H + 1) + 5, "tid-1");
+    let lead = conversion(&c, "Lead", "0.5", ms(H + 1) + 6, "tid-2");
+    let later = conversion(&click("cake1/spring", ms(H + 1), None), "Purchase", "3", ms(H + 2) + 7, "tid-3");
+    for conv in [&purchase, &lead, &later] {
+        assert_eq!(store.record_conversion(conv).await.expect("record"), Recorded::New);
+    }
+    let before = store.counters(H, H + 2).await.expect("counters");
+    let money = |text: &str| Money::parse(text).expect("amount");
+    let both = Counters { conversions: 2, leads: 1, purchases: 1, revenue: money("12.845678"), ..Counters::default() };
+    let later_counters = Counters { conversions: 1, purchases: 1, revenue: money("3"), ..Counters::default() };
+    let clicked = clicks(1);
+    assert_eq!(
+        before,
+        vec![
+            counted(H, "cake1/spring", clicked),
+            counted(H, "cake1/spring/o1", clicked),
+            counted(H + 1, "cake1/spring", both),
+            counted(H + 1, "cake1/spring/o1", both),
+            counted(H + 2, "cake1/spring", later_counters),
+        ]
+    );
+
+    let reversed_at = ms(H + 40);
+    assert_eq!(store.reverse_conversion(&purchase, reversed_at).await.expect("reverse"), Reversed::Done);
+    let lead_only = Counters { conversions: 1, leads: 1, revenue: money("0.5"), ..Counters::default() };
+    let after = vec![
+        counted(H, "cake1/spring", clicked),
+        counted(H, "cake1/spring/o1", clicked),
+        counted(H + 1, "cake1/spring", lead_only),
+        counted(H + 1, "cake1/spring/o1", lead_only),
+        counted(H + 2, "cake1/spring", later_counters),
+    ];
+    assert_eq!(store.counters(H, H + 2).await.expect("counters"), after);
+
+    // Still listed, now with its reversal time; the others were not reversed.
+    let reversed = Conversion { reversed_at: Some(reversed_at), ..purchase.clone() };
+    assert_eq!(
+        store.conversions(ms(H), ms(H + 3)).await.expect("conversions"),
+        vec![reversed.clone(), lead.clone(), later.clone()]
+    );
+
+    // Again, even at another time: nothing changes.
+    assert_eq!(store.reverse_conversion(&purchase, ms(H + 41)).await.expect("reverse again"), Reversed::Already);
+    assert_eq!(store.counters(H, H + 2).await.expect("counters"), after);
+    assert_eq!(store.conversions(ms(H + 1), ms(H + 2)).await.expect("conversions"), vec![reversed, lead]);
+
+    // A conversion never recorded: nothing is written.
+    let unknown = conversion(&c, "Purchase", "99", ms(H + 1) + 9, "tid-never");
+    assert_eq!(store.reverse_conversion(&unknown, reversed_at).await.expect("reverse unknown"), Reversed::NotFound);
+    assert_eq!(store.counters(H, H + 2).await.expect("counters"), after);
+    assert_eq!(store.conversions(ms(H + 1) + 9, ms(H + 1) + 10).await.expect("conversions"), vec![]);
+}
+
+async fn check_conversions_of_click(store: &dyn Store) {
+    let a = click("cake1/spring", ms(H), None);
+    let b = click("cake1/spring", ms(H), None);
+    store.record_click(&a, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(&b, ClickOrigin::Replayed).await.expect("record click");
+    let first = conversion(&a, "Lead", "0", ms(H) + 10, "t1");
+    let second = conversion(&a, "Purchase", "20", ms(H + 3), "t2");
+    // Recorded newest first: read back oldest first all the same.
+    store.record_conversion(&second).await.expect("record");
+    store.record_conversion(&first).await.expect("record");
+    // Another click's conversion is not among them.
+    store
+        .record_conversion(&conversion(&click("cake1/spring", ms(H), None), "Lead", "0", ms(H) + 11, "t3"))
+        .await
+        .expect("record");
+
+    assert_eq!(store.conversions_of_click(&a.id).await.expect("of click"), vec![first.clone(), second.clone()]);
+    assert_eq!(store.conversions_of_click(&b.id).await.expect("of click"), vec![]);
+    assert_eq!(store.conversions_of_click(&new_id()).await.expect("of unknown click"), vec![]);
+
+    assert_eq!(store.reverse_conversion(&first, ms(H + 5)).await.expect("reverse"), Reversed::Done);
+    let first = Conversion { reversed_at: Some(ms(H + 5)), ..first };
+    assert_eq!(store.conversions_of_click(&a.id).await.expect("of click"), vec![first, second]);
+}
+
+/// A reversal is enqueued for the destinations its conversion went to, and no other,
+/// as deliveries of their own that the outbox hands out like any other.
+async fn check_reversal_deliveries(store: &dyn Store) {
+    let mut with_gclid = click("cake1/spring", ms(H), None);
+    with_gclid.ad_click_ids.push(("gclid".into(), "EAIaIQ-gclid".into()));
+    store.record_click(&with_gclid, ClickOrigin::Replayed).await.expect("record click");
+    let purchase = conversion(&with_gclid, "Purchase", "7", ms(H) + 5, "t1");
+    let lead = conversion(&with_gclid, "Lead", "0", ms(H) + 6, "t2");
+    store.record_conversion(&purchase).await.expect("record");
+    store.record_conversion(&lead).await.expect("record");
+    let now = now_ms();
+    // The click and the conversions' own deliveries, leased to `a`.
+    assert_eq!(claim_all(store, "a", now).await.len(), 4);
+
+    let at = now - 60_000;
+    assert_eq!(store.reverse_conversion(&purchase, at).await.expect("reverse"), Reversed::Done);
+    assert_eq!(store.reverse_conversion(&lead, at).await.expect("reverse"), Reversed::Done);
+    // Reversing again enqueues nothing more.
+    assert_eq!(store.reverse_conversion(&lead, at).await.expect("reverse again"), Reversed::Already);
+    store.flush().await.expect("flush");
+    assert_eq!(store.outbox_depth().await.expect("depth"), 4 + 3);
+
+    let mut claimed = claim_all(store, "b", now + 1000).await;
+    claimed.sort_by(|x, y| x.id.cmp(&y.id));
+    let reversal_key = |c: &Conversion| format!("{}.reversal", c.id);
+    let mut expected = vec![
+        Delivery::id_for(&reversal_key(&purchase), "meta1"),
+        Delivery::id_for(&reversal_key(&purchase), "gads"),
+        Delivery::id_for(&reversal_key(&lead), "meta1"),
+    ];
+    expected.sort();
+    assert_eq!(claimed.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), expected);
+    for d in &claimed {
+        let reversed = if d.subject.event_id() == purchase.id { &purchase } else { &lead };
+        assert_eq!(d.subject, Subject::Reversal(Box::new(reversed.clone()), at));
+        assert_eq!(d.status, DeliveryStatus::Pending);
+    }
+    // A conversion's reversal is found as an event of its own.
+    let of_reversal = store.deliveries_of(&with_gclid.id, &reversal_key(&purchase)).await.expect("deliveries of");
+    assert_eq!(of_reversal.len(), 2);
+    assert_eq!(store.deliveries_of(&with_gclid.id, &purchase.id).await.expect("deliveries of").len(), 2);
+
+    // Settled as skipped, it leaves the queue and is listed under its status.
+    let mut skipped = claimed[0].clone();
+    skipped.status = DeliveryStatus::Skipped;
+    skipped.last_error = Some("the platform cannot retract a conversion".into());
+    skipped.updated_at = now + 2000;
+    assert!(store.finish_delivery("b", &skipped).await.expect("finish"));
+    store.flush().await.expect("flush");
+    assert_eq!(store.outbox_depth().await.expect("depth"), 4 + 2);
+    assert_eq!(store.deliveries(Some(DeliveryStatus::Skipped), None, 10).await.expect("list"), vec![skipped.clone()]);
+    assert_eq!(
+        store.requeue_delivery(&skipped.id, now).await.expect("requeue"),
+        Requeue::NotDeadLettered(DeliveryStatus::Skipped)
+    );
+}
+
 /// One test per check and backend: `store_contract::embedded::check_x`,
 /// `store_contract::on_redis::check_x` and `store_contract::on_redis_cluster::check_x`
 /// (a one-node cluster, which refuses any command or script that spans slots).
@@ -572,6 +714,9 @@ contract!(
     check_ping_and_flush,
     check_outbox_enqueues_with_the_record,
     check_outbox_leases_and_outcomes,
+    check_reversal_takes_back_its_counters,
+    check_conversions_of_click,
+    check_reversal_deliveries,
 );
 
 /// A plain connection for looking at what the store wrote.
@@ -616,7 +761,9 @@ async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
     store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
-    store.record_conversion(&conversion(&c, "Lead", "2", ms(H) + 5, "t")).await.expect("record conversion");
+    let lead = conversion(&c, "Lead", "2", ms(H) + 5, "t");
+    store.record_conversion(&lead).await.expect("record conversion");
+    assert_eq!(store.reverse_conversion(&lead, ms(H) + 9).await.expect("reverse conversion"), Reversed::Done);
     store.log_event(&event(1, EventStatus::Ok)).await.expect("log event");
     store.put_link(&link("cake1", "spring")).await.expect("put link");
 
@@ -625,10 +772,13 @@ async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
     assert!(keys.iter().all(|k| k.starts_with("cl:")), "{keys:?}");
     let slots: std::collections::HashSet<_> = keys
         .iter()
-        .filter(|k| k.contains('{') && !k.contains("{ev}"))
+        // The flags saying each shard's index by click is built are set on connecting,
+        // one per shard, by no write.
+        .filter(|k| k.contains('{') && !k.contains("{ev}") && !k.starts_with("cl:cvci:"))
         .map(redis::cluster_routing::Slot::for_key)
         .collect();
-    // The click, its counters, its conversion and their indexes: one slot.
+    assert!(keys.iter().any(|k| k.starts_with("cl:rv:")), "{keys:?}");
+    // The click, its counters, its conversion, its reversal and their indexes: one slot.
     assert_eq!(slots.len(), 1, "{keys:?}");
 }
 
@@ -750,4 +900,52 @@ async fn redis_settled_deliveries_expire_after_their_retention() {
         let ttl: i64 = redis::cmd("TTL").arg(key).query_async(&mut con).await.expect("TTL");
         assert_eq!(ttl, -1, "{key}");
     }
+}
+
+/// Conversions recorded before the index by click existed: recorded here, then their
+/// index entries and the shards' "built" flags deleted, as an older version left them.
+/// Connecting builds the index once, and the conversions are found again.
+async fn redis_index_by_click_is_built_on_connect(server: &RedisServer, cluster: bool) {
+    let connect = || async {
+        if cluster {
+            RedisStore::connect_cluster(&[server.url()], limits()).await.expect("connect to redis cluster")
+        } else {
+            RedisStore::connect(&server.url(), limits()).await.expect("connect to redis")
+        }
+    };
+    let store = connect().await;
+    let c = click("cake1/spring", ms(H), None);
+    let convs: Vec<Conversion> =
+        (0..3).map(|i| conversion(&c, "Lead", "1", ms(H) + 10 + i, &format!("t{i}"))).collect();
+    for conv in &convs {
+        store.record_conversion(conv).await.expect("record");
+    }
+    assert_eq!(store.reverse_conversion(&convs[1], ms(H + 2)).await.expect("reverse"), Reversed::Done);
+
+    let mut con = raw(server).await;
+    for pattern in ["cl:cvc:*", "cl:cvci:*"] {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut con).await.expect("KEYS");
+        assert!(!keys.is_empty(), "{pattern}");
+        for key in keys {
+            let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut con).await.expect("DEL");
+        }
+    }
+    assert_eq!(store.conversions_of_click(&c.id).await.expect("of click"), vec![], "the index is gone");
+
+    let reopened = connect().await;
+    let mut expected = convs.clone();
+    expected[1].reversed_at = Some(ms(H + 2));
+    assert_eq!(reopened.conversions_of_click(&c.id).await.expect("of click"), expected);
+    let built: Vec<String> = redis::cmd("KEYS").arg("cl:cvci:*").query_async(&mut con).await.expect("KEYS");
+    assert_eq!(built.len(), usize::from(cakelink::store::redis::SHARDS), "{built:?}");
+}
+
+#[tokio::test]
+async fn redis_index_by_click_is_built_on_connect_for_older_conversions() {
+    redis_index_by_click_is_built_on_connect(&RedisServer::start(), false).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_index_by_click_is_built_on_connect_for_older_conversions() {
+    redis_index_by_click_is_built_on_connect(&RedisServer::start_cluster(), true).await;
 }

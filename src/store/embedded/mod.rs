@@ -11,12 +11,18 @@
 //! Keyspaces: `clicks` (id → compact click record, see [`super::record`]; ids sort by
 //! creation time, so expired clicks are a key range), `interns` (content hash → a value
 //! many clicks share), `meta` (how far personal data has been dropped), `conversions`
-//! (time ‖ id → conversion), `conversion_ids` (id → time), `counters` (hour ‖ link →
-//! counters), `events` (sequence → event), `links`,
+//! (time ‖ id → conversion), `conversion_ids` (id → time), `click_conversions` (click
+//! id ‖ 0 ‖ time ‖ conversion id → nothing: each click's conversions, oldest first),
+//! `reversals` (conversion id → when the network reversed it; the conversion's record
+//! never changes), `counters` (hour ‖ link → counters), `events` (sequence → event),
+//! `links`,
 //! `deliveries` (delivery id → delivery) and `outbox` (destination ‖ 0 ‖ next attempt
 //! time ‖ delivery id → nothing: each destination's pending deliveries in the order they
 //! fall due), `delivery_status` (status ‖ last update ‖ delivery id → nothing: the
 //! listing by status, and what the sweep drops once settled deliveries are old enough).
+//!
+//! A directory written before `click_conversions` existed gets it built once on opening
+//! (`upgrade`), which `meta` then remembers.
 //!
 //! Only one process can open the directory, so the leases of claimed deliveries live in
 //! memory: a restart forgets them, and what was in flight is due again at once.
@@ -24,6 +30,7 @@
 mod caps;
 mod sweep;
 mod tables;
+mod upgrade;
 mod writer;
 
 use std::collections::HashMap;
@@ -37,17 +44,17 @@ use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, InternKey};
-use super::schema::{self, decode, ClickPlan};
+use super::schema::{self, decode, decode_reversed_at, ClickPlan, ReversalPlan};
 use super::{
     BoxError, CapClaim, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, LinkStore, Outbox, OutboxRoutes,
     Requeue, StoreError, StoreLimits, StoreResult,
 };
 use crate::clock::{every, now_ms};
 use crate::model::{
-    link_key, Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, UnixHour,
-    UnixMillis,
+    link_key, Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, Reversed,
+    UnixHour, UnixMillis,
 };
-use tables::{outbox_key, status_byte, status_key, Tables};
+use tables::{click_conversions_prefix, outbox_key, status_byte, status_key, Tables};
 use writer::Writer;
 
 /// Most requests one batch takes; bounds the latency one commit adds.
@@ -69,6 +76,7 @@ enum Op {
     /// A person's click subject to daily caps; answered with the choice taken.
     CappedClick(Box<NewClick>, oneshot::Sender<StoreResult<Option<usize>>>),
     Conversion(Box<Conversion>, oneshot::Sender<StoreResult<Recorded>>),
+    Reverse(Box<ReversalPlan>, oneshot::Sender<StoreResult<Reversed>>),
     Event(Event, oneshot::Sender<StoreResult<()>>),
     PutLink(Link, oneshot::Sender<StoreResult<()>>),
     DeleteLink(String, oneshot::Sender<StoreResult<bool>>),
@@ -104,6 +112,11 @@ impl EmbeddedStore {
         std::fs::create_dir_all(path)
             .map_err(|e| anyhow::anyhow!("cannot create store directory {}: {e}", path.display()))?;
         let tables = Tables::open(path).map_err(|e| anyhow::anyhow!("cannot open store at {}: {e}", path.display()))?;
+        let indexed = upgrade::index_conversions_by_click(&tables)
+            .map_err(|e| anyhow::anyhow!("cannot index the conversions of the store at {}: {e}", path.display()))?;
+        if indexed > 0 {
+            tracing::info!(indexed, "conversions recorded before the index by click are now indexed");
+        }
         let (ops, rx) = mpsc::channel(QUEUE_DEPTH);
         let stop = Arc::new(AtomicBool::new(false));
         let outbox = limits.outbox.clone();
@@ -260,11 +273,39 @@ impl ConversionStore for EmbeddedStore {
             let end = (to.max(0) as u64).to_be_bytes();
             t.conversions
                 .range(start.as_slice()..end.as_slice())
-                .map(|kv| decode(&kv.into_inner().map_err(unavailable)?.1))
+                .map(|kv| with_reversal(t, decode(&kv.into_inner().map_err(unavailable)?.1)?))
                 .collect()
         })
         .await
     }
+
+    async fn conversions_of_click(&self, click_id: &str) -> StoreResult<Vec<Conversion>> {
+        let prefix = click_conversions_prefix(click_id);
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for kv in t.click_conversions.prefix(&prefix) {
+                let key = kv.key().map_err(unavailable)?;
+                // Past the click's prefix is the conversion's own key.
+                let Some(bytes) = t.conversions.get(&key[prefix.len()..]).map_err(unavailable)? else { continue };
+                out.push(with_reversal(t, decode(&bytes)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn reverse_conversion(&self, conversion: &Conversion, at: UnixMillis) -> StoreResult<Reversed> {
+        let plan = ReversalPlan::of(conversion, at, &self.outbox, now_ms());
+        self.submit(|tx| Op::Reverse(Box::new(plan), tx)).await
+    }
+}
+
+/// `conversion` as read back: with its reversal time, when it was reversed.
+fn with_reversal(t: &Tables, mut conversion: Conversion) -> StoreResult<Conversion> {
+    if let Some(at) = t.reversals.get(conversion.id.as_bytes()).map_err(unavailable)? {
+        conversion.reversed_at = Some(decode_reversed_at(&at)?);
+    }
+    Ok(conversion)
 }
 
 #[async_trait]

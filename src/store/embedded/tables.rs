@@ -18,6 +18,11 @@ pub(super) struct Tables {
     pub(super) clicks: Keyspace,
     pub(super) conversions: Keyspace,
     pub(super) conversion_ids: Keyspace,
+    /// Each click's conversions: click id ‖ 0 ‖ time ‖ conversion id → nothing; the
+    /// part after the click's prefix is the conversion's key in `conversions`.
+    pub(super) click_conversions: Keyspace,
+    /// Reversed conversions: conversion id → reversal time (ms, i64 big-endian).
+    pub(super) reversals: Keyspace,
     pub(super) counters: Keyspace,
     pub(super) events: Keyspace,
     pub(super) links: Keyspace,
@@ -43,6 +48,8 @@ impl Tables {
             clicks,
             conversions: ks("conversions")?,
             conversion_ids: ks("conversion_ids")?,
+            click_conversions: ks("click_conversions")?,
+            reversals: ks("reversals")?,
             counters: ks("counters")?,
             events: ks("events")?,
             links: ks("links")?,
@@ -55,6 +62,32 @@ impl Tables {
             db,
         })
     }
+}
+
+/// The key of a conversion in `conversions`: its time, then its id, so that a range
+/// read finds a period's conversions in order.
+pub(super) fn conversion_key(at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&(at.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Where a click's entries in `click_conversions` start: its id and a zero byte, which
+/// no click id contains, so one click's prefix never covers another's.
+pub(super) fn click_conversions_prefix(click_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(click_id.len() + 1 + 8 + 24);
+    key.extend_from_slice(click_id.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The `click_conversions` entry of one conversion: its click's prefix, then its key in
+/// `conversions`, so the click's conversions come back oldest first.
+pub(super) fn click_conversion_key(click_id: &str, at: UnixMillis, id: &str) -> Vec<u8> {
+    let mut key = click_conversions_prefix(click_id);
+    key.extend_from_slice(&conversion_key(at, id));
+    key
 }
 
 /// The outbox key of a pending delivery: its destination, then the due time, so that a
@@ -79,4 +112,31 @@ pub(super) fn status_key(status: DeliveryStatus, updated_at: UnixMillis, id: &st
 
 pub(super) fn status_byte(status: DeliveryStatus) -> u8 {
     DeliveryStatus::ALL.iter().position(|s| *s == status).unwrap_or(0) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Status bytes are stored in index keys: a status added later must take a new byte,
+    /// never move the others.
+    #[test]
+    fn status_bytes_never_move() {
+        let bytes: Vec<u8> = DeliveryStatus::ALL.iter().map(|s| status_byte(*s)).collect();
+        assert_eq!(bytes, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(status_byte(DeliveryStatus::Skipped), 5);
+        assert_eq!(status_byte(DeliveryStatus::Pending), 0);
+    }
+
+    #[test]
+    fn a_clicks_conversion_keys_sort_by_time_and_stay_under_its_prefix() {
+        let prefix = click_conversions_prefix("abc");
+        let early = click_conversion_key("abc", 2_000, "zz");
+        let late = click_conversion_key("abc", 10_000, "aa");
+        assert!(early.starts_with(&prefix) && late.starts_with(&prefix));
+        assert!(early < late);
+        assert_eq!(&early[prefix.len()..], conversion_key(2_000, "zz").as_slice());
+        // A click whose id extends another's is not under the shorter one's prefix.
+        assert!(!click_conversion_key("abcd", 2_000, "zz").starts_with(&prefix));
+    }
 }

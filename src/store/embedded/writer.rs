@@ -10,11 +10,12 @@ use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::caps::BatchCaps;
+use super::tables::{click_conversion_key, conversion_key};
 use super::{outbox_key, status_key, unavailable, NewClick, Op, Tables, MAX_BATCH};
 use crate::clock::now_ms;
-use crate::model::{Counters, Delivery, DeliveryStatus, Recorded, UnixHour};
+use crate::model::{Counters, Delivery, DeliveryStatus, Recorded, Reversed, UnixHour};
 use crate::store::record::InternKey;
-use crate::store::schema::{self, decode, encode, ConversionPlan};
+use crate::store::schema::{self, decode, encode, encode_reversed_at, ConversionPlan, ReversalPlan};
 use crate::store::{Requeue, StoreError, StoreLimits, StoreResult};
 
 /// The one thread that writes.
@@ -34,7 +35,8 @@ const KNOWN_INTERNS_MAX: usize = 1 << 20;
 /// `meta` key: creation time (unix seconds) below which clicks have no personal data.
 pub(super) const PERSONAL_DROPPED_UNTIL: &[u8] = b"personal_dropped_until";
 
-/// Counter increments of one batch, by hour and link (or `link/offer`).
+/// Counter increments (or, for reversals, what is taken back) of one batch, by hour and
+/// link (or `link/offer`).
 type Deltas = HashMap<(UnixHour, String), Counters, foldhash::fast::FixedState>;
 
 /// Replies owed once a batch is committed.
@@ -44,6 +46,7 @@ enum Reply {
     Bool(oneshot::Sender<StoreResult<bool>>, bool),
     Requeue(oneshot::Sender<StoreResult<Requeue>>, Requeue),
     Taken(oneshot::Sender<StoreResult<Option<usize>>>, Option<usize>),
+    Reversed(oneshot::Sender<StoreResult<Reversed>>, Reversed),
 }
 
 impl Reply {
@@ -66,6 +69,9 @@ impl Reply {
             }
             Reply::Taken(tx, t) => {
                 let _ = tx.send(failure.map_or(Ok(t), |_| Err(err())));
+            }
+            Reply::Reversed(tx, r) => {
+                let _ = tx.send(failure.map_or(Ok(r), |_| Err(err())));
             }
         }
     }
@@ -116,7 +122,11 @@ impl Writer {
         let mut replies = Vec::with_capacity(ops.len());
         let mut flushes = Vec::new();
         let mut deltas: Deltas = HashMap::default();
+        let mut taken: Deltas = HashMap::default();
         let mut new_ids: HashSet<String> = HashSet::new();
+        // Conversions recorded and reversed in this batch, not yet readable from fjall.
+        let mut new_conversions: HashSet<String> = HashSet::new();
+        let mut new_reversals: HashSet<String> = HashSet::new();
         let mut failure: Option<String> = None;
         let mut new_interns: Vec<InternKey> = Vec::new();
         let event_mark = (self.first_event, self.last_event);
@@ -150,10 +160,10 @@ impl Writer {
                 }
                 Op::Conversion(conv, tx) => {
                     let outcome = match self.t.conversion_ids.contains_key(conv.id.as_bytes()) {
-                        Ok(false) if new_ids.insert(conv.id.clone()) => {
+                        Ok(false) if new_conversions.insert(conv.id.clone()) => {
                             let at = (conv.at.max(0) as u64).to_be_bytes();
-                            let mut key = at.to_vec();
-                            key.extend_from_slice(conv.id.as_bytes());
+                            let key = conversion_key(conv.at, &conv.id);
+                            let index = click_conversion_key(&conv.click.id, conv.at, &conv.id);
                             let plan = ConversionPlan::of(&conv, &self.limits.outbox, now_ms());
                             deltas.entry((plan.hour, conv.click.link.clone())).or_default().add(&plan.counters);
                             if let Some(offer_link) = plan.offer_link {
@@ -161,6 +171,7 @@ impl Writer {
                             }
                             batch.insert(&self.t.conversions, key, encode(&*conv));
                             batch.insert(&self.t.conversion_ids, conv.id.as_bytes(), at.to_vec());
+                            batch.insert(&self.t.click_conversions, index, Vec::<u8>::new());
                             self.enqueue(&mut batch, plan.deliveries);
                             Recorded::New
                         }
@@ -171,6 +182,21 @@ impl Writer {
                         }
                     };
                     replies.push(Reply::Recorded(tx, outcome));
+                }
+                Op::Reverse(plan, tx) => {
+                    let outcome = match self.reversal_refused(&plan.id, &new_conversions, &new_reversals) {
+                        Ok(None) => {
+                            new_reversals.insert(plan.id.clone());
+                            self.put_reversal(&mut batch, &mut taken, *plan);
+                            Reversed::Done
+                        }
+                        Ok(Some(refused)) => refused,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            Reversed::NotFound
+                        }
+                    };
+                    replies.push(Reply::Reversed(tx, outcome));
                 }
                 Op::Event(event, tx) => {
                     self.last_event += 1;
@@ -248,19 +274,19 @@ impl Writer {
         }
 
         caps.write(&mut batch, &self.t.caps);
-        for ((hour, link), delta) in deltas {
-            let mut key = hour.to_be_bytes().to_vec();
-            key.extend_from_slice(link.as_bytes());
-            let mut total = match self.t.counters.get(&key) {
-                Ok(Some(v)) => decode::<Counters>(&v).unwrap_or_default(),
-                Ok(None) => Counters::default(),
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    Counters::default()
-                }
-            };
-            total.add(&delta);
-            batch.insert(&self.t.counters, key, encode(&total));
+        // Each row is read and written once: what the batch adds, then what its
+        // reversals take back (a conversion reversed in the batch that recorded it is
+        // added before it is taken back).
+        for (row, added) in deltas {
+            let back = taken.remove(&row);
+            if let Err(e) = self.move_counters(&mut batch, row, &added, back.as_ref()) {
+                failure = Some(e.to_string());
+            }
+        }
+        for (row, back) in taken {
+            if let Err(e) = self.move_counters(&mut batch, row, &Counters::default(), Some(&back)) {
+                failure = Some(e.to_string());
+            }
         }
 
         if failure.is_none() {
@@ -281,6 +307,57 @@ impl Writer {
         for tx in flushes {
             let _ = tx.send(self.t.db.persist(PersistMode::SyncAll).map_err(unavailable));
         }
+    }
+
+    /// Writes the counters of one row (`hour`, `link`) moved by `added` and `taken` back.
+    fn move_counters(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        (hour, link): (UnixHour, String),
+        added: &Counters,
+        taken: Option<&Counters>,
+    ) -> Result<(), fjall::Error> {
+        let mut key = hour.to_be_bytes().to_vec();
+        key.extend_from_slice(link.as_bytes());
+        let mut total = match self.t.counters.get(&key)? {
+            Some(v) => decode::<Counters>(&v).unwrap_or_default(),
+            None => Counters::default(),
+        };
+        total.add(added);
+        if let Some(taken) = taken {
+            total.subtract(taken);
+        }
+        batch.insert(&self.t.counters, key, encode(&total));
+        Ok(())
+    }
+
+    /// Why conversion `id` cannot be reversed now (`None`: it can): it is not stored,
+    /// or it was reversed before. `recorded` and `reversed` are this batch's, which fjall
+    /// does not show yet.
+    fn reversal_refused(
+        &self,
+        id: &str,
+        recorded: &HashSet<String>,
+        reversed: &HashSet<String>,
+    ) -> Result<Option<Reversed>, fjall::Error> {
+        if !recorded.contains(id) && !self.t.conversion_ids.contains_key(id.as_bytes())? {
+            return Ok(Some(Reversed::NotFound));
+        }
+        if reversed.contains(id) || self.t.reversals.contains_key(id.as_bytes())? {
+            return Ok(Some(Reversed::Already));
+        }
+        Ok(None)
+    }
+
+    /// Adds a conversion's reversal to `batch`: its reversal time, what its counters
+    /// take back, and its deliveries.
+    fn put_reversal(&self, batch: &mut fjall::OwnedWriteBatch, taken: &mut Deltas, plan: ReversalPlan) {
+        let ReversalPlan { id, at, hour, link, offer_link, counters, deliveries } = plan;
+        batch.insert(&self.t.reversals, id.as_bytes(), encode_reversed_at(at));
+        for row in std::iter::once(link).chain(offer_link) {
+            taken.entry((hour, row)).or_default().add(&counters);
+        }
+        self.enqueue(batch, deliveries);
     }
 
     /// Adds a new click to `batch`: its record, the interned values not yet stored, its

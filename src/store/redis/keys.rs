@@ -66,6 +66,21 @@ pub(super) fn conversion_times_key(shard: u8) -> String {
     format!("cl:cvt:{{{shard}}}")
 }
 
+/// The conversions of one click, in its shard: ids scored by `at`.
+pub(super) fn click_conversions_key(shard: u8, click_id: &str) -> String {
+    format!("cl:cvc:{{{shard}}}:{click_id}")
+}
+
+/// Set once every conversion of `shard` stored before the index by click existed is in it.
+pub(super) fn click_index_built_key(shard: u8) -> String {
+    format!("cl:cvci:{{{shard}}}")
+}
+
+/// The reversed conversions of `shard`: conversion id → reversal time (ms).
+pub(super) fn reversals_key(shard: u8) -> String {
+    format!("cl:rv:{{{shard}}}")
+}
+
 pub(super) fn delivery_key(shard: u8, id: &str) -> String {
     format!("cl:dl:{{{shard}}}:{id}")
 }
@@ -118,6 +133,9 @@ mod tests {
             counter_days_key(n),
             conversion_key(n, "xyz"),
             conversion_times_key(n),
+            click_conversions_key(n, "abc"),
+            click_index_built_key(n),
+            reversals_key(n),
         ] {
             assert!(key.starts_with("cl:"), "{key}");
             assert!(key.contains(&tag), "{key}");

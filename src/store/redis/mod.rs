@@ -21,6 +21,9 @@
 //! | `cl:ctd:{N}` | sorted set | days that have a `cl:ct:{N}:<day>` hash (score = member = day) |
 //! | `cl:cv:{N}:<conversion id>` | string | postcard [`Conversion`](crate::model::Conversion); `N` from its click's id |
 //! | `cl:cvt:{N}` | sorted set | conversion ids, scored by `at` (ms) |
+//! | `cl:cvc:{N}:<click id>` | sorted set | the ids of that click's conversions, scored by `at` (ms) |
+//! | `cl:cvci:{N}` | string | present once the conversions of shard `N` stored before `cl:cvc` existed are in it |
+//! | `cl:rv:{N}` | hash | reversed conversion id → when the network reversed it (ms); the conversion's record never changes |
 //! | `cl:{ev}:log` | list | `<seq>\|<postcard Event>`, newest first, capped at `event_log_max` |
 //! | `cl:{ev}:seq` | string | sequence number of the newest event |
 //! | `cl:links` | hash | `network/slug` → postcard [`Link`](crate::model::Link) |
@@ -85,7 +88,8 @@
 //! - `batcher`: the group commit of clicks;
 //! - one file per capability: `clicks`, `conversions`, `events`, `links`, `outbox`;
 //!   [`Health`] is here;
-//! - `retention`: dropping personal data past its lifetime.
+//! - `retention`: dropping personal data past its lifetime;
+//! - `upgrade`: indexes older versions did not keep, built once per shard on connecting.
 
 mod batcher;
 mod clicks;
@@ -96,6 +100,7 @@ mod links;
 mod outbox;
 mod retention;
 mod scripts;
+mod upgrade;
 
 use std::time::Duration;
 
@@ -229,6 +234,14 @@ impl RedisStore {
         let (sweep_stop, stopped) = oneshot::channel::<()>();
         let store = RedisStore { con, limits, clicks, scripts, _sweep_stop: sweep_stop };
         store.ping().await.map_err(|e| anyhow::anyhow!("Redis at {shown} does not answer PING: {e}"))?;
+        let indexed = store
+            .all_shards(|con, n| async move { upgrade::index_conversions_by_click(con, n).await.map(|k| vec![k]) })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot index the conversions in Redis at {shown} by click: {e}"))?;
+        let indexed: usize = indexed.into_iter().sum();
+        if indexed > 0 {
+            tracing::info!(indexed, "conversions recorded before the index by click are now indexed");
+        }
         tokio::spawn(batcher.run(rx));
         tokio::spawn(store.clone_for_sweep().run(stopped));
         Ok(store)

@@ -14,18 +14,19 @@ use redis::{Script, ScriptInvocation};
 
 use super::batcher::{BatchKey, BatchParts, KeyList, PendingClick};
 use super::keys::{
-    bucket_expiry, cap_counter_key, click_bucket_key, conversion_key, conversion_times_key, counter_days_key,
-    counter_field, counters_key, day_of_hour, delivery_key, delivery_status_key, intern_key, lease_owners_key,
-    outbox_key, EVENT_LOG_KEY, EVENT_SEQ_KEY,
+    bucket_expiry, cap_counter_key, click_bucket_key, click_conversions_key, conversion_key, conversion_times_key,
+    counter_days_key, counter_field, counters_key, day_of_hour, delivery_key, delivery_status_key, intern_key,
+    lease_owners_key, outbox_key, reversals_key, shard, EVENT_LOG_KEY, EVENT_SEQ_KEY,
 };
 use crate::model::{Counters, Delivery, DeliveryStatus, UnixHour, UnixMillis};
 use crate::store::record::EncodedClick;
-use crate::store::schema::{encode, settled_cutoff, CapPlan, CAP_KEEP_SECS};
+use crate::store::schema::{encode, settled_cutoff, CapPlan, ReversalPlan, CAP_KEEP_SECS};
 
 /// Every script, loaded once per store.
 pub(super) struct Scripts {
     pub record_clicks: Script,
     pub record_conversion: Script,
+    pub reverse_conversion: Script,
     pub record_forwarded_click: Script,
     pub record_capped_click: Script,
     pub claim_cap: Script,
@@ -47,6 +48,7 @@ impl Scripts {
         Scripts {
             record_clicks: script!("record_clicks.lua"),
             record_conversion: script!("record_conversion.lua"),
+            reverse_conversion: script!("reverse_conversion.lua"),
             record_forwarded_click: script!("record_forwarded_click.lua"),
             record_capped_click: script!("record_capped_click.lua"),
             claim_cap: script!("claim_cap.lua"),
@@ -106,6 +108,7 @@ pub(super) fn record_clicks<'s>(
 pub(super) struct ConversionWrite<'a> {
     pub shard: u8,
     pub id: &'a str,
+    pub click_id: &'a str,
     pub bytes: Vec<u8>,
     pub at: UnixMillis,
     pub hour: UnixHour,
@@ -124,6 +127,7 @@ pub(super) fn record_conversion<'s>(script: &'s Script, w: &ConversionWrite<'_>)
     invocation
         .key(conversion_key(n, w.id))
         .key(conversion_times_key(n))
+        .key(click_conversions_key(n, w.click_id))
         .key(counters_key(n, day))
         .key(counter_days_key(n))
         .key(delivery_status_key(n, DeliveryStatus::Pending))
@@ -133,6 +137,26 @@ pub(super) fn record_conversion<'s>(script: &'s Script, w: &ConversionWrite<'_>)
         .arg(day);
     add_deliveries(&mut invocation, n, w.deliveries);
     add_counters(&mut invocation, w.hour, &[Some(w.link), w.offer_link], w.counters);
+    invocation
+}
+
+/// `reverse_conversion.lua` for the reversal of a conversion of click `click_id`.
+pub(super) fn reverse_conversion<'s>(script: &'s Script, click_id: &str, plan: &ReversalPlan) -> ScriptInvocation<'s> {
+    let n = shard(click_id);
+    let day = day_of_hour(plan.hour);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(conversion_key(n, &plan.id))
+        .key(reversals_key(n))
+        .key(counters_key(n, day))
+        .key(counter_days_key(n))
+        .key(delivery_status_key(n, DeliveryStatus::Pending))
+        .arg(&plan.id)
+        .arg(plan.at)
+        .arg(day);
+    add_deliveries(&mut invocation, n, &plan.deliveries);
+    let links = [Some(plan.link.as_str()), plan.offer_link.as_deref()];
+    counter_deltas(&mut invocation, plan.hour, &links, &plan.counters, -1);
     invocation
 }
 
@@ -251,13 +275,25 @@ fn add_deliveries(invocation: &mut ScriptInvocation<'_>, shard: u8, deliveries: 
 /// that moves, of each of `links` (the link, and its offer's when there is one); only
 /// non-zero counters, so a hash holds no field that never moved.
 fn add_counters(invocation: &mut ScriptInvocation<'_>, hour: UnixHour, links: &[Option<&str>], delta: &Counters) {
-    let fields = delta.fields();
+    counter_deltas(invocation, hour, links, delta, 1);
+}
+
+/// The `counter_count` section: `counters` times `sign` (1 to add them, -1 to take them
+/// back), as `field, delta` pairs of the non-zero counters of each of `links`.
+fn counter_deltas(
+    invocation: &mut ScriptInvocation<'_>,
+    hour: UnixHour,
+    links: &[Option<&str>],
+    counters: &Counters,
+    sign: i64,
+) {
+    let fields = counters.fields();
     let links: Vec<&str> = links.iter().flatten().copied().collect();
     invocation.arg(fields.iter().filter(|(_, value)| *value != 0).count() * links.len());
     for link in links {
         for (name, value) in fields {
             if value != 0 {
-                invocation.arg(counter_field(hour, name, link)).arg(value);
+                invocation.arg(counter_field(hour, name, link)).arg(value.saturating_mul(sign));
             }
         }
     }

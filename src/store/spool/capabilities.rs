@@ -1,6 +1,6 @@
 //! What the spool changes of the store it wraps: click recording and reading (spooled
-//! clicks stay readable), conversion and event writes (refused or spooled while the store
-//! is down), and health (a flush also fsyncs the spool). Everything else (links, the
+//! clicks stay readable), conversion, reversal and event writes (refused or spooled while
+//! the store is down), and health (a flush also fsyncs the spool). Everything else (links, the
 //! outbox, report reads) goes straight to the backend through `Storage`.
 
 use std::sync::atomic::Ordering;
@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::file::io_error;
 use super::{Entry, SpooledStore, DIRECT};
-use crate::model::{Click, Conversion, Event, EventStatus, HourCounters, Recorded, UnixHour, UnixMillis};
+use crate::model::{Click, Conversion, Event, EventStatus, HourCounters, Recorded, Reversed, UnixHour, UnixMillis};
 use crate::store::{CapClaim, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, StoreError, StoreResult};
 
 #[async_trait]
@@ -52,6 +52,23 @@ impl ConversionStore for SpooledStore {
 
     async fn conversions(&self, from: UnixMillis, to: UnixMillis) -> StoreResult<Vec<Conversion>> {
         self.inner.conversions(from, to).await
+    }
+
+    async fn conversions_of_click(&self, click_id: &str) -> StoreResult<Vec<Conversion>> {
+        self.inner.conversions_of_click(click_id).await
+    }
+
+    /// Reversals come from postbacks too, and are never spooled: while the store is down
+    /// or replaying, one could overtake the queued postback of the very conversion it
+    /// reverses. The caller gets the store's outage error and queues the postback whole.
+    async fn reverse_conversion(&self, conversion: &Conversion, at: UnixMillis) -> StoreResult<Reversed> {
+        if self.mode.load(Ordering::Acquire) != DIRECT {
+            return Err(StoreError::unavailable(
+                "reversing a conversion",
+                "the store is down or replaying its outage spool",
+            ));
+        }
+        self.inner.reverse_conversion(conversion, at).await
     }
 }
 

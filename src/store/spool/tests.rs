@@ -4,11 +4,12 @@ use std::path::Path;
 use std::sync::Mutex as StdMutex;
 
 use super::*;
+use crate::model::Reversed;
 use crate::model::{hour_of, Conversion, EventStatus, UnixMillis};
 use crate::money::Money;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::ClickStore;
 use crate::store::StoreLimits;
+use crate::store::{ClickStore, ConversionStore};
 
 fn click(id: &str, at: UnixMillis) -> Click {
     Click {
@@ -66,22 +67,26 @@ impl Resolve for Converter {
         let found = store.find_click(&id).await?;
         self.seen.lock().expect("lock").push((id.clone(), found.is_some()));
         if let Some(click) = found {
-            let conversion = Conversion {
-                id: format!("conv-{id}"),
-                at: postback.received_at,
-                network: postback.network.clone(),
-                event: "Purchase".into(),
-                value: Money::from_micros(7_000_000),
-                currency: "USD".into(),
-                transaction_id: None,
-                item_id: None,
-                fields: postback.present.clone(),
-                click,
-                reversed_at: None,
-            };
-            store.record_conversion(&conversion).await?;
+            store.record_conversion(&purchase(click, postback.received_at, postback.present.clone())).await?;
         }
         Ok(())
+    }
+}
+
+/// The purchase a queued postback comes to.
+fn purchase(click: Click, at: UnixMillis, fields: Vec<(String, String)>) -> Conversion {
+    Conversion {
+        id: format!("conv-{}", click.id),
+        at,
+        network: "cake".into(),
+        event: "Purchase".into(),
+        value: Money::from_micros(7_000_000),
+        currency: "USD".into(),
+        transaction_id: None,
+        item_id: None,
+        fields,
+        click,
+        reversed_at: None,
     }
 }
 
@@ -204,4 +209,31 @@ async fn replay_keeps_order_and_is_idempotent() {
     spool.replay(&converter).await.expect("replay");
     assert_eq!(clicks_counted(&inner, at).await, (602, 2));
     assert!(!spool.is_spooling());
+}
+
+/// A reversal is never spooled: while the spool is active it is refused with an outage
+/// error (the caller queues its postback), and reads of conversions still reach the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversals_are_refused_while_spooling_and_reads_pass_through() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inner = embedded(dir.path());
+    let spool = spool_over(inner.clone(), dir.path(), 1 << 20);
+    let at = 1_700_000_000_000;
+    let conversion = purchase(click("a", at), at + 5, Vec::new());
+    inner.record_conversion(&conversion).await.expect("record");
+    assert_eq!(spool.conversions_of_click("a").await.expect("read"), vec![conversion.clone()]);
+
+    spool.append(Entry::Click(click("b", at))).await.expect("append");
+    assert!(spool.is_spooling());
+    let refused = spool.reverse_conversion(&conversion, at + 9).await.expect_err("refused while spooling");
+    assert!(refused.is_outage(), "{refused}");
+    assert_eq!(spool.conversions_of_click("a").await.expect("read"), vec![conversion.clone()], "nothing reversed");
+
+    spool.replay(&Converter::default()).await.expect("replay");
+    assert!(!spool.is_spooling());
+    assert_eq!(spool.reverse_conversion(&conversion, at + 9).await.expect("reverse"), Reversed::Done);
+    let reversed = Conversion { reversed_at: Some(at + 9), ..conversion };
+    assert_eq!(spool.conversions_of_click("a").await.expect("read"), vec![reversed]);
+    // The replayed click "b" counts; the reversed conversion no longer does.
+    assert_eq!(clicks_counted(&inner, at + 5).await, (1, 0));
 }
