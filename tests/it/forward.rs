@@ -886,7 +886,6 @@ pub(crate) fn google_purchase(tid: &str) -> Conversion {
 // Needs the store's `reverse_conversion` (being written on another branch; here it still
 // answers "not implemented").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the store's reverse_conversion from the reversal store branch"]
 async fn a_reversal_is_skipped_by_meta_and_tiktok_and_reaches_webhooks_as_conversion_reversed() {
     let platform = StandIn::start().await;
     platform.default_answer(TIKTOK_PATH, reply(200, r#"{"code":0,"message":"OK"}"#));

@@ -191,7 +191,6 @@ async fn data_manager_retries_after_a_500_and_a_429_then_delivers() {
 // Needs the store's `reverse_conversion` (being written on another branch; here it still
 // answers "not implemented").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the store's reverse_conversion from the reversal store branch"]
 async fn a_reversed_conversion_is_retracted_through_both_google_apis() {
     let platform = stand_in().await;
     let store = StoreHandle::new(Backend::Embedded);
