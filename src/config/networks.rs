@@ -221,4 +221,55 @@ mod tests {
             ["privacy.anonymize_ip", "networks.cake.postback_allowlist[0]", "networks.cake.postback_allowlist[1]"]
         );
     }
+
+    #[test]
+    fn dispositions_report_columns_and_the_api_are_read_with_their_keys() {
+        let text = format!(
+            "{GOOD}\n[networks.cake]\ndisposition_field = \"Disposition\"\nreversing_dispositions = [\"Rejected\", \"fraud\"]\n[networks.cake.reconcile]\nclick_id = \"Click\"\nprice = [\"Payout\", \"Commission\"]\n[networks.cake.api]\nbase_url = \"https://network.example.com/\"\naffiliate_id = \"4242\"\napi_key = \"k\"\n[networks.tune]\nsubid = \"aff_sub\"\nvalue_field = \"payout\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let cake = &c.networks["cake"];
+        assert_eq!(cake.disposition_field.as_deref(), Some("disposition"));
+        assert!(cake.reverses(" REJECTED ") && cake.reverses("fraud") && !cake.reverses("returned"));
+        assert_eq!(cake.reconcile.click_id, ["Click"]);
+        assert_eq!(cake.reconcile.price, ["Payout", "Commission"]);
+        assert_eq!(cake.reconcile.converted_at, ["Conversion Date", "conversion_date"], "unnamed columns keep CAKE's");
+        let api = cake.api.as_ref().unwrap();
+        assert_eq!(
+            (api.base_url.as_str(), api.affiliate_id.as_str(), api.page_size),
+            ("https://network.example.com", "4242", 500)
+        );
+        // A network of its own finds its postback fields' names as headers too.
+        let tune = &c.networks["tune"];
+        assert_eq!(tune.reconcile.click_id[0], "aff_sub");
+        assert!(tune.reconcile.price.iter().any(|h| h == "payout"));
+        assert!(tune.disposition_field.is_none() && tune.reverses("rejected") && tune.api.is_none());
+
+        let bad = format!(
+            "{GOOD}\n[networks.cake]\ndisposition_field = \"\"\n[networks.cake.reconcile]\nprice = []\noffer_name = \"x\"\n[networks.cake.api]\nbase_url = \"ftp://x\"\naffiliate_id = \"abc\"\npage_size = 0\n"
+        );
+        let keys: Vec<String> = parse(&bad).unwrap_err().0.into_iter().map(|e| e.key).collect();
+        for key in [
+            "networks.cake.disposition_field",
+            "networks.cake.reconcile.price",
+            "networks.cake.reconcile.offer_name",
+            "networks.cake.api.base_url",
+            "networks.cake.api.affiliate_id",
+            "networks.cake.api.api_key",
+            "networks.cake.api.page_size",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn the_api_key_can_come_from_the_environment() {
+        let text = format!("{GOOD}\n[networks.cake.api]\nbase_url = \"https://n.example.com\"\naffiliate_id = \"1\"\n");
+        let c =
+            crate::config::Config::parse(&text, |k| (k == "CAKELINK_NETWORK_CAKE_API_KEY").then(|| "from-env".into()))
+                .unwrap();
+        assert_eq!(c.networks["cake"].api.as_ref().unwrap().api_key.expose(), "from-env");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("CAKELINK_NETWORK_CAKE_API_KEY"), "{err}");
+    }
 }

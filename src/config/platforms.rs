@@ -169,12 +169,8 @@ impl Keys<'_, '_, '_> {
     }
 }
 
-/// The environment variable that can hold `key` of destination `name`: both upper-cased,
-/// every other character `_` (`meta-main`, `access_token` →
-/// `CAKELINK_DESTINATION_META_MAIN_ACCESS_TOKEN`).
+/// The environment variable that can hold `key` of destination `name` (`meta-main`,
+/// `access_token` → `CAKELINK_DESTINATION_META_MAIN_ACCESS_TOKEN`).
 fn destination_var(name: &str, key: &str) -> String {
-    let upper = |t: &str| -> String {
-        t.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
-    };
-    format!("CAKELINK_DESTINATION_{}_{}", upper(name), upper(key))
+    super::reader::env_var("DESTINATION", name, key)
 }

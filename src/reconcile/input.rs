@@ -269,7 +269,7 @@ mod tests {
     #[test]
     fn times_in_the_forms_networks_write() {
         let base = ms("2026-11-24 13:05:07");
-        assert_eq!(base, 1_763_989_507_000);
+        assert_eq!(base, 1_795_525_507_000);
         assert_eq!(ms("2026-11-24T13:05:07"), base);
         assert_eq!(ms("2026-11-24T13:05:07Z"), base);
         assert_eq!(ms("2026-11-24T15:05:07+02:00"), base);
@@ -277,8 +277,8 @@ mod tests {
         assert_eq!(ms("11/24/2026 1:05:07 PM"), base);
         assert_eq!(ms("11/24/2026 13:05:07"), base);
         assert_eq!(ms("2026-11-24 13:05:07.250"), base + 250);
-        assert_eq!(ms("/Date(1763989507000)/"), base);
-        assert_eq!(ms("/Date(1763989507000-0500)/"), base);
+        assert_eq!(ms("/Date(1795525507000)/"), base);
+        assert_eq!(ms("/Date(1795525507000-0500)/"), base);
         assert_eq!(ms("11/24/2026 12:00:00 AM"), ms("2026-11-24"));
         assert_eq!(ms("11/24/2026 12:30 PM"), ms("2026-11-24 12:30"));
         let east = UtcOffset::from_hms(-5, 0, 0).unwrap();
