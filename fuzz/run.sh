@@ -22,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 if [[ ${#targets[@]} -eq 0 ]]; then
-    targets=(postback offer_url click_id config)
+    targets=(postback offer_url click_id config reconcile_report)
 fi
 
 host=$(rustc -vV | sed -n 's/^host: //p')

@@ -119,15 +119,44 @@ pub fn read_csv(text: &[u8], columns: &ReportColumns, offset: UtcOffset) -> Resu
         reader.headers().map_err(|e| InputError::Csv(e.to_string()))?.iter().map(str::to_owned).collect();
     let layout = Layout::find(&headers, columns)?;
     let mut rows = Vec::new();
+    let mut lines = LineCounter::default();
     for record in reader.records() {
         let record = record.map_err(|e| InputError::Csv(e.to_string()))?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        let line = lines.line_at(text, record.position().map_or(0, |p| p.byte() as usize));
         let cells: Vec<&str> = record.iter().collect();
         if let Some(row) = layout.row(line, &cells, offset)? {
             rows.push(row);
         }
     }
     Ok(rows)
+}
+
+/// The line a record starts on, counted from the bytes (the reader's own count is one
+/// short after a `\r\n` line end, and counts no lone `\r`), moving forward only.
+#[derive(Default)]
+struct LineCounter {
+    at: usize,
+    newlines: usize,
+}
+
+impl LineCounter {
+    fn line_at(&mut self, text: &[u8], byte: usize) -> usize {
+        let mut start = byte.min(text.len());
+        while start < text.len() && matches!(text[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start > self.at {
+            // `\r\n`, `\n` and a lone `\r` each end a line, as the reader takes them.
+            let span = &text[self.at..start];
+            self.newlines += span
+                .iter()
+                .enumerate()
+                .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && text.get(self.at + i + 1) != Some(&b'\n')))
+                .count();
+            self.at = start;
+        }
+        self.newlines + 1
+    }
 }
 
 /// Reads records that name their fields (a network API's answer), numbered from `first`.
@@ -323,5 +352,14 @@ mod tests {
         let csv = "s2,price,conversion_date\nabc,7,2026-11-24\nxyz,7,someday\n";
         let err = read_csv(csv.as_bytes(), &ReportColumns::cake(), UTC).unwrap_err();
         assert!(err.to_string().starts_with("line 3: conversion date \"someday\""), "{err}");
+        // Windows line ends, and a quoted cell across two lines.
+        let csv = "s2,price,conversion_date\r\nabc,7,2026-11-24\r\n\"x\r\ny\",7,2026-11-24\r\nxyz,7,someday\r\n";
+        let err = read_csv(csv.as_bytes(), &ReportColumns::cake(), UTC).unwrap_err();
+        assert!(err.to_string().starts_with("line 5: conversion date"), "{err}");
+        let rows =
+            read_csv(b"s2,price,conversion_date\r\na,1,2026-11-24\r\nb,2,2026-11-24", &ReportColumns::cake(), UTC);
+        assert_eq!(rows.unwrap().iter().map(|r| r.line).collect::<Vec<_>>(), [2, 3]);
+        let rows = read_csv(b"s2,price,conversion_date\ra,1,2026-11-24\rb,2,2026-11-24\r", &ReportColumns::cake(), UTC);
+        assert_eq!(rows.unwrap().iter().map(|r| r.line).collect::<Vec<_>>(), [2, 3]);
     }
 }
