@@ -197,6 +197,10 @@ struct ConversionRow {
     link: String,
     event: String,
     value: String,
+    /// `ok` or `reversed`.
+    status: &'static str,
+    /// When the network reversed it, or empty.
+    reversed_at: String,
     transaction_id: String,
     click: (String, String),
     clicked_at: String,
@@ -212,6 +216,8 @@ struct ConversionsPage {
     range: RangeForm,
     rows: Vec<ConversionRow>,
     total: usize,
+    /// How many of `total` the network reversed.
+    reversed: usize,
     csv: String,
 }
 
@@ -228,6 +234,7 @@ pub(crate) async fn conversions(ctx: &Ctx<'_>) -> Response<Body> {
             range,
             rows: Vec::new(),
             total: 0,
+            reversed: 0,
             csv: String::new(),
         };
         return render(StatusCode::BAD_REQUEST, &page);
@@ -239,6 +246,7 @@ pub(crate) async fn conversions(ctx: &Ctx<'_>) -> Response<Body> {
     };
     list.sort_by_key(|c| std::cmp::Reverse(c.at));
     let total = list.len();
+    let reversed = list.iter().filter(|c| c.reversed_at.is_some()).count();
     let rows = list
         .iter()
         .take(LIST_LIMIT)
@@ -247,6 +255,8 @@ pub(crate) async fn conversions(ctx: &Ctx<'_>) -> Response<Body> {
             link: c.click.link.clone(),
             event: c.event.clone(),
             value: format!("{} {}", c.value, c.currency),
+            status: c.status(),
+            reversed_at: c.reversed_at.map(when).unwrap_or_default(),
             transaction_id: c.transaction_id.clone().unwrap_or_default(),
             click: (format!("/ui/clicks/{}", path_enc(&c.click.id)), c.click.id.clone()),
             clicked_at: when(c.click.at),
@@ -256,7 +266,8 @@ pub(crate) async fn conversions(ctx: &Ctx<'_>) -> Response<Body> {
         })
         .collect();
     let csv = format!("/ui/conversions.csv?{}", range.query());
-    render(StatusCode::OK, &ConversionsPage { page: ctx.layout("Conversions", "conversions"), range, rows, total, csv })
+    let page = ConversionsPage { page: ctx.layout("Conversions", "conversions"), range, rows, total, reversed, csv };
+    render(StatusCode::OK, &page)
 }
 
 /// `/ui/conversions.csv`: the same file as `/api/conversions?format=csv`.
