@@ -129,7 +129,8 @@ pub(crate) async fn events(ctx: &Ctx<'_>) -> Response<Body> {
         None => None,
         Some((_, Some(status))) => Some(status),
         Some((s, None)) => {
-            let text = format!("status={s:?}: use ok, duplicate, no_match, rejected or queued.");
+            let names: Vec<&str> = EventStatus::ALL.iter().map(|s| s.as_str()).collect();
+            let text = format!("status={s:?}: use one of {}.", names.join(", "));
             return page_error(ctx, StatusCode::BAD_REQUEST, &text);
         }
     };
