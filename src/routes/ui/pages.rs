@@ -14,6 +14,7 @@ use super::{page_error, read_form, redirect, render, store_down, Ctx, Layout};
 use crate::clock::now_ms;
 use crate::model::DeliveryStatus;
 use crate::model::EventStatus;
+use crate::model::Subject;
 use crate::reports::rfc3339;
 use crate::routes::api::{requeue_refused, to_csv};
 use crate::routes::{error, secret_matches, Body};
@@ -304,6 +305,10 @@ struct DeliveryRow {
     requeue: Option<String>,
     destination: String,
     event: String,
+    /// `conversion`, `click` or `reversal`, as the deliveries API says.
+    kind: &'static str,
+    /// For a reversal, when the network reversed the conversion.
+    reversed_at: String,
     click: (String, String),
     status: &'static str,
     attempts: u32,
@@ -354,6 +359,15 @@ pub(crate) async fn deliveries(ctx: &Ctx<'_>) -> Response<Body> {
             requeue: d.status.can_requeue().then(|| format!("/ui/deliveries/{}/requeue", path_enc(&d.id))),
             destination: d.destination.clone(),
             event: d.subject.event_name().to_owned(),
+            kind: match d.subject {
+                Subject::Conversion(_) => "conversion",
+                Subject::Click(_) => "click",
+                Subject::Reversal(..) => "reversal",
+            },
+            reversed_at: match &d.subject {
+                Subject::Reversal(_, at) => when(*at),
+                _ => String::new(),
+            },
             click: {
                 let id = &d.subject.click().id;
                 (format!("/ui/clicks/{}", path_enc(id)), id.clone())
