@@ -1,7 +1,7 @@
 //! The dashboard in a real headless Chromium over WebDriver: signing in, the chart, a
 //! link created through the form, the event log, re-queueing a failed delivery, XSS
-//! payloads staying text, the warning about links clicked without postbacks, and a form
-//! posted without its CSRF token.
+//! payloads staying text, the warning about links clicked without postbacks, a form
+//! posted without its CSRF token, and a conversion the network reversed.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+use crate::forward::{forward, meta, reply, StandIn, META_PATH};
 use crate::helpers::{location, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp, ADMIN_TOKEN, CHROME};
 use crate::postback_health::{now_ms, Seedable};
 use crate::webdriver::Browser;
@@ -368,6 +369,80 @@ async fn a_form_posted_without_its_csrf_token_is_refused() {
     browser.click("#new-link button[type=submit]").await;
     browser.wait_for(".message").await;
     assert!(browser.body().await.contains("security token is missing or out of date"));
+    browser.quit().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversed_conversion_is_marked_on_every_page_that_lists_it() {
+    // Meta takes conversions but cannot take one back: its reversal is skipped.
+    let platform = StandIn::start().await;
+    platform.default_answer(META_PATH, reply(200, r#"{"events_received":1}"#));
+    let extra =
+        format!("\n[networks.cake]\ndisposition_field = \"disposition\"\n{}", forward(&meta("meta", &platform, "")));
+    let app = spawn_app_with(Backend::Embedded, "", &extra).await;
+    let click = app.click("demo").await;
+    let (_, body) = app.postback(&format!("s2={click}&tid=t1&price=7.50")).await;
+    assert_eq!(body["status"], "ok");
+    let other = app.click("demo").await;
+    let (_, body) = app.postback(&format!("s2={other}&tid=t2&price=2.00")).await;
+    assert_eq!(body["status"], "ok");
+    let (_, body) = app.postback(&format!("s2={click}&tid=t1&disposition=Rejected")).await;
+    assert_eq!(body["status"], "reversed", "{body}");
+    let skipped = || {
+        let app = &app;
+        async move { app.api("deliveries?status=skipped").await["deliveries"].as_array().expect("list").len() == 1 }
+    };
+    eventually("the reversal to Meta to be skipped", skipped).await;
+
+    let browser = Browser::start(1280, 800).await;
+    sign_in(&browser, &app).await;
+
+    // Conversions: both listed; the reversed one struck through, badged, with its time.
+    browser.goto(&format!("{}/ui/conversions", app.base)).await;
+    assert_eq!(browser.count("#conversions tbody tr").await, 2);
+    assert!(browser.text(".panel-head h2").await.starts_with("2 conversions, 1 reversed"));
+    let row = "#conversions tr[data-status=reversed]";
+    assert_eq!(browser.count(row).await, 1);
+    assert!(browser.text(&format!("{row} del")).await.contains("7.50"), "the value struck through");
+    assert_eq!(browser.text(&format!("{row} .badge")).await, "reversed");
+    let title = browser.eval(&format!("return document.querySelector('{row} .badge').title")).await;
+    assert!(title.as_str().expect("title").starts_with("Reversed 20"), "{title}");
+    assert!(browser.text(&format!("{row} .reversed-at")).await.ends_with("UTC"));
+    let kept = "#conversions tr[data-status=ok]";
+    assert_eq!(browser.text(&format!("{kept} .badge")).await, "ok");
+    assert_eq!(browser.count(&format!("{kept} del")).await, 0);
+    assert!(browser.text(kept).await.contains("2.00"));
+
+    // Events: `reversed` is a filter, and the disposition's entry is under it.
+    browser.goto(&format!("{}/ui/events", app.base)).await;
+    assert_eq!(browser.count(".pills a[href='/ui/events?status=reversed']").await, 1);
+    browser.click(".pills a[href='/ui/events?status=reversed']").await;
+    browser.wait_path("/ui/events?status=reversed").await;
+    assert_eq!(browser.count("#events tbody tr").await, 1);
+    assert_eq!(browser.text("#events .badge").await, "reversed");
+    assert!(browser.text("#events").await.contains("disposition Rejected"));
+
+    // Deliveries: the reversal is told apart from the conversion, `skipped` is grey, not
+    // a failure's red, and the reason shows.
+    browser.goto(&format!("{}/ui/deliveries", app.base)).await;
+    assert_eq!(browser.count(".pills a[href='/ui/deliveries?status=skipped']").await, 1);
+    let reversal = "#deliveries tr[data-kind=reversal]";
+    assert_eq!(browser.count(reversal).await, 1);
+    assert_eq!(browser.text(&format!("{reversal} td[data-label=Event]")).await, "Purchase (reversal)");
+    assert_eq!(browser.text(&format!("{reversal} .badge")).await, "skipped");
+    let colour = |css: &str| format!("return getComputedStyle(document.querySelector('{css}')).backgroundColor");
+    let neutral =
+        browser.eval("return getComputedStyle(document.documentElement).getPropertyValue('--neutral-bg').trim()").await;
+    assert_eq!(neutral, "#eef0f3");
+    assert_eq!(browser.eval(&colour(&format!("{reversal} .badge"))).await, "rgb(238, 240, 243)", "neutral grey");
+    let reason = browser.text(&format!("{reversal} td[data-label=Reason]")).await;
+    assert!(reason.contains("retract"), "{reason}");
+    assert_eq!(browser.count(&format!("{reversal} td.error-text")).await, 0, "a reason, not an error");
+    assert_eq!(browser.count(&format!("{reversal} button")).await, 0, "nothing to re-queue");
+    let conversions = "#deliveries tr[data-kind=conversion]";
+    assert_eq!(browser.count(conversions).await, 2);
+    assert!(!browser.text(conversions).await.contains("reversal"));
     browser.quit().await;
     app.stop().await;
 }

@@ -14,6 +14,7 @@ use super::{page_error, read_form, redirect, render, store_down, Ctx, Layout};
 use crate::clock::now_ms;
 use crate::model::DeliveryStatus;
 use crate::model::EventStatus;
+use crate::model::Subject;
 use crate::reports::rfc3339;
 use crate::routes::api::{requeue_refused, to_csv};
 use crate::routes::{error, secret_matches, Body};
@@ -129,7 +130,8 @@ pub(crate) async fn events(ctx: &Ctx<'_>) -> Response<Body> {
         None => None,
         Some((_, Some(status))) => Some(status),
         Some((s, None)) => {
-            let text = format!("status={s:?}: use ok, duplicate, no_match, rejected or queued.");
+            let names: Vec<&str> = EventStatus::ALL.iter().map(|s| s.as_str()).collect();
+            let text = format!("status={s:?}: use one of {}.", names.join(", "));
             return page_error(ctx, StatusCode::BAD_REQUEST, &text);
         }
     };
@@ -197,6 +199,10 @@ struct ConversionRow {
     link: String,
     event: String,
     value: String,
+    /// `ok` or `reversed`.
+    status: &'static str,
+    /// When the network reversed it, or empty.
+    reversed_at: String,
     transaction_id: String,
     click: (String, String),
     clicked_at: String,
@@ -212,6 +218,8 @@ struct ConversionsPage {
     range: RangeForm,
     rows: Vec<ConversionRow>,
     total: usize,
+    /// How many of `total` the network reversed.
+    reversed: usize,
     csv: String,
 }
 
@@ -228,6 +236,7 @@ pub(crate) async fn conversions(ctx: &Ctx<'_>) -> Response<Body> {
             range,
             rows: Vec::new(),
             total: 0,
+            reversed: 0,
             csv: String::new(),
         };
         return render(StatusCode::BAD_REQUEST, &page);
@@ -239,6 +248,7 @@ pub(crate) async fn conversions(ctx: &Ctx<'_>) -> Response<Body> {
     };
     list.sort_by_key(|c| std::cmp::Reverse(c.at));
     let total = list.len();
+    let reversed = list.iter().filter(|c| c.reversed_at.is_some()).count();
     let rows = list
         .iter()
         .take(LIST_LIMIT)
@@ -247,6 +257,8 @@ pub(crate) async fn conversions(ctx: &Ctx<'_>) -> Response<Body> {
             link: c.click.link.clone(),
             event: c.event.clone(),
             value: format!("{} {}", c.value, c.currency),
+            status: c.status(),
+            reversed_at: c.reversed_at.map(when).unwrap_or_default(),
             transaction_id: c.transaction_id.clone().unwrap_or_default(),
             click: (format!("/ui/clicks/{}", path_enc(&c.click.id)), c.click.id.clone()),
             clicked_at: when(c.click.at),
@@ -256,7 +268,8 @@ pub(crate) async fn conversions(ctx: &Ctx<'_>) -> Response<Body> {
         })
         .collect();
     let csv = format!("/ui/conversions.csv?{}", range.query());
-    render(StatusCode::OK, &ConversionsPage { page: ctx.layout("Conversions", "conversions"), range, rows, total, csv })
+    let page = ConversionsPage { page: ctx.layout("Conversions", "conversions"), range, rows, total, reversed, csv };
+    render(StatusCode::OK, &page)
 }
 
 /// `/ui/conversions.csv`: the same file as `/api/conversions?format=csv`.
@@ -292,6 +305,10 @@ struct DeliveryRow {
     requeue: Option<String>,
     destination: String,
     event: String,
+    /// `conversion`, `click` or `reversal`, as the deliveries API says.
+    kind: &'static str,
+    /// For a reversal, when the network reversed the conversion.
+    reversed_at: String,
     click: (String, String),
     status: &'static str,
     attempts: u32,
@@ -342,6 +359,15 @@ pub(crate) async fn deliveries(ctx: &Ctx<'_>) -> Response<Body> {
             requeue: d.status.can_requeue().then(|| format!("/ui/deliveries/{}/requeue", path_enc(&d.id))),
             destination: d.destination.clone(),
             event: d.subject.event_name().to_owned(),
+            kind: match d.subject {
+                Subject::Conversion(_) => "conversion",
+                Subject::Click(_) => "click",
+                Subject::Reversal(..) => "reversal",
+            },
+            reversed_at: match &d.subject {
+                Subject::Reversal(_, at) => when(*at),
+                _ => String::new(),
+            },
             click: {
                 let id = &d.subject.click().id;
                 (format!("/ui/clicks/{}", path_enc(id)), id.clone())
