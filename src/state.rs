@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::clickid::Keyring;
 use crate::config::Config;
 use crate::links::LinkCatalog;
+use crate::postback::Context;
 use crate::store::Storage;
 use crate::telemetry;
 
@@ -37,5 +38,22 @@ impl AppState {
         let metrics = telemetry::metrics();
         let sessions = crate::sessions::Sessions::for_config(&config);
         Ok(AppState { config, store, links, keyring, metrics, hot: telemetry::HotMetrics::new(), sessions })
+    }
+
+    /// What resolving a postback needs, through the spool. `queueing`: a postback may
+    /// wait in the outage spool while the store is down (a network's call; a reconciled
+    /// report is refused instead, to be run again). `reconciled`: it comes from the
+    /// network's report, and the event log says so.
+    pub(crate) fn postback_context(&self, queueing: bool, reconciled: bool) -> Context<'_> {
+        let store = &self.store;
+        Context {
+            clicks: store.clicks(),
+            conversions: store.conversions(),
+            events: store.events(),
+            links: &self.links,
+            keyring: &self.keyring,
+            spool: queueing.then(|| &**store.spool()),
+            reconciled,
+        }
     }
 }

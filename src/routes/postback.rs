@@ -17,7 +17,7 @@ use super::{json, method_not_allowed, path_segment, secret_matches, Body};
 use crate::access;
 use crate::clock::now_ms;
 use crate::model::EventStatus;
-use crate::postback::{self, Answer, Context, Fields};
+use crate::postback::{self, Answer, Fields};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -87,16 +87,7 @@ pub(crate) async fn postback(
             return respond(&answer);
         }
     };
-    let store = &state.store;
-    let ctx = Context {
-        clicks: store.clicks(),
-        conversions: store.conversions(),
-        events: store.events(),
-        links: &state.links,
-        keyring: &state.keyring,
-        spool: Some(store.spool()),
-        reconciled: false,
-    };
+    let ctx = state.postback_context(true, false);
     let answer = postback::process(&ctx, network, &fields, now).await;
     if answer.status == EventStatus::Ok {
         telemetry::postback_ok(&network.name, now);

@@ -10,7 +10,6 @@ use hyper::{Request, Response, StatusCode};
 
 use super::{period, store_error};
 use crate::clock::now_ms;
-use crate::postback::Context;
 use crate::reconcile::{self, api, input, output, Sources};
 use crate::routes::{error, json, text, Body};
 use crate::state::AppState;
@@ -97,15 +96,7 @@ pub(super) async fn reconcile(
         Err(e) => return store_error(e),
     };
     let ingested = if ingest {
-        let ctx = Context {
-            clicks: store.clicks(),
-            conversions: store.conversions(),
-            events: store.events(),
-            links: &state.links,
-            keyring: &state.keyring,
-            spool: None,
-            reconciled: true,
-        };
+        let ctx = state.postback_context(false, true);
         match reconcile::ingest(&ctx, network, &reconciliation, now).await {
             Ok(done) => Some(done),
             Err(e) => return store_error(e),
