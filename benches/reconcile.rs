@@ -285,8 +285,13 @@ async fn run(clicks: u64, requests: usize) {
         "amount_mismatch": blocks * 2,
         "gap_pct": "12.00",
     });
-    let reasons =
-        [("no_postback", 7), ("click_unknown", 2), ("click_id_forged", 1), ("click_id_missing", 1), ("click_id_expired", 1)];
+    let reasons = [
+        ("no_postback", 7),
+        ("click_unknown", 2),
+        ("click_id_forged", 1),
+        ("click_id_missing", 1),
+        ("click_id_expired", 1),
+    ];
 
     let date = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).expect("time").date();
     let (from, to) = (date(now - DAYS * DAY), date(now));
@@ -363,14 +368,22 @@ async fn run(clicks: u64, requests: usize) {
     let started = Instant::now();
     let done = reconcile::reconcile(&sources, &network, &period, rows, now * 1000).await.expect("reconcile");
     let matched = started.elapsed();
+    // Of that, the read of the stored conversions (the period and 2 days either side).
+    let (start, end) = period.millis();
+    let started = Instant::now();
+    let stored = store.conversions().conversions(start - 2 * DAY * 1000, end + 2 * DAY * 1000).await.expect("read");
+    let conversions_read = started.elapsed();
+    assert_eq!(stored.len(), recorded.len());
     let started = Instant::now();
     let answer = serde_json::to_vec(&done.report).expect("JSON");
     let written = started.elapsed();
     assert_eq!(serde_json::to_value(&done.report.totals).expect("totals"), expect);
     println!(
-        "  parts: CSV read {:.2} s, reconcile {:.2} s ({} lookups for missing rows), JSON {:.3} s ({} bytes)",
+        "  parts: CSV read {:.2} s, reconcile {:.2} s (of which the conversions read {:.2} s; {} click lookups \
+         for missing rows), JSON {:.3} s ({} bytes)",
         read.as_secs_f64(),
         matched.as_secs_f64(),
+        conversions_read.as_secs_f64(),
         blocks * 9,
         written.as_secs_f64(),
         answer.len()
