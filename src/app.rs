@@ -67,7 +67,8 @@ impl Application {
     /// `shutdown_timeout_secs` of the signal. A spool the store could not take stays on
     /// disk and is replayed at the next start. SIGHUP reloads the TLS certificate and the
     /// country database.
-    /// Conversions are forwarded in the background until the requests are drained.
+    /// Conversions are forwarded in the background until the requests are drained, and
+    /// links changed by other processes sharing the store are forgotten as they change.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let signalled = Arc::new(std::sync::OnceLock::new());
         let mark = signalled.clone();
@@ -79,8 +80,16 @@ impl Application {
         let forwarder = Forwarder::spawn(self.state.store.outbox(), &config.forward, &config.server.public_url);
         let reloader = tokio::spawn(tls::reload_on_sighup(self.tls.clone(), config.geo.mmdb.clone()));
         let upkeep = self.state.metrics.clone().map(|handle| tokio::spawn(telemetry::upkeep(handle)));
+        let link_changes = self.state.store.links().watch_changes().map(|changes| {
+            let state = self.state.clone();
+            tokio::spawn(async move { state.links.follow(changes).await })
+        });
         server::serve(self.listener, self.state.clone(), self.tls, shutdown).await;
         reloader.abort();
+        // Dropping the receiver also ends the store's subscription.
+        if let Some(link_changes) = link_changes {
+            link_changes.abort();
+        }
         if let Some(upkeep) = upkeep {
             upkeep.abort();
         }

@@ -3,22 +3,32 @@
 //! An offer URL is parsed when the link is loaded, not per request: the compiled form
 //! keeps the offer with any `s2` removed and the names of the parameters the affiliate
 //! set, so that a redirect only appends strings. Config links live in a fixed map; API
-//! links are read from the store into a moka cache whose entries live 5 seconds, so a
-//! change made through any process is in effect everywhere within 5 seconds and a
-//! redirect reads no link from the store while its entry is fresh.
+//! links are read from the store into a moka cache, so a redirect reads no link from the
+//! store while its entry is cached.
+//!
+//! A cached link is forgotten at once when this process changes it, and within moments
+//! when another process does: the store reports such changes
+//! ([`LinkStore::watch_changes`]) and [`LinkCatalog::follow`] forgets what they name.
+//! Entries also expire after [`LINK_CACHE_TTL`], a backstop for a change the watch could
+//! not report (a store without a watch, or a connection that died without a word).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
+use tokio::sync::mpsc;
 
 use crate::model::{link_key, Link};
 use crate::networks::Network;
 use crate::routing::{self, Router};
-use crate::store::{LinkStore, StoreResult};
+use crate::store::{LinkChange, LinkStore, StoreResult};
 
-/// How long a link read from the store is trusted.
+/// How long a link read from the store is trusted without word of a change. Changes are
+/// reported as they happen, so this only bounds how long a change the report missed
+/// lingers; five seconds costs each process one store read per busy link per five
+/// seconds.
 pub const LINK_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// Redirect codes a link may use.
@@ -187,6 +197,9 @@ pub struct LinkCatalog {
     networks: Arc<BTreeMap<String, Network>>,
     store: Arc<dyn LinkStore>,
     api: Cache<String, Option<Arc<CompiledLink>>>,
+    /// Counts the times cached links were forgotten, so that a store read that an
+    /// invalidation overtook is not kept (see [`LinkCatalog::find`]).
+    forgotten: AtomicU64,
 }
 
 impl LinkCatalog {
@@ -203,7 +216,7 @@ impl LinkCatalog {
             slugs.insert(link.slug.clone(), Arc::new(compiled));
         }
         let api = Cache::builder().max_capacity(100_000).time_to_live(LINK_CACHE_TTL).build();
-        Ok(LinkCatalog { config, networks, store, api })
+        Ok(LinkCatalog { config, networks, store, api, forgotten: AtomicU64::new(0) })
     }
 
     pub fn networks(&self) -> &BTreeMap<String, Network> {
@@ -236,18 +249,43 @@ impl LinkCatalog {
         if let Some(cached) = self.api.get(&key) {
             return Ok(cached);
         }
+        let before = self.forgotten.load(Ordering::SeqCst);
         let found = self.store.link(network, slug).await?;
         let compiled = found.and_then(|link| {
             let network = self.networks.get(&link.network)?;
             CompiledLink::compile(link, network).ok().map(Arc::new)
         });
-        self.api.insert(key, compiled.clone());
+        self.api.insert(key.clone(), compiled.clone());
+        // A change reported while the store was read may be newer than what was read:
+        // forget it again rather than serve it for a whole TTL. (Cached first, checked
+        // second: a change reported after the check removes the entry itself.)
+        if self.forgotten.load(Ordering::SeqCst) != before {
+            self.api.invalidate(&key);
+        }
         Ok(compiled)
     }
 
     /// Forgets a cached API link after this process changed it.
     pub fn invalidate(&self, network: &str, slug: &str) {
-        self.api.invalidate(&link_key(network, slug));
+        self.forget(&LinkChange::Link(link_key(network, slug)));
+    }
+
+    /// Forgets what a reported change may have made stale, so that the next redirect
+    /// reads it from the store.
+    pub fn forget(&self, change: &LinkChange) {
+        self.forgotten.fetch_add(1, Ordering::SeqCst);
+        match change {
+            LinkChange::Link(key) => self.api.invalidate(key),
+            LinkChange::Any => self.api.invalidate_all(),
+        }
+    }
+
+    /// Applies the changes the store reports until it stops reporting them.
+    pub async fn follow(&self, mut changes: mpsc::Receiver<LinkChange>) {
+        while let Some(change) = changes.recv().await {
+            tracing::debug!(?change, "a link changed elsewhere; forgetting it");
+            self.forget(&change);
+        }
     }
 }
 
@@ -290,6 +328,132 @@ mod tests {
             c.url(None).location(&cake, &[("s3", "a b&c=d")], "CID"),
             "https://o.example.com/path?s3=a+b%26c%3Dd&s2=CID#frag"
         );
+    }
+
+    /// What holds a read: told when the read has begun, and what lets it finish.
+    type Hold = Arc<(tokio::sync::Notify, tokio::sync::Notify)>;
+
+    /// A store holding one link, `cake/demo`, whose offer the test changes; the first
+    /// read can be held until the test lets it go.
+    struct OneLink {
+        offer: std::sync::Mutex<String>,
+        reads: std::sync::atomic::AtomicUsize,
+        hold: std::sync::Mutex<Option<Hold>>,
+    }
+
+    impl OneLink {
+        fn new(offer: &str, hold: Option<Hold>) -> Arc<OneLink> {
+            Arc::new(OneLink {
+                offer: std::sync::Mutex::new(offer.to_owned()),
+                reads: Default::default(),
+                hold: std::sync::Mutex::new(hold),
+            })
+        }
+
+        fn set(&self, offer: &str) {
+            *self.offer.lock().unwrap() = offer.to_owned();
+        }
+
+        fn reads(&self) -> usize {
+            self.reads.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LinkStore for OneLink {
+        async fn links(&self) -> StoreResult<Vec<Link>> {
+            unimplemented!("not read by the catalog")
+        }
+
+        async fn link(&self, network: &str, slug: &str) -> StoreResult<Option<Link>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            // The link as it is when the read begins, as a store answers.
+            let found = (network == "cake" && slug == "demo").then(|| link(&self.offer.lock().unwrap()));
+            let hold = self.hold.lock().unwrap().take();
+            if let Some(hold) = hold {
+                hold.0.notify_one();
+                hold.1.notified().await;
+            }
+            Ok(found)
+        }
+
+        async fn put_link(&self, _: &Link) -> StoreResult<()> {
+            unimplemented!("not written by the catalog")
+        }
+
+        async fn delete_link(&self, _: &str, _: &str) -> StoreResult<bool> {
+            unimplemented!("not written by the catalog")
+        }
+    }
+
+    fn catalog(store: Arc<OneLink>) -> LinkCatalog {
+        let networks = Arc::new(BTreeMap::from([("cake".to_owned(), Network::cake())]));
+        LinkCatalog::new(&[], networks, store).unwrap()
+    }
+
+    async fn offer_found(catalog: &LinkCatalog) -> String {
+        catalog.find("cake", "demo").await.unwrap().expect("the link").link.offer.clone()
+    }
+
+    #[tokio::test]
+    async fn a_reported_change_is_read_again_and_only_that_link() {
+        let store = OneLink::new("https://old.example.com/", None);
+        let catalog = catalog(store.clone());
+        assert_eq!(offer_found(&catalog).await, "https://old.example.com/");
+        store.set("https://new.example.com/");
+        assert_eq!(offer_found(&catalog).await, "https://old.example.com/", "cached until told");
+        assert_eq!(store.reads(), 1);
+
+        catalog.forget(&LinkChange::Link("cake/other".into()));
+        catalog.find("cake", "demo").await.unwrap();
+        catalog.find("cake", "missing").await.unwrap();
+        catalog.find("cake", "missing").await.unwrap();
+        assert_eq!(store.reads(), 2, "another link's change leaves this one cached; a missing link is cached too");
+
+        catalog.forget(&LinkChange::Link("cake/demo".into()));
+        assert_eq!(offer_found(&catalog).await, "https://new.example.com/");
+        assert_eq!(store.reads(), 3);
+
+        store.set("https://newer.example.com/");
+        catalog.forget(&LinkChange::Any);
+        assert_eq!(offer_found(&catalog).await, "https://newer.example.com/");
+        catalog.find("cake", "missing").await.unwrap();
+        assert_eq!(store.reads(), 5, "a change to any link forgets every link");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_a_reported_change_overtook_is_not_kept() {
+        let hold = Hold::default();
+        let (begun, release) = &*hold;
+        let store = OneLink::new("https://old.example.com/", Some(hold.clone()));
+        let catalog = Arc::new(catalog(store.clone()));
+
+        let reading = tokio::spawn({
+            let catalog = catalog.clone();
+            async move { offer_found(&catalog).await }
+        });
+        begun.notified().await;
+        // The link changes, and the change is reported, while the old one is on its way.
+        store.set("https://new.example.com/");
+        catalog.forget(&LinkChange::Link("cake/demo".into()));
+        release.notify_one();
+        assert_eq!(reading.await.unwrap(), "https://old.example.com/", "that request was already under way");
+
+        assert_eq!(offer_found(&catalog).await, "https://new.example.com/", "the stale read was not cached");
+        assert_eq!(store.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn follow_applies_changes_until_the_store_stops_reporting() {
+        let store = OneLink::new("https://old.example.com/", None);
+        let catalog = catalog(store.clone());
+        assert_eq!(offer_found(&catalog).await, "https://old.example.com/");
+        store.set("https://new.example.com/");
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(LinkChange::Link("cake/demo".into())).await.unwrap();
+        drop(tx);
+        catalog.follow(rx).await;
+        assert_eq!(offer_found(&catalog).await, "https://new.example.com/");
     }
 
     #[test]

@@ -178,9 +178,29 @@ pub trait EventLog: Send + Sync + 'static {
 pub trait LinkStore: Send + Sync + 'static {
     async fn links(&self) -> StoreResult<Vec<Link>>;
     async fn link(&self, network: &str, slug: &str) -> StoreResult<Option<Link>>;
+    /// Stores a link; on a store shared by several processes, the others hear of it
+    /// through [`LinkStore::watch_changes`].
     async fn put_link(&self, link: &Link) -> StoreResult<()>;
-    /// Whether a link was there to delete.
+    /// Whether a link was there to delete. Heard of by the other processes as a put is.
     async fn delete_link(&self, network: &str, slug: &str) -> StoreResult<bool>;
+
+    /// The links other processes put or delete, as they happen, for a process that keeps
+    /// links in memory. `None` when no other process can change them (the embedded store
+    /// belongs to one process, which forgets its own changes itself). The watch keeps
+    /// going, reconnecting as needed, until the receiver is dropped.
+    fn watch_changes(&self) -> Option<tokio::sync::mpsc::Receiver<LinkChange>> {
+        None
+    }
+}
+
+/// What [`LinkStore::watch_changes`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// The link with this key (`network/slug`) was put or deleted.
+    Link(String),
+    /// Changes may have been missed (the watch has just started, or reconnected after
+    /// losing the store): any link may have changed.
+    Any,
 }
 
 /// The forwarding outbox: deliveries are enqueued by the writes that record conversions

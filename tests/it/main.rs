@@ -21,6 +21,7 @@ mod dashboard;
 mod durability;
 mod forward;
 mod forward_google;
+mod link_changes;
 mod outage;
 mod postback;
 mod postback_health;

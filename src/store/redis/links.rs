@@ -1,14 +1,24 @@
-//! The link catalog: one hash, `network/slug` → postcard [`Link`].
+//! The link catalog: one hash, `network/slug` → postcard [`Link`]. A put or a delete
+//! also publishes the link's key, in the same script, for the other processes' caches
+//! (`link_changes`).
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
+use redis::Script;
+use tokio::sync::mpsc;
 
 use super::keys::LINKS_KEY;
-use super::{unavailable, RedisStore};
+use super::{link_changes, unavailable, RedisStore};
 use crate::model::{link_key, Link};
 use crate::store::schema::{decode, encode};
-use crate::store::{LinkStore, StoreResult};
+use crate::store::{LinkChange, LinkStore, StoreResult};
+
+/// `scripts/put_link.lua`: the write and its message.
+static PUT_LINK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/put_link.lua")));
+/// `scripts/delete_link.lua`: the delete and, when there was a link, its message.
+static DELETE_LINK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/delete_link.lua")));
 
 #[async_trait]
 impl LinkStore for RedisStore {
@@ -30,23 +40,31 @@ impl LinkStore for RedisStore {
     }
 
     async fn put_link(&self, link: &Link) -> StoreResult<()> {
-        let _: i64 = redis::cmd("HSET")
-            .arg(LINKS_KEY)
+        let _: redis::Value = PUT_LINK
+            .key(LINKS_KEY)
             .arg(link.key())
             .arg(encode(link))
-            .query_async(&mut self.con())
+            .arg(link_changes::CHANNEL)
+            .invoke_async(&mut self.con())
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
     async fn delete_link(&self, network: &str, slug: &str) -> StoreResult<bool> {
-        let removed: i64 = redis::cmd("HDEL")
-            .arg(LINKS_KEY)
+        let removed: i64 = DELETE_LINK
+            .key(LINKS_KEY)
             .arg(link_key(network, slug))
-            .query_async(&mut self.con())
+            .arg(link_changes::CHANNEL)
+            .invoke_async(&mut self.con())
             .await
             .map_err(unavailable)?;
         Ok(removed > 0)
+    }
+
+    /// Several processes share the links: each hears the others' changes on a
+    /// subscription of its own.
+    fn watch_changes(&self) -> Option<mpsc::Receiver<LinkChange>> {
+        Some(link_changes::watch(self.link_nodes.clone()))
     }
 }

@@ -27,6 +27,7 @@
 //! | `cl:{ev}:log` | list | `<seq>\|<postcard Event>`, newest first, capped at `event_log_max` |
 //! | `cl:{ev}:seq` | string | sequence number of the newest event |
 //! | `cl:links` | hash | `network/slug` → postcard [`Link`](crate::model::Link) |
+//! | `cl:links:changed` | pub/sub channel | `network/slug` of each link put or deleted, published by the write's own script |
 //! | `cl:dl:{N}:<delivery id>` | string | postcard [`Delivery`](crate::model::Delivery); `N` from its click's id; settled ones expire after `forward.keep_days` |
 //! | `cl:ob:{N}:<destination>` | sorted set | pending delivery ids, scored by when they are due (a lease pushes the score out) |
 //! | `cl:dlo:{N}` | hash | claimed delivery id → the process token holding its lease |
@@ -88,6 +89,7 @@
 //! - `batcher`: the group commit of clicks;
 //! - one file per capability: `clicks`, `conversions`, `events`, `links`, `outbox`;
 //!   [`Health`] is here;
+//! - `link_changes`: the subscription that tells this process of links changed by others;
 //! - `retention`: dropping personal data past its lifetime;
 //! - `upgrade`: indexes older versions did not keep, built once per shard on connecting.
 
@@ -96,6 +98,7 @@ mod clicks;
 mod conversions;
 mod events;
 mod keys;
+mod link_changes;
 mod links;
 mod outbox;
 mod retention;
@@ -173,6 +176,9 @@ pub struct RedisStore {
     limits: StoreLimits,
     clicks: mpsc::Sender<PendingClick>,
     scripts: Scripts,
+    /// Where to subscribe to link changes: the one Redis, or each configured cluster node
+    /// in turn.
+    link_nodes: Vec<redis::Client>,
     /// Dropped with the store, which stops the personal-data sweep.
     _sweep_stop: oneshot::Sender<()>,
 }
@@ -203,10 +209,11 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let link_nodes = vec![client.clone()];
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {shown}: {e}"))?;
-        RedisStore::with(Conn::Single(manager), limits, &shown).await
+        RedisStore::with(Conn::Single(manager), link_nodes, limits, &shown).await
     }
 
     /// Connects to a Redis Cluster through any of its nodes, and checks that it answers.
@@ -224,15 +231,25 @@ impl RedisStore {
             .get_async_connection()
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to Redis Cluster at {shown}: {e}"))?;
-        RedisStore::with(Conn::Cluster(con), limits, &shown).await
+        let link_nodes = urls
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("invalid Redis Cluster URLs {shown}: {e}"))?;
+        RedisStore::with(Conn::Cluster(con), link_nodes, limits, &shown).await
     }
 
-    async fn with(con: Conn, limits: StoreLimits, shown: &str) -> anyhow::Result<RedisStore> {
+    async fn with(
+        con: Conn,
+        link_nodes: Vec<redis::Client>,
+        limits: StoreLimits,
+        shown: &str,
+    ) -> anyhow::Result<RedisStore> {
         let (clicks, rx) = mpsc::channel(CLICK_QUEUE);
         let scripts = Scripts::load();
         let batcher = Batcher::new(con.clone(), scripts.record_clicks.clone(), limits.click_ttl);
         let (sweep_stop, stopped) = oneshot::channel::<()>();
-        let store = RedisStore { con, limits, clicks, scripts, _sweep_stop: sweep_stop };
+        let store = RedisStore { con, limits, clicks, scripts, link_nodes, _sweep_stop: sweep_stop };
         store.ping().await.map_err(|e| anyhow::anyhow!("Redis at {shown} does not answer PING: {e}"))?;
         let indexed = store
             .all_shards(|con, n| async move { upgrade::index_conversions_by_click(con, n).await.map(|k| vec![k]) })
