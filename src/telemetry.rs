@@ -3,7 +3,7 @@
 //! The recorder is process-wide, installed once; every server in the process (tests
 //! start several) shares it, so counters are cumulative per process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -24,6 +24,8 @@ pub const OUTBOX_DEPTH: &str = "cakelink_outbox_depth";
 pub const SPOOL_BYTES: &str = "cakelink_spool_bytes";
 pub const SPOOL_RECORDS: &str = "cakelink_spool_records";
 pub const SPOOL_REPLAYED: &str = "cakelink_spool_replayed_total";
+pub const REDIS_NODE_UP: &str = "cakelink_redis_node_up";
+pub const REDIS_WRITES_UNCONFIRMED: &str = "cakelink_redis_writes_unconfirmed_total";
 
 /// Handles of the metrics every redirect touches, looked up once instead of per request.
 pub struct HotMetrics {
@@ -67,6 +69,25 @@ pub fn postback_ok(network: &str, at: i64) {
     *newest = (*newest).max(at);
     // Set under the lock, so that two postbacks at once cannot set it out of order.
     metrics::gauge!(POSTBACK_LAST_OK, "network" => network.to_owned()).set(*newest as f64 / 1000.0);
+}
+
+/// Every `(node, role)` the node gauge has shown, so that one that left the list (a
+/// node removed, a replica promoted) drops to 0 instead of showing its last value.
+static NODES_SHOWN: OnceLock<Mutex<HashSet<(String, &'static str)>>> = OnceLock::new();
+
+/// Sets `cakelink_redis_node_up{node,role}` from the store's servers: `(address, role,
+/// up)`. Pairs shown before and absent now go to 0.
+pub fn redis_nodes<'a>(nodes: impl IntoIterator<Item = (&'a str, &'static str, bool)>) {
+    let mut shown = NODES_SHOWN.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    let mut now = HashSet::new();
+    for (node, role, up) in nodes {
+        metrics::gauge!(REDIS_NODE_UP, "node" => node.to_owned(), "role" => role).set(if up { 1.0 } else { 0.0 });
+        now.insert((node.to_owned(), role));
+    }
+    for (node, role) in shown.difference(&now) {
+        metrics::gauge!(REDIS_NODE_UP, "node" => node.clone(), "role" => *role).set(0.0);
+    }
+    shown.extend(now);
 }
 
 /// How often histogram samples are folded into their buckets.
@@ -127,6 +148,14 @@ fn describe() {
     metrics::describe_gauge!(SPOOL_BYTES, metrics::Unit::Bytes, "Bytes in the outage spool, waiting for the store.");
     metrics::describe_gauge!(SPOOL_RECORDS, "Records (clicks, postbacks, events) in the outage spool.");
     metrics::describe_counter!(SPOOL_REPLAYED, "Outage spool records replayed into the store.");
+    metrics::describe_gauge!(
+        REDIS_NODE_UP,
+        "1 while a Redis node (of the cluster, or the one Redis) is connected and not failing, by node and role."
+    );
+    metrics::describe_counter!(
+        REDIS_WRITES_UNCONFIRMED,
+        "Redis writes refused because fewer replicas than store.replicas_ack confirmed them in time."
+    );
     metrics::describe_counter!(FORWARD_SENT, "Events a destination accepted, by destination.");
     metrics::describe_counter!(FORWARD_RETRIED, "Attempts that will be retried, by destination.");
     metrics::describe_counter!(

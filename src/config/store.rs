@@ -10,14 +10,23 @@ use std::time::Duration;
 
 use super::reader::{Env, Errors, Section};
 use crate::store::spool::SpoolConfig;
-use crate::store::Backend;
+use crate::store::{Backend, ReplicaAck};
+
+/// Most replicas `replicas_ack` may ask for: a Redis master rarely has more than two, so
+/// a larger number is a typo that would refuse every write.
+const MOST_REPLICAS: u64 = 16;
+/// Longest `replicas_ack_timeout_ms`: `WAIT` shares the 2 s a Redis request may take
+/// with the write it follows, and a redirect waits for both.
+const LONGEST_ACK_WAIT_MS: u64 = 1000;
 
 /// `[store]`
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// `backend` with its `path` (embedded) or `url`/`urls` (Redis, Redis Cluster; the
     /// environment's `CAKELINK_STORE_URL` wins over `url` so credentials can stay out of
-    /// the file). Default: embedded at `data/cakelink.db`.
+    /// the file). Default: embedded at `data/cakelink.db`. Redis also takes
+    /// `replicas_ack` and `replicas_ack_timeout_ms`: how many replicas must confirm a
+    /// write before it counts as stored (see [`ReplicaAck`]).
     pub backend: Backend,
     /// `attribution_days`: how long a click counts for the conversions that follow it.
     pub attribution: Duration,
@@ -48,12 +57,20 @@ pub(super) fn read(value: Option<&toml::Value>, env: Env<'_>, errors: &mut Error
     let url = env("CAKELINK_STORE_URL").or(url_file);
     let urls = st.strings("urls", errors);
     let fsync_ms = st.uint("fsync_ms", 1, 60_000, errors).unwrap_or(1000);
+    let replicas = read_replica_ack(&mut st, errors);
     let backend = match backend_name.as_str() {
-        "embedded" => Some(Backend::Embedded {
-            path: PathBuf::from(path.unwrap_or_else(|| "data/cakelink.db".into())),
-            fsync: Duration::from_millis(fsync_ms),
-        }),
-        "redis" => read_redis(&st, url, urls, errors),
+        "embedded" => {
+            // An error rather than a warning: ignoring the key would let an operator
+            // believe clicks are copied to a second machine when they are not.
+            if replicas.replicas > 0 {
+                st.err(errors, "replicas_ack", "needs the redis backend; the embedded store has no replicas");
+            }
+            Some(Backend::Embedded {
+                path: PathBuf::from(path.unwrap_or_else(|| "data/cakelink.db".into())),
+                fsync: Duration::from_millis(fsync_ms),
+            })
+        }
+        "redis" => read_redis(&st, url, urls, replicas, errors),
         other => {
             st.err(errors, "backend", format!("{other:?} is not a backend; use \"embedded\" or \"redis\""));
             None
@@ -85,6 +102,7 @@ fn read_redis(
     st: &Section<'_>,
     url: Option<String>,
     urls: Option<Vec<String>>,
+    replicas: ReplicaAck,
     errors: &mut Errors,
 ) -> Option<Backend> {
     match (url, urls) {
@@ -92,16 +110,27 @@ fn read_redis(
             st.err(errors, "urls", "give either url (one Redis) or urls (a Redis Cluster), not both");
             None
         }
-        (Some(url), None) => check_redis_url(st, "url", &url, errors).then_some(Backend::Redis { url }),
+        (Some(url), None) => check_redis_url(st, "url", &url, errors).then_some(Backend::Redis { url, replicas }),
         (None, Some(urls)) if !urls.is_empty() => {
             let ok = urls.iter().all(|u| check_redis_url(st, "urls", u, errors));
-            ok.then_some(Backend::RedisCluster { urls })
+            ok.then_some(Backend::RedisCluster { urls, replicas })
         }
         _ => {
             st.err(errors, "url", "the redis backend needs url (or urls for a cluster)");
             None
         }
     }
+}
+
+/// `replicas_ack` (default 0: no `WAIT`) and `replicas_ack_timeout_ms` (default 100;
+/// `WAIT` with 0 would wait for ever, so it starts at 1).
+fn read_replica_ack(st: &mut Section<'_>, errors: &mut Errors) -> ReplicaAck {
+    let default = ReplicaAck::default();
+    let replicas = st.uint("replicas_ack", 0, MOST_REPLICAS, errors).map_or(default.replicas, |n| n as u32);
+    let timeout = st
+        .uint("replicas_ack_timeout_ms", 1, LONGEST_ACK_WAIT_MS, errors)
+        .map_or(default.timeout, Duration::from_millis);
+    ReplicaAck { replicas, timeout }
 }
 
 fn check_redis_url(st: &Section<'_>, key: &str, url: &str, errors: &mut Errors) -> bool {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{error, json, method_not_allowed, text, Body};
 use crate::state::AppState;
 use crate::store::spool::SpoolStatus;
+use crate::store::NodeState;
 use crate::telemetry;
 
 fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
@@ -26,11 +27,14 @@ pub(crate) struct Readiness {
     pub(crate) store: &'static str,
     pub(crate) store_up: bool,
     pub(crate) spool: SpoolStatus,
+    /// The servers behind the store as last seen (every node of a Redis Cluster, the one
+    /// Redis; none for the embedded store).
+    pub(crate) nodes: Vec<NodeState>,
 }
 
 /// `200` while redirects can be served and their clicks kept: the store answers, or the
-/// outage spool has room (`503` once it is full). The body says the store's state and
-/// how full the spool is.
+/// outage spool has room (`503` once it is full). The body says the store's state, how
+/// full the spool is, and each server behind the store.
 pub(crate) async fn readyz(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
     if let Some(r) = only_get(req) {
         return r;
@@ -49,7 +53,15 @@ pub(crate) async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
         (true, true, _) => (StatusCode::OK, "replaying_spool"),
         (false, _, _) => (StatusCode::OK, "store_down_spooling"),
     };
-    (http, Readiness { status, store: state.store.health().backend(), store_up: up, spool })
+    let nodes = nodes(state);
+    (http, Readiness { status, store: state.store.health().backend(), store_up: up, spool, nodes })
+}
+
+/// The store's servers as last seen, also set as `cakelink_redis_node_up`.
+fn nodes(state: &AppState) -> Vec<NodeState> {
+    let nodes = state.store.health().nodes();
+    telemetry::redis_nodes(nodes.iter().map(|n| (n.address.as_str(), n.role, n.is_up())));
+    nodes
 }
 
 async fn store_up(state: &AppState) -> bool {
@@ -72,6 +84,7 @@ pub(crate) async fn metrics(state: &AppState, req: &Request<Incoming>) -> Respon
         return r;
     }
     store_up(state).await;
+    nodes(state);
     match &state.metrics {
         Some(handle) => {
             let mut res = text(StatusCode::OK, handle.render());

@@ -262,6 +262,35 @@ pub trait Health: Send + Sync + 'static {
 
     /// Short name for `/readyz` and `/metrics`.
     fn backend(&self) -> &'static str;
+
+    /// The servers behind the store as last seen, for `/readyz` and `/metrics`: a Redis
+    /// Cluster lists every node, one Redis itself. Answers at once from what a background
+    /// check last saw, so a store that is down cannot hold up a readiness check; a store
+    /// without servers of its own (the embedded one) has none.
+    fn nodes(&self) -> Vec<NodeState> {
+        Vec::new()
+    }
+}
+
+/// One server behind the store, as `/readyz` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeState {
+    /// `host:port`.
+    pub address: String,
+    /// `master` or `replica`.
+    pub role: &'static str,
+    /// `connected`; `failing` when the cluster believes it down (or suspects it);
+    /// `disconnected` when it does not answer or its cluster link is down.
+    pub state: &'static str,
+    /// Hash slots a cluster master serves; `None` for a Redis that is not a cluster.
+    pub slots: Option<u32>,
+}
+
+impl NodeState {
+    /// Whether the node is up as far as the store can tell.
+    pub fn is_up(&self) -> bool {
+        self.state == "connected"
+    }
 }
 
 /// A whole backend: every capability. Only the code that opens a store, the outage
@@ -302,8 +331,27 @@ pub enum Requeue {
 #[derive(Clone, Debug)]
 pub enum Backend {
     Embedded { path: std::path::PathBuf, fsync: Duration },
-    Redis { url: String },
-    RedisCluster { urls: Vec<String> },
+    Redis { url: String, replicas: ReplicaAck },
+    RedisCluster { urls: Vec<String>, replicas: ReplicaAck },
+}
+
+/// How many replicas must confirm a Redis write before it is acknowledged
+/// (`store.replicas_ack`, `store.replicas_ack_timeout_ms`). With `replicas` 0, a write
+/// is acknowledged once its master applied it, and a master that dies before its
+/// replicas copied the write loses it; with 1 or more every write (a batch of clicks,
+/// a conversion, a reversal, an event) is followed by `WAIT`, and a write the replicas
+/// do not confirm in time is refused as an outage, so that the outage spool keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaAck {
+    pub replicas: u32,
+    /// How long `WAIT` waits for them.
+    pub timeout: Duration,
+}
+
+impl Default for ReplicaAck {
+    fn default() -> ReplicaAck {
+        ReplicaAck { replicas: 0, timeout: Duration::from_millis(100) }
+    }
 }
 
 /// The store as the application holds it: the backend behind the outage spool, handed
@@ -357,7 +405,9 @@ impl Storage {
 pub async fn open(backend: &Backend, limits: StoreLimits) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match backend {
         Backend::Embedded { path, fsync } => Arc::new(embedded::EmbeddedStore::open(path, *fsync, limits)?),
-        Backend::Redis { url } => Arc::new(redis::RedisStore::connect(url, limits).await?),
-        Backend::RedisCluster { urls } => Arc::new(redis::RedisStore::connect_cluster(urls, limits).await?),
+        Backend::Redis { url, replicas } => Arc::new(redis::RedisStore::connect_with(url, limits, *replicas).await?),
+        Backend::RedisCluster { urls, replicas } => {
+            Arc::new(redis::RedisStore::connect_cluster_with(urls, limits, *replicas).await?)
+        }
     })
 }

@@ -100,3 +100,56 @@ fn other_failures_still_exit_1() {
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
     assert!(stderr.contains("no-such-network"), "{stderr}");
 }
+
+/// `store.replicas_ack` and `store.replicas_ack_timeout_ms`: defaults, bounds, and the
+/// embedded store, which has no replicas to wait for.
+#[test]
+fn replicas_ack_keys_have_defaults_bounds_and_need_redis() {
+    use std::time::Duration;
+
+    use cakelink::config::Config;
+    use cakelink::store::{Backend, ReplicaAck};
+
+    let parse = |store: &str| Config::parse(&config_text("127.0.0.1:0", store, "", ""), |_| None);
+    let replicas_of = |store: &str| match parse(store).unwrap_or_else(|e| panic!("{store}: {e}")).store.backend {
+        Backend::Redis { replicas, .. } | Backend::RedisCluster { replicas, .. } => replicas,
+        Backend::Embedded { .. } => panic!("{store}: not redis"),
+    };
+    let redis = "backend = \"redis\"\nurl = \"redis://127.0.0.1:6379/\"\n";
+    let cluster = "backend = \"redis\"\nurls = [\"redis://127.0.0.1:7000/\", \"redis://127.0.0.1:7001/\"]\n";
+
+    let default = ReplicaAck { replicas: 0, timeout: Duration::from_millis(100) };
+    assert_eq!(replicas_of(redis), default);
+    assert_eq!(ReplicaAck::default(), default);
+    let one = ReplicaAck { replicas: 1, timeout: Duration::from_millis(250) };
+    assert_eq!(replicas_of(&format!("{redis}replicas_ack = 1\nreplicas_ack_timeout_ms = 250\n")), one);
+    assert_eq!(replicas_of(&format!("{cluster}replicas_ack = 1\nreplicas_ack_timeout_ms = 250\n")), one);
+    let limits = ReplicaAck { replicas: 16, timeout: Duration::from_millis(1000) };
+    assert_eq!(replicas_of(&format!("{redis}replicas_ack = 16\nreplicas_ack_timeout_ms = 1000\n")), limits);
+
+    let bad_keys = |store: &str| {
+        let mut keys: Vec<String> =
+            parse(store).err().unwrap_or_else(|| panic!("{store}: accepted")).0.into_iter().map(|e| e.key).collect();
+        keys.sort();
+        keys
+    };
+    // WAIT with a timeout of 0 would wait for ever; more than a second eats the request's.
+    assert_eq!(
+        bad_keys(&format!("{redis}replicas_ack = 17\nreplicas_ack_timeout_ms = 0\n")),
+        ["store.replicas_ack", "store.replicas_ack_timeout_ms"]
+    );
+    assert_eq!(
+        bad_keys(&format!("{redis}replicas_ack = -1\nreplicas_ack_timeout_ms = 1001\n")),
+        ["store.replicas_ack", "store.replicas_ack_timeout_ms"]
+    );
+    assert_eq!(bad_keys(&format!("{redis}replicas_ack = \"one\"\n")), ["store.replicas_ack"]);
+
+    // The embedded store has no replicas: asking for one is an error naming the key,
+    // not a setting silently ignored; 0 (the default) is fine.
+    let embedded = "backend = \"embedded\"\npath = \"x\"\n";
+    assert_eq!(bad_keys(&format!("{embedded}replicas_ack = 1\n")), ["store.replicas_ack"]);
+    let Err(errors) = parse(&format!("{embedded}replicas_ack = 1\n")) else { panic!("replicas_ack accepted") };
+    let errors = errors.to_string();
+    assert!(errors.contains("redis"), "{errors}");
+    assert!(parse(&format!("{embedded}replicas_ack = 0\n")).is_ok());
+}

@@ -27,6 +27,7 @@ mod postback;
 mod postback_health;
 mod reconcile;
 mod redirect;
+mod replicas;
 mod reversal;
 mod routing;
 mod screenshots;

@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{RedisError, Script};
+use redis::Script;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use super::keys::{click_bucket_key, counter_days_key, counters_key, intern_key};
-use super::{scripts, Conn, INTERN_SPARE};
+use super::replicas::{WriteError, Writes};
+use super::{scripts, INTERN_SPARE};
 use crate::model::UnixHour;
 use crate::store::record::{EncodedClick, InternKey};
 use crate::store::{StoreError, StoreResult};
@@ -91,7 +92,9 @@ pub(super) struct BatchParts<'c> {
 /// What the batcher shares with the batches it sends.
 #[derive(Clone)]
 pub(super) struct Batcher {
-    con: Conn,
+    /// One script call per batch (per shard on a cluster), each followed by `WAIT` when
+    /// replicas must confirm it: one `WAIT` per call, never one per click.
+    writes: Writes,
     /// A cluster takes one shard's clicks per script call.
     cluster: bool,
     script: Script,
@@ -101,10 +104,10 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    pub(super) fn new(con: Conn, script: Script, click_ttl: Duration) -> Batcher {
+    pub(super) fn new(writes: Writes, cluster: bool, script: Script, click_ttl: Duration) -> Batcher {
         Batcher {
-            cluster: matches!(con, Conn::Cluster(_)),
-            con,
+            cluster,
+            writes,
             script,
             click_ttl: click_ttl.max(Duration::from_secs(1)),
             interns: moka::sync::Cache::builder()
@@ -167,7 +170,10 @@ impl Batcher {
         let failure = match outcome {
             Ok(Recording::Done) => None,
             Ok(Recording::MissingInterns) => Some("interned values vanished while recording".to_owned()),
-            Err(e) => Some(e.to_string()),
+            Err(e) => {
+                tracing::debug!(error = %e, clicks = clicks.len(), "Redis refused a batch of clicks");
+                Some(e.to_string())
+            }
         };
         for c in clicks {
             // A request that gave up (its connection closed) no longer listens.
@@ -180,12 +186,11 @@ impl Batcher {
 
     /// One script call recording `clicks`, sending the value of every interned part when
     /// `all_interns`, else only of those not known to be stored.
-    async fn call(&self, clicks: &[PendingClick], all_interns: bool) -> Result<Recording, RedisError> {
+    async fn call(&self, clicks: &[PendingClick], all_interns: bool) -> Result<Recording, WriteError> {
         let parts = self.parts(clicks, all_interns);
         let intern_ttl = (self.click_ttl + INTERN_SPARE).as_secs();
-        let missing: i64 = scripts::record_clicks(&self.script, clicks, &parts, self.click_ttl.as_secs(), intern_ttl)
-            .invoke_async(&mut self.con.clone())
-            .await?;
+        let call = scripts::record_clicks(&self.script, clicks, &parts, self.click_ttl.as_secs(), intern_ttl);
+        let missing: i64 = self.writes.invoke(&call).await?;
         if missing > 0 {
             return Ok(Recording::MissingInterns);
         }

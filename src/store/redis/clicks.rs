@@ -64,10 +64,8 @@ impl ClickStore for RedisStore {
             deliveries: &plan.deliveries,
             caps,
         };
-        let taken: i64 = scripts::record_capped_click(&self.scripts.record_capped_click, &write)
-            .invoke_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
+        let taken: i64 =
+            self.writes.invoke(&scripts::record_capped_click(&self.scripts.record_capped_click, &write)).await?;
         Ok(usize::try_from(taken).ok().and_then(|t| t.checked_sub(1)))
     }
 
@@ -100,6 +98,8 @@ impl RedisStore {
     /// shard's) cannot share a script: the cap is claimed first (`claim_cap.lua`), then
     /// the click written with the choice taken. A failure between the two leaves a unit
     /// of the cap used without a click: a cap may then admit fewer clicks, never more.
+    /// Only the click waits for replicas: a claim lost with its master could let the cap
+    /// admit one click more, which an outage (the spool cannot check caps) may too.
     async fn record_capped_click_on_cluster(&self, mut plan: ClickPlan) -> StoreResult<Option<usize>> {
         let Some(caps) = plan.caps.take() else { return Err(StoreError::corrupt("a capped click without its caps")) };
         let taken: i64 = scripts::claim_cap(&self.scripts.claim_cap, &plan.link, &caps)
@@ -133,10 +133,8 @@ impl RedisStore {
             intern_ttl_secs: (self.limits.click_ttl + INTERN_SPARE).as_secs(),
             deliveries: &plan.deliveries,
         };
-        let _new: i64 = scripts::record_forwarded_click(&self.scripts.record_forwarded_click, &write)
-            .invoke_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
+        let _new: i64 =
+            self.writes.invoke(&scripts::record_forwarded_click(&self.scripts.record_forwarded_click, &write)).await?;
         Ok(())
     }
 }

@@ -38,10 +38,7 @@ impl ConversionStore for RedisStore {
             counters: &plan.counters,
             deliveries: &plan.deliveries,
         };
-        let new: i64 = scripts::record_conversion(&self.scripts.record_conversion, &write)
-            .invoke_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
+        let new: i64 = self.writes.invoke(&scripts::record_conversion(&self.scripts.record_conversion, &write)).await?;
         Ok(if new == 1 { Recorded::New } else { Recorded::Duplicate })
     }
 
@@ -87,10 +84,8 @@ impl ConversionStore for RedisStore {
 
     async fn reverse_conversion(&self, conversion: &Conversion, at: UnixMillis) -> StoreResult<Reversed> {
         let plan = ReversalPlan::of(conversion, at, &self.limits.outbox, now_ms());
-        let outcome: i64 = scripts::reverse_conversion(&self.scripts.reverse_conversion, &conversion.click.id, &plan)
-            .invoke_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
+        let call = scripts::reverse_conversion(&self.scripts.reverse_conversion, &conversion.click.id, &plan);
+        let outcome: i64 = self.writes.invoke(&call).await?;
         Ok(match outcome {
             1 => Reversed::Done,
             2 => Reversed::Already,

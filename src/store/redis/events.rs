@@ -18,10 +18,8 @@ const EVENT_CHUNK: usize = 256;
 #[async_trait]
 impl EventLog for RedisStore {
     async fn log_event(&self, event: &Event) -> StoreResult<()> {
-        let _: i64 = scripts::log_event(&self.scripts.log_event, encode(event), self.limits.event_log_max.max(1))
-            .invoke_async(&mut self.con())
-            .await
-            .map_err(unavailable)?;
+        let call = scripts::log_event(&self.scripts.log_event, encode(event), self.limits.event_log_max.max(1));
+        let _: i64 = self.writes.invoke(&call).await?;
         Ok(())
     }
 

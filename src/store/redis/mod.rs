@@ -78,7 +78,15 @@
 //!
 //! A write is acknowledged once Redis has applied it; whether it survives a crash of
 //! Redis is Redis's `appendonly`/`appendfsync` configuration. [`RedisStore::flush`] has
-//! nothing to add.
+//! nothing to add. Whether it survives the loss of the master that took it is
+//! `store.replicas_ack`: with N above 0 a write is acknowledged only once N replicas
+//! have it (`WAIT`, once per script call, so once per shard of a batch of clicks; see
+//! `replicas`), and one they do not confirm in time is refused as an outage so that the
+//! outage spool keeps it.
+//!
+//! On a cluster, a request that meets a topology change (`MOVED`, `ASK`, a failover, a
+//! node that is gone) is retried for at most [`CLUSTER_RETRY_BOUND`]; whatever is not
+//! written by then is refused as an outage too.
 //!
 //! # Where things are
 //!
@@ -87,6 +95,8 @@
 //!   listed by name at its top, and the one function per script that builds its call in
 //!   that order;
 //! - `batcher`: the group commit of clicks;
+//! - `replicas`: the connection writes go through, and their `WAIT`;
+//! - `nodes`: the servers' state for `/readyz`, looked at every second;
 //! - one file per capability: `clicks`, `conversions`, `events`, `links`, `outbox`;
 //!   [`Health`] is here;
 //! - `link_changes`: the subscription that tells this process of links changed by others;
@@ -100,11 +110,14 @@ mod events;
 mod keys;
 mod link_changes;
 mod links;
+mod nodes;
 mod outbox;
+mod replicas;
 mod retention;
 mod scripts;
 mod upgrade;
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -115,8 +128,9 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::{Health, StoreError, StoreLimits, StoreResult};
+use super::{Health, NodeState, ReplicaAck, StoreError, StoreLimits, StoreResult};
 use batcher::{Batcher, PendingClick};
+use replicas::Writes;
 use retention::PersonalSweep;
 use scripts::Scripts;
 
@@ -127,6 +141,17 @@ pub const SHARDS: u8 = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Each request gives up after this long: a stalled Redis must fail a redirect, not hang it.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// On a cluster, a request and all its retries (after `MOVED`, `ASK`, `TRYAGAIN`, a
+/// failover, a node that is gone) give up after this long; what is not written by then
+/// is refused as an outage, and the outage spool keeps it.
+const CLUSTER_RETRY_BOUND: Duration = Duration::from_millis(2500);
+/// Retries of one cluster request, the first waiting [`CLUSTER_RETRY_MIN_WAIT_MS`] and
+/// each later one about twice as long, up to [`CLUSTER_RETRY_MAX_WAIT_MS`]: a failover
+/// that settles within a second or two is ridden out; a longer one ends in
+/// [`CLUSTER_RETRY_BOUND`] whatever the count.
+const CLUSTER_RETRIES: u32 = 8;
+const CLUSTER_RETRY_MIN_WAIT_MS: u64 = 25;
+const CLUSTER_RETRY_MAX_WAIT_MS: u64 = 500;
 /// Clicks waiting for the batcher before redirects wait too (backpressure).
 const CLICK_QUEUE: usize = 65_536;
 /// Interned values outlive the clicks that name them by this much: the batcher rewrites
@@ -173,6 +198,11 @@ impl ConnectionLike for Conn {
 /// The Redis-backed store.
 pub struct RedisStore {
     con: Conn,
+    /// What records clicks, conversions, reversals and events: `con` itself, or, when
+    /// replicas must confirm them, a connection of their own.
+    writes: Writes,
+    /// The servers as last seen.
+    nodes: nodes::Seen,
     limits: StoreLimits,
     clicks: mpsc::Sender<PendingClick>,
     scripts: Scripts,
@@ -191,6 +221,11 @@ impl RedisStore {
     /// refused connection for several seconds, which is right once running but only
     /// delays the message an operator needs at startup.
     pub async fn connect(url: &str, limits: StoreLimits) -> anyhow::Result<RedisStore> {
+        RedisStore::connect_with(url, limits, ReplicaAck::default()).await
+    }
+
+    /// [`RedisStore::connect`], each write confirmed by `ack.replicas` replicas.
+    pub async fn connect_with(url: &str, limits: StoreLimits, ack: ReplicaAck) -> anyhow::Result<RedisStore> {
         let shown = redact(url);
         let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis URL {shown}: {e}"))?;
         let probe_config = AsyncConnectionConfig::new()
@@ -210,14 +245,34 @@ impl RedisStore {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let link_nodes = vec![client.clone()];
-        let manager = ConnectionManager::new_with_config(client, config)
+        let manager = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {shown}: {e}"))?;
-        RedisStore::with(Conn::Single(manager), link_nodes, limits, &shown).await
+        let con = Conn::Single(manager);
+        let write_con = if ack.replicas > 0 {
+            let manager = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {shown}: {e}"))?;
+            Conn::Single(manager)
+        } else {
+            con.clone()
+        };
+        let address = node_address(url);
+        RedisStore::with(con, Writes::new(write_con, ack), Some(address), link_nodes, limits, &shown).await
     }
 
     /// Connects to a Redis Cluster through any of its nodes, and checks that it answers.
     pub async fn connect_cluster(urls: &[String], limits: StoreLimits) -> anyhow::Result<RedisStore> {
+        RedisStore::connect_cluster_with(urls, limits, ReplicaAck::default()).await
+    }
+
+    /// [`RedisStore::connect_cluster`], each write confirmed by `ack.replicas` replicas
+    /// of the master that took it.
+    pub async fn connect_cluster_with(
+        urls: &[String],
+        limits: StoreLimits,
+        ack: ReplicaAck,
+    ) -> anyhow::Result<RedisStore> {
         let shown = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ");
         if urls.is_empty() {
             anyhow::bail!("no Redis Cluster node URL configured");
@@ -225,32 +280,61 @@ impl RedisStore {
         let client = ClusterClient::builder(urls.iter().map(String::as_str))
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
+            .overall_response_timeout(Some(CLUSTER_RETRY_BOUND))
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(CLUSTER_RETRY_MIN_WAIT_MS)
+            .max_retry_wait(CLUSTER_RETRY_MAX_WAIT_MS)
+            .retry_wait_formula(CLUSTER_RETRY_MIN_WAIT_MS, 2)
             .build()
             .map_err(|e| anyhow::anyhow!("invalid Redis Cluster URLs {shown}: {e}"))?;
-        let con = client
-            .get_async_connection()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to Redis Cluster at {shown}: {e}"))?;
+        let connect = || async {
+            client
+                .get_async_connection()
+                .await
+                .map(Conn::Cluster)
+                .map_err(|e| anyhow::anyhow!("cannot connect to Redis Cluster at {shown}: {e}"))
+        };
+        let con = connect().await?;
+        let write_con = if ack.replicas > 0 { connect().await? } else { con.clone() };
         let link_nodes = urls
             .iter()
             .map(|u| redis::Client::open(u.as_str()))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("invalid Redis Cluster URLs {shown}: {e}"))?;
-        RedisStore::with(Conn::Cluster(con), link_nodes, limits, &shown).await
+        RedisStore::with(con, Writes::new(write_con, ack), None, link_nodes, limits, &shown).await
     }
 
+    /// The store over `con` (and `writes`), once Redis answers. `address` names the one
+    /// Redis; `None` for a cluster, whose nodes it lists itself. `link_nodes` are where
+    /// link changes are listened for.
     async fn with(
         con: Conn,
+        writes: Writes,
+        address: Option<String>,
         link_nodes: Vec<redis::Client>,
         limits: StoreLimits,
         shown: &str,
     ) -> anyhow::Result<RedisStore> {
         let (clicks, rx) = mpsc::channel(CLICK_QUEUE);
         let scripts = Scripts::load();
-        let batcher = Batcher::new(con.clone(), scripts.record_clicks.clone(), limits.click_ttl);
+        let cluster = matches!(con, Conn::Cluster(_));
+        let batcher = Batcher::new(writes.clone(), cluster, scripts.record_clicks.clone(), limits.click_ttl);
         let (sweep_stop, stopped) = oneshot::channel::<()>();
-        let store = RedisStore { con, limits, clicks, scripts, link_nodes, _sweep_stop: sweep_stop };
+        let seen: nodes::Seen = Arc::new(Mutex::new(Vec::new()));
+        let store = RedisStore {
+            con,
+            writes,
+            nodes: seen.clone(),
+            limits,
+            clicks,
+            scripts,
+            link_nodes,
+            _sweep_stop: sweep_stop,
+        };
         store.ping().await.map_err(|e| anyhow::anyhow!("Redis at {shown} does not answer PING: {e}"))?;
+        // Seen once before the first readiness check, then every second.
+        nodes::look(&store.con, address.as_deref(), &seen).await;
+        tokio::spawn(nodes::watch(store.con.clone(), address, Arc::downgrade(&seen)));
         let indexed = store
             .all_shards(|con, n| async move { upgrade::index_conversions_by_click(con, n).await.map(|k| vec![k]) })
             .await
@@ -321,10 +405,23 @@ impl Health for RedisStore {
     fn backend(&self) -> &'static str {
         "redis"
     }
+
+    fn nodes(&self) -> Vec<NodeState> {
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 fn unavailable(e: RedisError) -> StoreError {
     StoreError::unavailable("Redis failed", e)
+}
+
+/// The `host:port` (or socket path) of the Redis at `url`, as `/readyz` names it.
+fn node_address(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "unix" | "redis+unix") => parsed.path().to_owned(),
+        Ok(parsed) => format!("{}:{}", parsed.host_str().unwrap_or("localhost"), parsed.port().unwrap_or(6379)),
+        Err(_) => redact(url),
+    }
 }
 
 /// `url` with any password replaced, for error messages and logs.
@@ -347,5 +444,12 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact("redis://:hunter2@10.0.0.1:6379/0"), "redis://:***@10.0.0.1:6379/0");
         assert_eq!(redact("redis://127.0.0.1/"), "redis://127.0.0.1/");
+    }
+
+    #[test]
+    fn a_single_redis_is_named_by_host_and_port() {
+        assert_eq!(node_address("redis://:hunter2@10.0.0.1:6380/0"), "10.0.0.1:6380");
+        assert_eq!(node_address("redis://cache.internal/"), "cache.internal:6379");
+        assert_eq!(node_address("redis+unix:///run/redis.sock"), "/run/redis.sock");
     }
 }

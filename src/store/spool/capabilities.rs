@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use super::file::io_error;
 use super::{Entry, SpooledStore, DIRECT};
 use crate::model::{Click, Conversion, Event, EventStatus, HourCounters, Recorded, Reversed, UnixHour, UnixMillis};
-use crate::store::{CapClaim, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, StoreError, StoreResult};
+use crate::store::{
+    CapClaim, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, NodeState, StoreError, StoreResult,
+};
 
 #[async_trait]
 impl ClickStore for SpooledStore {
@@ -115,5 +117,9 @@ impl Health for SpooledStore {
 
     fn backend(&self) -> &'static str {
         self.inner.backend()
+    }
+
+    fn nodes(&self) -> Vec<NodeState> {
+        self.inner.nodes()
     }
 }
