@@ -16,6 +16,7 @@ mod architecture;
 mod bad_input;
 mod browser;
 mod caps;
+mod cluster;
 mod config;
 mod dashboard;
 mod durability;
