@@ -19,6 +19,7 @@ mod caps;
 mod cluster;
 mod config;
 mod dashboard;
+mod deploy;
 mod durability;
 mod forward;
 mod forward_google;
