@@ -2,9 +2,10 @@
 //! the shape of a deployment that has outgrown one machine.
 //!
 //! Three real `cakelink serve` processes share the cluster, each with its own outage
-//! spool. Clients spread clicks and postbacks over them while one master is SIGKILLed;
-//! its replica takes over after the node timeout, the spools drain, and then every
-//! process is asked about every click and conversion the clients were answered for.
+//! spool. Clients spread clicks and postbacks over them while one master is SIGKILLed,
+//! its replica frozen for a moment before so that it lags; the replica takes over after
+//! the node timeout, the spools drain, and then every process is asked about every click
+//! and conversion the clients were answered for.
 //!
 //! Two settings decide what may be asserted:
 //!
@@ -48,6 +49,13 @@ const PROCESSES: usize = 3;
 const CLIENTS: usize = 6;
 /// Clicks answered before the master is killed.
 const CLICKS_BEFORE_KILL: usize = 300;
+/// How long the killed master's replica is frozen (SIGSTOP) just before the kill, so
+/// that it lags as a replica across a network can: with `replicas_ack = 1` the writes of
+/// that moment wait for it, time out and go through the spool. With 0 they are
+/// acknowledged at once; but over loopback what the master has written to the replica's
+/// socket still arrives after a SIGKILL, so they are lost only once the socket buffers
+/// are full (megabytes), which this test's rate does not reach in half a second.
+const REPLICA_FROZEN: Duration = Duration::from_millis(500);
 /// How long the clients go on once the cluster has settled after the kill.
 const TRAFFIC_AFTER_SETTLE: Duration = Duration::from_secs(2);
 /// Clicks answered after the cluster settled, at least.
@@ -378,7 +386,11 @@ async fn master_killed_mid_stream(replicas_ack: u8) -> (usize, usize, usize) {
 
     let stream = Stream::start(&fleet);
     stream.until(CLICKS_BEFORE_KILL).await;
+    fleet.cluster.pause(heir);
+    let clicks_at_freeze = stream.clicks();
+    tokio::time::sleep(REPLICA_FROZEN).await;
     fleet.cluster.kill(victim);
+    fleet.cluster.resume(heir);
     let killed_at = Instant::now();
     let clicks_at_kill = stream.clicks();
     // The cluster's own checks block; the clients keep going on the runtime's threads.
@@ -454,7 +466,8 @@ async fn master_killed_mid_stream(replicas_ack: u8) -> (usize, usize, usize) {
         "cluster failover, replicas_ack = {replicas_ack}{}: killed master {victim} ({shards} of 16 shards), \
          replica {heir} promoted; cluster formed in {formed:.1?}, settled {failover:.1?} \
          after the kill, traffic for {traffic_after_kill:.1?} after it, spools drained {drained_after:.1?} after it \
-         ({spooled} records replayed); {} clicks answered ({clicks_at_kill} before the kill), {} lost; {} postbacks \
+         ({spooled} records replayed); {} clicks answered ({clicks_at_freeze} before the replica was frozen for \
+         {REPLICA_FROZEN:?}, {clicks_at_kill} before the kill), {} lost; {} postbacks \
          answered ok or queued, {} conversions lost, {} answered no_match; whole run {:.1?}",
         if REPLICAS_ACK_BUILT { "" } else { " (not built: Redis's default asynchronous replication)" },
         seen.clicks.len(),

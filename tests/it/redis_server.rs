@@ -420,6 +420,24 @@ impl RedisCluster {
         }
     }
 
+    /// Freezes the node on `port` (SIGSTOP): it reads nothing, so its master keeps
+    /// acknowledging writes that it has not received.
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "-STOP");
+    }
+
+    /// Lets a node frozen by [`RedisCluster::pause`] run again (SIGCONT).
+    pub fn resume(&self, port: u16) {
+        self.signal(port, "-CONT");
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let node = self.nodes.iter().find(|n| n.port == port).expect("a node of this cluster");
+        let pid = node.child.as_ref().expect("a running node").id().to_string();
+        let status = Command::new("kill").arg(signal).arg(&pid).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Waits until every live node says the cluster is ok and that each slot is served
     /// by a live master: after a kill, the replica has been promoted and everyone knows.
     pub fn wait_settled(&self) {
