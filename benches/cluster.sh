@@ -49,6 +49,22 @@ need_tools wrk redis-server redis-cli curl
 build_release
 TICK=$(getconf CLK_TCK)
 
+# A build without `store.replicas_ack` refuses the key: say so now, not after a timeout.
+if [ -n "$ACK" ]; then
+  cat > "$WORK/ack-check.toml" <<CONF
+[store]
+backend = "redis"
+urls = ["redis://127.0.0.1:6379/"]
+replicas_ack = $ACK
+[security]
+secret = "bench-secret-0123456789abcdef"
+admin_token = "bench-admin-token-0123456789"
+postback_key = "$POSTBACK_KEY"
+CONF
+  "$BIN" check-config --config "$WORK/ack-check.toml" >/dev/null || {
+    echo "this build does not take store.replicas_ack = $ACK (see the error above)" >&2; exit 2; }
+fi
+
 start_redis_cluster
 MASTERS=(); REPLICAS=()
 for port in "${CLUSTER_PORTS[@]}"; do
