@@ -176,3 +176,47 @@ for conns in sorted({c for c, _ in rows}):
         print(f"| {c} | {t} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {err} | {r} | {q} |")
 PY
 }
+
+# start_redis_cluster: six redis-server nodes on core 1 (LOAD_CPU), joined as three
+# masters with one replica each; waits until every node says the cluster is ok and
+# every replica is in sync. Sets CLUSTER_PORTS (all nodes) and CLUSTER_URLS (a TOML
+# array for `store.urls`).
+start_redis_cluster() {
+  CLUSTER_PORTS=()
+  local port bus addrs=() urls=()
+  for _ in 1 2 3 4 5 6; do
+    port=$(free_port); bus=$(free_port)
+    start_redis "$port" --appendonly no --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-port "$bus" --cluster-node-timeout 5000 --repl-diskless-sync-delay 0
+    CLUSTER_PORTS+=("$port"); addrs+=("127.0.0.1:$port"); urls+=("\"redis://127.0.0.1:$port/\"")
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  local ok
+  for _ in $(seq 1 300); do
+    ok=1
+    for port in "${CLUSTER_PORTS[@]}"; do
+      redis-cli -p "$port" cluster info | grep -q '^cluster_state:ok' || ok=0
+      if redis-cli -p "$port" info replication | grep -q '^role:slave'; then
+        redis-cli -p "$port" info replication | grep -q '^master_link_status:up' || ok=0
+      fi
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  [ "$ok" = 1 ] || { echo "the Redis Cluster did not form" >&2; exit 1; }
+  CLUSTER_URLS="[$(IFS=,; echo "${urls[*]}")]"
+}
+
+# The process id of the redis-server on port $1.
+redis_pid() { redis-cli -p "$1" info server | tr -d '\r' | awk -F: '/^process_id:/ { print $2 }'; }
+
+# CPU time (user + system) of the given process ids, in clock ticks, from /proc.
+cpu_ticks() {
+  local total=0 pid t
+  for pid in "$@"; do
+    # Fields 14 and 15 of /proc/PID/stat; the command name (field 2) may hold spaces.
+    t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')
+    total=$((total + t))
+  done
+  echo "$total"
+}

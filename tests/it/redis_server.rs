@@ -273,3 +273,327 @@ fn log_tail(dir: &Path) -> String {
     let from = lines.len().saturating_sub(10);
     format!("redis.log:\n{}", lines[from..].join("\n"))
 }
+
+/// How long a silent node has before the others mark it failed and its replica takes
+/// over. Short, so a failover fits in a test; not so short that a node starved of CPU for
+/// a moment on a busy two-core machine is taken for dead.
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1500;
+/// How long a six-node cluster gets to form, or to settle after a failover.
+const CLUSTER_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A Redis Cluster of three masters, each with one replica: six `redis-server`
+/// processes on free ports, each in its own directory, all killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    /// The arguments every node runs with.
+    args: Vec<String>,
+}
+
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    bus_port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// One node as a line of `CLUSTER NODES` describes it.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    pub id: String,
+    pub port: u16,
+    pub master: bool,
+    /// Marked failed (`fail`, not only suspected) by the node that was asked.
+    pub failed: bool,
+    /// The master's id, for a replica.
+    pub master_id: Option<String>,
+    /// Slot ranges served, inclusive.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl NodeView {
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(from, to)| (from..=to).contains(&slot))
+    }
+}
+
+#[allow(dead_code)]
+impl RedisCluster {
+    /// Starts six nodes, joins them with `redis-cli --cluster create … --cluster-replicas 1`
+    /// and waits until every node says the cluster is ok and every replica is in sync.
+    pub fn start() -> RedisCluster {
+        let mut last_error = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            match RedisCluster::try_start() {
+                Ok(cluster) => return cluster,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("the Redis Cluster did not form after {PORT_ATTEMPTS} attempts: {last_error}");
+    }
+
+    fn try_start() -> Result<RedisCluster, String> {
+        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        // A replica's first sync starts at once instead of waiting for more replicas.
+        let args: Vec<String> = ["--cluster-node-timeout", &timeout, "--repl-diskless-sync-delay", "0"]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        let mut ports = std::collections::BTreeSet::new();
+        while ports.len() < 12 {
+            ports.insert(free_port());
+        }
+        let ports: Vec<u16> = ports.into_iter().collect();
+        let mut cluster = RedisCluster { nodes: Vec::new(), args };
+        for pair in ports.chunks(2) {
+            let dir = tempfile::tempdir().expect("temporary directory for redis-server");
+            let child = spawn(pair[0], Some(pair[1]), &cluster.args, dir.path());
+            cluster.nodes.push(ClusterNode { child: Some(child), port: pair[0], bus_port: pair[1], dir });
+        }
+        for node in &mut cluster.nodes {
+            let child = node.child.as_mut().expect("just started");
+            wait_ready(child, node.port).map_err(|e| format!("{e}\n{}", log_tail(node.dir.path())))?;
+        }
+        cluster.create()?;
+        cluster.wait_formed()?;
+        Ok(cluster)
+    }
+
+    /// `redis-cli --cluster create`: slots split in three, one replica per master.
+    fn create(&self) -> Result<(), String> {
+        let addrs: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "redis-cli --cluster create failed: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Err(e) if e.kind() == ErrorKind::NotFound => panic!("redis-cli not found: {NOT_FOUND}"),
+            Err(e) => panic!("cannot run redis-cli: {e}"),
+        }
+    }
+
+    /// Waits until every node sees six nodes and all slots served, and every replica's
+    /// link to its master is up with its first sync done.
+    fn wait_formed(&self) -> Result<(), String> {
+        let deadline = Instant::now() + CLUSTER_SETTLE_TIMEOUT;
+        let mut last = String::from("not asked yet");
+        while Instant::now() < deadline {
+            match self.formed() {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("cluster not formed within {CLUSTER_SETTLE_TIMEOUT:?}: {last}"))
+    }
+
+    fn formed(&self) -> Result<(), String> {
+        for node in &self.nodes {
+            let info = query(node.port, &["CLUSTER", "INFO"])?;
+            for wanted in ["cluster_state:ok", "cluster_slots_ok:16384", "cluster_known_nodes:6"] {
+                if !info.lines().any(|l| l.trim() == wanted) {
+                    return Err(format!("node {} lacks {wanted}", node.port));
+                }
+            }
+            let replication = query(node.port, &["INFO", "replication"])?;
+            if replication.contains("role:slave")
+                && !(replication.contains("master_link_status:up") && replication.contains("master_sync_in_progress:0"))
+            {
+                return Err(format!("replica {} is not in sync", node.port));
+            }
+        }
+        let views = self.view()?;
+        let masters = views.iter().filter(|v| v.master).count();
+        if masters != 3 {
+            return Err(format!("{masters} masters instead of 3"));
+        }
+        Ok(())
+    }
+
+    /// The ports of the nodes started, killed ones included.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// One `redis://` URL per node, for `store.urls`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}/", n.port)).collect()
+    }
+
+    /// The ports of the processes still running.
+    pub fn live_ports(&self) -> Vec<u16> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.port).collect()
+    }
+
+    /// `CLUSTER NODES` as the first live node sees it.
+    pub fn view(&self) -> Result<Vec<NodeView>, String> {
+        let port = *self.live_ports().first().ok_or("no node is running")?;
+        Ok(parse_cluster_nodes(&query(port, &["CLUSTER", "NODES"])?))
+    }
+
+    /// The slot of `key` (hash tags included).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let port = *self.live_ports().first().expect("a running node");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(1)).expect("connect");
+        redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut con).expect("CLUSTER KEYSLOT")
+    }
+
+    /// The port of the master serving `key`'s slot.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let slot = self.slot_of(key);
+        let views = self.view().expect("CLUSTER NODES");
+        views
+            .iter()
+            .find(|v| v.master && !v.failed && v.serves(slot))
+            .map(|v| v.port)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}: {views:?}"))
+    }
+
+    /// The port of the replica of the master on `port`.
+    pub fn replica_of(&self, port: u16) -> u16 {
+        let views = self.view().expect("CLUSTER NODES");
+        let master = views.iter().find(|v| v.port == port).expect("a known node");
+        views
+            .iter()
+            .find(|v| v.master_id.as_deref() == Some(master.id.as_str()))
+            .map(|v| v.port)
+            .unwrap_or_else(|| panic!("no replica of {port}: {views:?}"))
+    }
+
+    /// SIGKILLs the node on `port`: nothing it has not yet sent its replica survives.
+    pub fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node of this cluster");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the killed node on `port` again over its own directory, as an operator (or
+    /// its service manager) would: it has lost its slots, so it rejoins as the replica of
+    /// the master that replaced it. Returns once all six nodes agree and it is in sync.
+    pub fn restart(&mut self, port: u16) {
+        let args = self.args.clone();
+        let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node of this cluster");
+        assert!(node.child.is_none(), "node {port} is still running");
+        let mut child = spawn(port, Some(node.bus_port), &args, node.dir.path());
+        wait_ready(&mut child, port).unwrap_or_else(|e| panic!("{e}\n{}", log_tail(node.dir.path())));
+        node.child = Some(child);
+        self.wait_formed().unwrap_or_else(|e| panic!("node {port} did not rejoin: {e}"));
+    }
+
+    /// Freezes the node on `port` (SIGSTOP): it reads nothing, so its master keeps
+    /// acknowledging writes that it has not received.
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "-STOP");
+    }
+
+    /// Lets a node frozen by [`RedisCluster::pause`] run again (SIGCONT).
+    pub fn resume(&self, port: u16) {
+        self.signal(port, "-CONT");
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let node = self.nodes.iter().find(|n| n.port == port).expect("a node of this cluster");
+        let pid = node.child.as_ref().expect("a running node").id().to_string();
+        let status = Command::new("kill").arg(signal).arg(&pid).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// Waits until every live node says the cluster is ok and that each slot is served
+    /// by a live master: after a kill, the replica has been promoted and everyone knows.
+    pub fn wait_settled(&self) {
+        let deadline = Instant::now() + CLUSTER_SETTLE_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.settled() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the cluster did not settle within {CLUSTER_SETTLE_TIMEOUT:?}: {last}");
+    }
+
+    fn settled(&self) -> Result<(), String> {
+        let live = self.live_ports();
+        for &port in &live {
+            let info = query(port, &["CLUSTER", "INFO"])?;
+            if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                return Err(format!("node {port} says the cluster is not ok"));
+            }
+            let views = parse_cluster_nodes(&query(port, &["CLUSTER", "NODES"])?);
+            let served: u32 = views
+                .iter()
+                .filter(|v| v.master && !v.failed && live.contains(&v.port))
+                .flat_map(|v| v.slots.iter().map(|&(from, to)| u32::from(to - from) + 1))
+                .sum();
+            if served != 16384 {
+                return Err(format!("node {port} sees {served} slots served by live masters"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// One command to the node on `port`, its answer as text.
+fn query(port: u16, args: &[&str]) -> Result<String, String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+    let mut con = client.get_connection_with_timeout(Duration::from_millis(500)).map_err(|e| format!("{port}: {e}"))?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut con).map_err(|e| format!("{port} {}: {e}", args.join(" ")))
+}
+
+/// Parses `CLUSTER NODES`: `<id> <ip:port@bus[,host]> <flags> <master|-> <ping> <pong>
+/// <epoch> <link> <slot ranges…>`; slots being imported or migrated (`[…]`) are skipped.
+fn parse_cluster_nodes(text: &str) -> Vec<NodeView> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                return None;
+            }
+            let port = fields[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+            let flags: Vec<&str> = fields[2].split(',').collect();
+            let slots = fields[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((from, to)) => Some((from.parse().ok()?, to.parse().ok()?)),
+                    None => s.parse().ok().map(|n| (n, n)),
+                })
+                .collect();
+            Some(NodeView {
+                id: fields[0].to_owned(),
+                port,
+                master: flags.contains(&"master"),
+                failed: flags.contains(&"fail"),
+                master_id: (fields[3] != "-").then(|| fields[3].to_owned()),
+                slots,
+            })
+        })
+        .collect()
+}

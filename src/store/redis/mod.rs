@@ -112,6 +112,7 @@ mod link_changes;
 mod links;
 mod nodes;
 mod outbox;
+mod renewable;
 mod replicas;
 mod retention;
 mod scripts;
@@ -123,8 +124,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use renewable::Renewable;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -160,18 +161,27 @@ const CLICK_QUEUE: usize = 65_536;
 const INTERN_SPARE: Duration = Duration::from_secs(2 * 86_400);
 
 /// One Redis or a cluster: both are cheap, cloneable, multiplexed handles, so every call
-/// clones one and no lock is ever held.
+/// clones one and no lock is ever held. The cluster's is renewed when it wedges (see
+/// `renewable`).
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Renewable>),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(shared) => {
+                let shared = shared.clone();
+                Box::pin(async move {
+                    let mut con = shared.connection();
+                    let result = con.req_packed_command(cmd).await;
+                    shared.note(&result);
+                    result
+                })
+            }
         }
     }
 
@@ -183,14 +193,22 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(shared) => {
+                let shared = shared.clone();
+                Box::pin(async move {
+                    let mut con = shared.connection();
+                    let result = con.req_packed_commands(pipeline, offset, count).await;
+                    shared.note(&result);
+                    result
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(_) => 0,
         }
     }
 }
@@ -288,8 +306,7 @@ impl RedisStore {
             .build()
             .map_err(|e| anyhow::anyhow!("invalid Redis Cluster URLs {shown}: {e}"))?;
         let connect = || async {
-            client
-                .get_async_connection()
+            Renewable::connect(client.clone())
                 .await
                 .map(Conn::Cluster)
                 .map_err(|e| anyhow::anyhow!("cannot connect to Redis Cluster at {shown}: {e}"))
@@ -387,8 +404,27 @@ impl RedisStore {
 
 #[async_trait]
 impl Health for RedisStore {
+    /// On a cluster, every shard is asked by a command routed by its slot, so the probe
+    /// reaches the master that serves it now: a bare `PING` goes to the masters of the
+    /// client's slot map, which after a failover may still name the dead one, and never
+    /// makes the client learn the new map.
     async fn ping(&self) -> StoreResult<()> {
-        let _: String = redis::cmd("PING").query_async(&mut self.con()).await.map_err(unavailable)?;
+        match self.con {
+            Conn::Single(_) => {
+                let _: String = redis::cmd("PING").query_async(&mut self.con()).await.map_err(unavailable)?;
+            }
+            Conn::Cluster(_) => {
+                self.all_shards(|mut con, shard| async move {
+                    let _: i64 = redis::cmd("EXISTS")
+                        .arg(keys::counter_days_key(shard))
+                        .query_async(&mut con)
+                        .await
+                        .map_err(unavailable)?;
+                    Ok(Vec::<()>::new())
+                })
+                .await?;
+            }
+        }
         Ok(())
     }
 
