@@ -16,7 +16,9 @@ use cakelink::app::Application;
 use cakelink::clickid::Keyring;
 use cakelink::config::Config;
 use cakelink::model::Click;
-use cakelink::store::{ClickOrigin, ClickStore};
+
+#[path = "support/clicks.rs"]
+mod clicks;
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -58,31 +60,14 @@ async fn run(clicks: u64, requests: usize, shuffled: bool) {
     let span = (DAYS * 86_400 - 120) as u64;
     let mut written = 0u64;
     while written < clicks {
-        let batch: Vec<Click> = (written..(written + 2048).min(clicks))
+        let batch: Vec<Click> = (written..(written + clicks::IN_FLIGHT).min(clicks))
             .map(|n| {
                 let back = if shuffled { n.wrapping_mul(2_654_435_761) % span } else { span - n * span / clicks };
-                let at = now - 60 - back as i64;
-                Click {
-                    id: keyring.mint(at as u64).to_string(),
-                    link: format!("cake/campaign-{}", n % LINKS),
-                    at: at * 1000,
-                    bot: (n % 17 == 0).then(|| "prefetch".to_owned()),
-                    ip: Some("198.51.100.7".into()),
-                    user_agent: Some("Mozilla/5.0 (bench)".into()),
-                    referer: None,
-                    utm: vec![("source".into(), "facebook".into())],
-                    ad_click_ids: vec![],
-                    subids: vec![],
-                    offer: None,
-                    rule: None,
-                    fallback: None,
-                }
+                let bot = (n % 17 == 0).then(|| "prefetch".to_owned());
+                clicks::click(&keyring, n, now - 60 - back as i64, LINKS, bot)
             })
             .collect();
-        let writes = batch.iter().map(|c| store.clicks().record_click(c, ClickOrigin::Replayed));
-        for done in futures_util::future::join_all(writes).await {
-            done.expect("record click");
-        }
+        clicks::record(&store, &batch).await;
         written += batch.len() as u64;
     }
     store.health().flush().await.expect("flush");

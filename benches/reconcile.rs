@@ -25,8 +25,10 @@ use cakelink::model::{Click, Conversion, Event, EventStatus, PURCHASE};
 use cakelink::money::Money;
 use cakelink::reconcile::{self, input, Sources};
 use cakelink::reports::Period;
-use cakelink::store::{ClickOrigin, ClickStore};
 use serde_json::{json, Value};
+
+#[path = "support/clicks.rs"]
+mod clicks;
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -139,31 +141,9 @@ async fn run(clicks: u64, requests: usize) {
     let mut candidates: Vec<Click> = Vec::with_capacity((clicks / STRIDE) as usize);
     let mut written = 0u64;
     while written < clicks {
-        let end = (written + 2048).min(clicks);
-        let batch: Vec<Click> = (written..end)
-            .map(|n| {
-                let at = at_of(n);
-                Click {
-                    id: keyring.mint(at as u64).to_string(),
-                    link: format!("cake/campaign-{}", n % LINKS),
-                    at: at * 1000,
-                    bot: None,
-                    ip: Some("198.51.100.7".into()),
-                    user_agent: Some("Mozilla/5.0 (bench)".into()),
-                    referer: None,
-                    utm: vec![("source".into(), "facebook".into())],
-                    ad_click_ids: vec![],
-                    subids: vec![],
-                    offer: None,
-                    rule: None,
-                    fallback: None,
-                }
-            })
-            .collect();
-        let writes = batch.iter().map(|c| store.clicks().record_click(c, ClickOrigin::Replayed));
-        for done in futures_util::future::join_all(writes).await {
-            done.expect("record click");
-        }
+        let end = (written + clicks::IN_FLIGHT).min(clicks);
+        let batch: Vec<Click> = (written..end).map(|n| clicks::click(&keyring, n, at_of(n), LINKS, None)).collect();
+        clicks::record(&store, &batch).await;
         candidates.extend(batch.into_iter().enumerate().filter_map(|(i, c)| {
             let n = written + i as u64;
             (n % STRIDE == 3).then_some(c)
