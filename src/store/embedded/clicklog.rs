@@ -7,15 +7,20 @@
 //! that hour (the id carries its creation time, so a lookup knows the hour). An hour has
 //! one open segment at a time; the next one starts when it reaches
 //! [`MAX_SEGMENT_CLICKS`], when the process restarts, or when late clicks (a spool
-//! replay) arrive for an hour already sealed. The file format is in `segment`.
+//! replay) arrive for an hour already sealed. The file format is in `segment`. Only the
+//! writer keeps file descriptors, for the few segments it wrote last
+//! ([`MAX_HANDLES`]); a read opens the file it needs, so a month of segments costs no
+//! descriptors.
 //!
 //! **Index.** An open segment's index is in memory (id key → offset, rebuilt by scanning
 //! the file on open). When a segment closes (its hour ended [`SEAL_AFTER_SECS`] ago, or it
 //! is full), a background task writes its index once, sorted, at the end of the file, and
 //! the memory goes. A lookup in a sealed segment is a binary search with positioned reads.
-//! Memory: at most [`MAX_OPEN`] open segments, each of at most [`MAX_SEGMENT_CLICKS`]
-//! entries in a map of 2^19 buckets, about 9 MiB, so at most about 36 MiB, plus segments
-//! waiting for their index to be written (a fraction of a second each).
+//! Memory: the current hour's segment starts with room for [`MAX_SEGMENT_CLICKS`] clicks
+//! (2^19 buckets of 16 bytes, about 9 MiB), which is all there is under steady traffic.
+//! Other hours' segments (late clicks, a shuffled import) grow as needed; all open
+//! indexes together hold at most [`MAX_OPEN_CLICKS`] clicks (the segment written least
+//! lately closes beyond), at most about 64 MiB with the maps' slack.
 //!
 //! **Durability.** Each append is in the operating system's buffers before the batch is
 //! acknowledged, as the journal is; the fsync timer fsyncs the open segments before the
@@ -61,8 +66,11 @@ pub(super) const DIR: &str = "clicklog";
 pub(super) const MAX_SEGMENT_CLICKS: usize = 458_752;
 /// Most bytes one segment takes (offsets in the index are 32 bits).
 const MAX_SEGMENT_BYTES: u64 = 1 << 30;
-/// Most segments open for appends at once; the one written least lately closes first.
-pub(super) const MAX_OPEN: usize = 4;
+/// Most clicks indexed in memory over all open segments; beyond, the segment written
+/// least lately closes.
+pub(super) const MAX_OPEN_CLICKS: usize = 1 << 21;
+/// Most file descriptors the writer keeps, for the segments it wrote last.
+pub(super) const MAX_HANDLES: usize = 8;
 /// How long an hour's segment stays open after the hour: for a click minted in its last
 /// moment and written in the next one.
 pub(super) const SEAL_AFTER_SECS: u64 = 120;
@@ -116,7 +124,6 @@ pub(super) struct Segment {
     seq: u32,
     name: String,
     path: PathBuf,
-    file: File,
     state: RwLock<State>,
     /// Written since its last fsync.
     dirty: AtomicBool,
@@ -127,22 +134,37 @@ impl Segment {
         [META_PREFIX, self.name.as_bytes()].concat()
     }
 
+    fn open_file(&self) -> io::Result<File> {
+        OpenOptions::new().read(true).write(true).open(&self.path)
+    }
+
     /// The record of click `id` if this segment holds it; a sealed segment hides the
-    /// clicks created before `expired_before`.
+    /// clicks created before `expired_before`. A segment deleted or replaced meanwhile
+    /// answers `NotFound`.
     fn find(&self, id: &str, place: &Place, expired_before: u32) -> io::Result<Option<Vec<u8>>> {
-        let (offsets, end) = {
+        let (offsets, end, file) = {
             let s = read(&self.state);
             if place.sec < s.range.0 || place.sec > s.range.1 {
                 return Ok(None);
             }
             match &s.index {
-                Index::Open(index) => (index.offsets(place.key), s.len),
+                Index::Open(index) => (index.offsets(place.key), s.len, None),
                 Index::Sealed(_) if place.sec < expired_before => return Ok(None),
-                Index::Sealed(sealed) => (segment::sealed_offsets(&self.file, sealed, place.key)?, sealed.data_end),
+                Index::Sealed(sealed) => {
+                    let file = self.open_file()?;
+                    (segment::sealed_offsets(&file, sealed, place.key)?, sealed.data_end, Some(file))
+                }
             }
         };
+        if offsets.is_empty() {
+            return Ok(None);
+        }
+        let file = match file {
+            Some(file) => file,
+            None => self.open_file()?,
+        };
         for offset in offsets {
-            let Some((payload, _)) = read_payload(&self.file, u64::from(offset), end) else { continue };
+            let Some((payload, _)) = read_payload(&file, u64::from(offset), end) else { continue };
             if let Some(Frame::Click { id: held, record, .. }) = segment::parse_frame(&payload) {
                 if held == id.as_bytes() {
                     return Ok(Some(record.to_vec()));
@@ -158,16 +180,22 @@ impl Segment {
     }
 }
 
-/// The segment file name of `hour`'s segment number `seq`: `2026-11-24T13.0000.log`.
-pub(super) fn file_name(hour: UnixHour, seq: u32) -> String {
+/// The segment file name of `hour`'s segment number `seq`: `2026-11-24T13.0000.log`,
+/// or once rewritten without personal data `2026-11-24T13.0000.lean.log`.
+pub(super) fn file_name(hour: UnixHour, seq: u32, lean: bool) -> String {
     let at =
         time::OffsetDateTime::from_unix_timestamp(i64::from(hour) * 3600).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!("{:04}-{:02}-{:02}T{:02}.{seq:04}.log", at.year(), at.month() as u8, at.day(), at.hour())
+    let lean = if lean { ".lean" } else { "" };
+    format!("{:04}-{:02}-{:02}T{:02}.{seq:04}{lean}.log", at.year(), at.month() as u8, at.day(), at.hour())
 }
 
-/// The hour and number a segment file name gives.
-fn parse_name(name: &str) -> Option<(UnixHour, u32)> {
+/// The hour, number and leanness a segment file name gives.
+fn parse_name(name: &str) -> Option<(UnixHour, u32, bool)> {
     let stem = name.strip_suffix(".log")?;
+    let (stem, lean) = match stem.strip_suffix(".lean") {
+        Some(stem) => (stem, true),
+        None => (stem, false),
+    };
     let (at, seq) = stem.split_once('.')?;
     let (date, hour) = at.split_once('T')?;
     let mut ymd = date.splitn(3, '-').map(str::parse::<i32>);
@@ -175,7 +203,7 @@ fn parse_name(name: &str) -> Option<(UnixHour, u32)> {
     let month = time::Month::try_from(u8::try_from(m).ok()?).ok()?;
     let date = time::Date::from_calendar_date(y, month, u8::try_from(d).ok()?).ok()?;
     let secs = date.with_hms(hour.parse().ok()?, 0, 0).ok()?.assume_utc().unix_timestamp();
-    Some((u32::try_from(secs / 3600).ok()?, seq.parse().ok()?))
+    Some((u32::try_from(secs / 3600).ok()?, seq.parse().ok()?, lean))
 }
 
 /// Frames of an open segment that its recorded length does not cover: a batch whose
@@ -215,15 +243,30 @@ impl ClickLog {
         std::fs::create_dir_all(dir)?;
         let mut segments = BTreeMap::new();
         let (mut tails, mut unsealed) = (Vec::new(), Vec::new());
+        let mut found: BTreeMap<(UnixHour, u32), (PathBuf, bool)> = BTreeMap::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
             if name.ends_with(".tmp") {
                 // A rewrite that did not finish: the original is still in place.
                 std::fs::remove_file(&path)?;
                 continue;
             }
-            let Some((hour, seq)) = parse_name(&name) else { continue };
+            let Some((hour, seq, lean)) = parse_name(name) else { continue };
+            match found.get(&(hour, seq)) {
+                // A rewrite finished, but its original was not deleted yet.
+                Some((_, true)) => std::fs::remove_file(&path)?,
+                Some((original, false)) if lean => {
+                    std::fs::remove_file(original)?;
+                    found.insert((hour, seq), (path, lean));
+                }
+                _ => {
+                    found.insert((hour, seq), (path, lean));
+                }
+            }
+        }
+        for ((hour, seq), (path, _)) in found {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let size = file.metadata()?.len();
             let state = match segment::read_trailer(&file, size) {
@@ -250,15 +293,8 @@ impl ClickLog {
                 }
             };
             let sealed = matches!(state.index, Index::Sealed(_));
-            let seg = Arc::new(Segment {
-                hour,
-                seq,
-                name,
-                path,
-                file,
-                state: RwLock::new(state),
-                dirty: AtomicBool::new(!sealed),
-            });
+            let seg =
+                Arc::new(Segment { hour, seq, name, path, state: RwLock::new(state), dirty: AtomicBool::new(!sealed) });
             if !sealed {
                 unsealed.push(seg.clone());
             }
@@ -276,12 +312,20 @@ impl ClickLog {
 
     /// The record of click `id` (at `place`), if the log holds it.
     pub(super) fn find(&self, id: &str, place: &Place) -> io::Result<Option<Vec<u8>>> {
+        self.lookup(id, place, false)
+    }
+
+    fn lookup(&self, id: &str, place: &Place, retried: bool) -> io::Result<Option<Vec<u8>>> {
         let candidates: Vec<Arc<Segment>> =
             read(&self.segments).range((place.hour, 0)..=(place.hour, u32::MAX)).map(|(_, s)| s.clone()).collect();
         let expired_before = self.expired_before.load(Ordering::Relaxed);
         for seg in candidates {
-            if let Some(record) = seg.find(id, place, expired_before)? {
-                return Ok(Some(record));
+            match seg.find(id, place, expired_before) {
+                Ok(None) => {}
+                Ok(Some(record)) => return Ok(Some(record)),
+                // Deleted or rewritten since the list was taken: look at the list again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !retried => return self.lookup(id, place, true),
+                Err(e) => return Err(e),
             }
         }
         Ok(None)
@@ -316,7 +360,7 @@ impl ClickLog {
             read(&self.segments).values().filter(|s| s.dirty.load(Ordering::Relaxed)).cloned().collect();
         for seg in dirty {
             seg.dirty.store(false, Ordering::Relaxed);
-            if let Err(e) = seg.file.sync_data() {
+            if let Err(e) = seg.open_file().and_then(|f| f.sync_data()) {
                 seg.dirty.store(true, Ordering::Relaxed);
                 return Err(e);
             }
@@ -330,11 +374,12 @@ impl ClickLog {
         Ok(())
     }
 
-    /// A new, empty segment for `hour`, numbered after the hour's others.
-    fn create(&self, hour: UnixHour) -> io::Result<Arc<Segment>> {
+    /// A new, empty segment for `hour`, numbered after the hour's others, and its file.
+    /// `room` is how many clicks its index starts with room for.
+    fn create(&self, hour: UnixHour, room: usize) -> io::Result<(Arc<Segment>, File)> {
         let mut segments = write(&self.segments);
         let seq = segments.range((hour, 0)..=(hour, u32::MAX)).next_back().map_or(0, |((_, seq), _)| seq + 1);
-        let name = file_name(hour, seq);
+        let name = file_name(hour, seq, false);
         let path = self.dir.join(&name);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         let seg = Arc::new(Segment {
@@ -342,18 +387,17 @@ impl ClickLog {
             seq,
             name,
             path,
-            file,
             state: RwLock::new(State {
                 len: 0,
                 clicks: 0,
                 range: (u32::MAX, 0),
-                index: Index::Open(OpenIndex::with_capacity(MAX_SEGMENT_CLICKS)),
+                index: Index::Open(OpenIndex::with_capacity(room)),
             }),
             dirty: AtomicBool::new(false),
         });
         segments.insert((hour, seq), seg.clone());
         self.dir_dirty.store(true, Ordering::Relaxed);
-        Ok(seg)
+        Ok((seg, file))
     }
 
     /// Writes the index of a closed segment at its end; its in-memory index goes.
@@ -365,7 +409,7 @@ impl ClickLog {
                 Index::Sealed(_) => return Ok(()),
             }
         };
-        let sealed = segment::seal(&seg.file, len, &entries, range, false)?;
+        let sealed = segment::seal(&seg.open_file()?, len, &entries, range, false)?;
         seg.dirty.store(false, Ordering::Relaxed);
         write(&seg.state).index = Index::Sealed(sealed);
         Ok(())
@@ -390,13 +434,16 @@ impl ClickLog {
                 batch.commit().map_err(io::Error::other)?;
                 deleted += 1;
             } else if !sealed.personal_dropped && u64::from(sealed.max_sec) < personal_cutoff {
-                let (file, sealed) = segment::rewrite_without_personal(&seg.path, &sealed)?;
+                // Under a new name, so that a read still holding the original's index
+                // never reads the copy's offsets; the original goes once replaced.
+                let name = file_name(seg.hour, seg.seq, true);
+                let path = self.dir.join(&name);
+                let sealed = segment::rewrite_without_personal(&seg.path, &path, &sealed)?;
                 let replaced = Arc::new(Segment {
                     hour: seg.hour,
                     seq: seg.seq,
-                    name: seg.name.clone(),
-                    path: seg.path.clone(),
-                    file,
+                    name,
+                    path,
                     state: RwLock::new(State {
                         len: sealed.data_end,
                         clicks: sealed.entries as usize,
@@ -406,6 +453,10 @@ impl ClickLog {
                     dirty: AtomicBool::new(false),
                 });
                 write(&self.segments).insert((seg.hour, seg.seq), replaced);
+                std::fs::remove_file(&seg.path)?;
+                let mut batch = t.db.batch();
+                batch.remove(&t.meta, seg.meta_key());
+                batch.commit().map_err(io::Error::other)?;
                 rewritten += 1;
             }
         }
@@ -468,6 +519,7 @@ pub(super) fn start_housekeeping(log: Arc<ClickLog>, t: Tables) -> mpsc::Unbound
 /// One batch's appends to one segment.
 struct Slot {
     seg: Arc<Segment>,
+    file: Arc<File>,
     /// The segment's length before the batch.
     start: u64,
     buf: Vec<u8>,
@@ -477,11 +529,19 @@ struct Slot {
     written: bool,
 }
 
+/// A segment the writer appends to.
+struct Open {
+    seg: Arc<Segment>,
+    /// Its file, while it is among the [`MAX_HANDLES`] written last.
+    file: Option<Arc<File>>,
+    /// The batch it was last written in.
+    used: u64,
+}
+
 /// The writer thread's side of the log: the open segments and the batch being built.
 pub(super) struct LogWriter {
     log: Arc<ClickLog>,
-    /// Open segments and the batch number each was last written in.
-    open: Vec<(Arc<Segment>, u64)>,
+    open: Vec<Open>,
     jobs: mpsc::UnboundedSender<Job>,
     slots: Vec<Slot>,
     batch: u64,
@@ -509,36 +569,56 @@ impl LogWriter {
         if let Some(i) = self.slots.iter().position(|s| s.seg.hour == hour) {
             return Ok(&mut self.slots[i]);
         }
-        let seg = self.open_segment(hour)?;
+        let (seg, file) = self.open_segment(hour)?;
         let start = read(&seg.state).len;
         let buf = self.spare.pop().unwrap_or_default();
-        self.slots.push(Slot { seg, start, buf, entries: Vec::new(), range: (u32::MAX, 0), written: false });
+        self.slots.push(Slot { seg, file, start, buf, entries: Vec::new(), range: (u32::MAX, 0), written: false });
         let last = self.slots.len() - 1;
         Ok(&mut self.slots[last])
     }
 
-    fn open_segment(&mut self, hour: UnixHour) -> io::Result<Arc<Segment>> {
-        if let Some(i) = self.open.iter().position(|(s, _)| s.hour == hour) {
+    /// `hour`'s open segment and its file (opened again if its descriptor was let go),
+    /// or a new one when there is none or it is full. Called once per hour and batch.
+    fn open_segment(&mut self, hour: UnixHour) -> io::Result<(Arc<Segment>, Arc<File>)> {
+        if let Some(i) = self.open.iter().position(|o| o.seg.hour == hour) {
             let (len, clicks) = {
-                let s = read(&self.open[i].0.state);
+                let s = read(&self.open[i].seg.state);
                 (s.len, s.clicks)
             };
             if clicks + MAX_BATCH <= MAX_SEGMENT_CLICKS && len < MAX_SEGMENT_BYTES {
-                self.open[i].1 = self.batch;
-                return Ok(self.open[i].0.clone());
+                let open = &mut self.open[i];
+                open.used = self.batch;
+                let file = match &open.file {
+                    Some(file) => file.clone(),
+                    None => Arc::new(open.seg.open_file()?),
+                };
+                open.file = Some(file.clone());
+                let seg = open.seg.clone();
+                self.let_go_of_handles();
+                return Ok((seg, file));
             }
-            let (full, _) = self.open.swap_remove(i);
-            self.close(full);
+            let full = self.open.swap_remove(i);
+            self.close(full.seg);
         }
-        if self.open.len() >= MAX_OPEN {
-            if let Some(i) = self.open.iter().enumerate().min_by_key(|(_, (_, used))| *used).map(|(i, _)| i) {
-                let (idle, _) = self.open.swap_remove(i);
-                self.close(idle);
+        // The current hour's segment will take a full segment's clicks at full speed: its
+        // index gets its room at once rather than growing (each growth rehashes it all).
+        let current = crate::clock::now_secs() / 3600 == u64::from(hour);
+        let (seg, file) = self.log.create(hour, if current { MAX_SEGMENT_CLICKS } else { 0 })?;
+        let file = Arc::new(file);
+        self.open.push(Open { seg: seg.clone(), file: Some(file.clone()), used: self.batch });
+        self.let_go_of_handles();
+        Ok((seg, file))
+    }
+
+    /// Closes the descriptors of the segments written least lately beyond [`MAX_HANDLES`]
+    /// (a slot of this batch keeps its own).
+    fn let_go_of_handles(&mut self) {
+        let held = self.open.iter().filter(|o| o.file.is_some()).count();
+        if held > MAX_HANDLES {
+            if let Some(idle) = self.open.iter_mut().filter(|o| o.file.is_some()).min_by_key(|o| o.used) {
+                idle.file = None;
             }
         }
-        let seg = self.log.create(hour)?;
-        self.open.push((seg.clone(), self.batch));
-        Ok(seg)
     }
 
     /// Adds an interned value to this batch's appends to `hour`'s segment.
@@ -570,7 +650,7 @@ impl LogWriter {
         let mut covered = Vec::with_capacity(self.slots.len());
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
-            if let Err(e) = slot.seg.file.write_all_at(&slot.buf, slot.start) {
+            if let Err(e) = slot.file.write_all_at(&slot.buf, slot.start) {
                 // A part of it may be there.
                 slot.written = true;
                 self.finish(false);
@@ -598,7 +678,7 @@ impl LogWriter {
                 s.clicks += slot.entries.len();
                 s.range = (s.range.0.min(slot.range.0), s.range.1.max(slot.range.1));
             } else if slot.written {
-                if let Err(e) = slot.seg.file.set_len(slot.start) {
+                if let Err(e) = slot.file.set_len(slot.start) {
                     // Left there, the frames are counted on the next start.
                     tracing::error!(error = %e, segment = %slot.seg.name, "cutting a failed append off the click log failed");
                 }
@@ -608,6 +688,14 @@ impl LogWriter {
         }
         self.spare.truncate(4);
         self.batch += 1;
+        // Memory: beyond the bound, the segments written least lately close.
+        let mut indexed: usize = self.open.iter().map(|o| read(&o.seg.state).clicks).sum();
+        while indexed > MAX_OPEN_CLICKS && self.open.len() > 1 {
+            let Some(i) = self.open.iter().enumerate().min_by_key(|(_, o)| o.used).map(|(i, _)| i) else { break };
+            let idle = self.open.swap_remove(i);
+            indexed -= read(&idle.seg.state).clicks;
+            self.close(idle.seg);
+        }
     }
 
     /// Closes the segments of hours that ended long enough ago and queues the retention
@@ -621,10 +709,10 @@ impl LogWriter {
     ) {
         let mut i = 0;
         while i < self.open.len() {
-            let hour_end = (u64::from(self.open[i].0.hour) + 1) * 3600;
+            let hour_end = (u64::from(self.open[i].seg.hour) + 1) * 3600;
             if hour_end + SEAL_AFTER_SECS <= now_secs {
-                let (ended, _) = self.open.swap_remove(i);
-                self.close(ended);
+                let ended = self.open.swap_remove(i);
+                self.close(ended.seg);
             } else {
                 i += 1;
             }
@@ -644,9 +732,10 @@ mod tests {
     #[test]
     fn file_names_read_back() {
         let hour = 1_795_000_000 / 3600;
-        let name = file_name(hour, 7);
+        let name = file_name(hour, 7, false);
         assert_eq!(name, "2026-11-18T11.0007.log");
-        assert_eq!(parse_name(&name), Some((hour, 7)));
+        assert_eq!(parse_name(&name), Some((hour, 7, false)));
+        assert_eq!(parse_name(&file_name(hour, 7, true)), Some((hour, 7, true)));
         assert_eq!(parse_name("2026-11-18T08.0007.tmp"), None);
         assert_eq!(parse_name("notes.log"), None);
     }
@@ -661,11 +750,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rewrite_whose_original_outlived_it_wins_on_open() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let t = Tables::open(&dir.path().join("db")).expect("tables");
+        let log = dir.path().join(DIR);
+        std::fs::create_dir_all(&log).expect("directory");
+        for name in [file_name(10, 0, false), file_name(10, 0, true), "2026-11-18T11.0000.lean.tmp".into()] {
+            std::fs::write(log.join(name), b"").expect("write");
+        }
+        let opened = ClickLog::open(&log, &t.meta, 0).expect("open");
+        let mut left: Vec<String> = std::fs::read_dir(&log)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![file_name(10, 0, true)]);
+        assert_eq!(opened.unsealed.len(), 1);
+    }
+
+    #[test]
     fn a_sealed_segment_is_not_open() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let t = Tables::open(&dir.path().join("db")).expect("tables");
         let opened = ClickLog::open(&dir.path().join(DIR), &t.meta, 0).expect("open");
-        let seg = opened.log.create(10).expect("create");
+        let (seg, _) = opened.log.create(10, 0).expect("create");
         assert!(!seg.is_sealed());
         opened.log.seal(&seg).expect("seal");
         assert!(seg.is_sealed());

@@ -326,16 +326,16 @@ pub(super) fn scan(path: &Path, file: &File, from: u64) -> io::Result<Scanned> {
     Ok(Scanned { data_end, index, range, tail })
 }
 
-/// Writes, next to the sealed segment at `path`, a copy without personal data (each
+/// Writes at `to` a copy of the sealed segment at `from` without personal data (each
 /// click's record without its IP address and user-agent key, and no interned values),
-/// indexed and sealed, and renames it over the original: a crash leaves one or the
-/// other, whole. Returns the new file, opened for reading, and its trailer.
-pub(super) fn rewrite_without_personal(path: &Path, sealed: &Sealed) -> io::Result<(File, Sealed)> {
-    let tmp = path.with_extension("tmp");
+/// indexed and sealed: written under a temporary name, fsynced, then renamed, so a crash
+/// leaves no partial copy. Returns the copy's trailer.
+pub(super) fn rewrite_without_personal(from: &Path, to: &Path, sealed: &Sealed) -> io::Result<Sealed> {
+    let tmp = to.with_extension("tmp");
     let mut out = Vec::with_capacity(sealed.data_end as usize);
     let mut entries = Vec::with_capacity(sealed.entries as usize);
     let mut range = (u32::MAX, 0u32);
-    scan_frames(File::open(path)?.take(sealed.data_end), |_, payload| {
+    scan_frames(File::open(from)?.take(sealed.data_end), |_, payload| {
         if let Some(Frame::Click { id, cap_key, record }) = parse_frame(payload) {
             let stripped = record::strip_personal(record).ok().flatten();
             let Ok(offset) = u32::try_from(out.len()) else { return false };
@@ -354,11 +354,11 @@ pub(super) fn rewrite_without_personal(path: &Path, sealed: &Sealed) -> io::Resu
     let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
     file.write_all_at(&out, 0)?;
     let sealed = seal(&file, out.len() as u64, &entries, range, true)?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
+    std::fs::rename(&tmp, to)?;
+    if let Some(dir) = to.parent() {
         File::open(dir)?.sync_all()?;
     }
-    Ok((file, sealed))
+    Ok(sealed)
 }
 
 #[cfg(test)]

@@ -186,7 +186,7 @@ fn clicks_logged_but_not_committed_are_counted_once_on_open() {
         (lost[1].clone(), None),
         (lost[2].clone(), Some("cake/other/a/20000")),
     ]);
-    std::fs::write(dir.path().join(DIR).join(file_name((now / 3600) as u32, 90)), frames).expect("write");
+    std::fs::write(dir.path().join(DIR).join(file_name((now / 3600) as u32, 90, false)), frames).expect("write");
 
     for opening in 0..2 {
         with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
@@ -276,7 +276,7 @@ fn expired_segments_are_deleted_whole() {
     });
     let left = segments(dir.path());
     assert_eq!(left.len(), 1, "{left:?}");
-    assert!(left[0].to_string_lossy().contains(&file_name(((now - 2 * 3600) / 3600) as u32, 0)));
+    assert!(left[0].to_string_lossy().contains(&file_name(((now - 2 * 3600) / 3600) as u32, 0, false)));
     let meta: Vec<Vec<u8>> = block_on(async {
         let t = tables(dir.path()).await;
         t.meta.prefix(b"clicklog/").map(|kv| kv.key().expect("key").to_vec()).collect()
