@@ -55,7 +55,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::segment::{self, Frame, OpenIndex, Sealed};
 use super::tables::Tables;
 use super::MAX_BATCH;
-use crate::clickid::ClickId;
 use crate::model::UnixHour;
 use crate::store::record::InternKey;
 use crate::store::spool::file::read_payload;
@@ -89,7 +88,7 @@ impl Place {
     /// The place of `id`; `None` for text that is not a click id (such clicks are kept in
     /// the `clicks` keyspace, as before the log).
     pub(super) fn of(id: &str) -> Option<Place> {
-        let sec = ClickId::parse(id).ok()?.created_at().min(u64::from(u32::MAX)) as u32;
+        let sec = segment::created_secs(id.as_bytes())?;
         Some(Place { hour: sec / 3600, sec, key: segment::index_key(id.as_bytes()) })
     }
 }
