@@ -34,7 +34,7 @@ send_clicks() {
   done
 }
 
-sum_sizes() { find "$@" -type f -printf '%s\n' 2>/dev/null | awk '{ n += $1 } END { print n + 0 }'; }
+sum_sizes() { { [ ! -e "$1" ] || find "$1" -type f -printf '%s\n'; } | awk '{ n += $1 } END { print n + 0 }'; }
 
 echo "| fbclid | clicks stored | click log (bytes) | tables (bytes) | journal (bytes) | log per click | tables per click | journal per click | all per click |"
 echo "|---|---|---|---|---|---|---|---|---|"
