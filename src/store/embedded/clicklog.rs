@@ -130,7 +130,7 @@ pub(super) struct Segment {
 
 impl Segment {
     fn meta_key(&self) -> Vec<u8> {
-        [META_PREFIX, self.name.as_bytes()].concat()
+        meta_key(self.hour, self.seq)
     }
 
     fn open_file(&self) -> io::Result<File> {
@@ -186,6 +186,12 @@ pub(super) fn file_name(hour: UnixHour, seq: u32, lean: bool) -> String {
         time::OffsetDateTime::from_unix_timestamp(i64::from(hour) * 3600).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let lean = if lean { ".lean" } else { "" };
     format!("{:04}-{:02}-{:02}T{:02}.{seq:04}{lean}.log", at.year(), at.month() as u8, at.day(), at.hour())
+}
+
+/// The `meta` key of a segment's covered length: by its original name, which a rewrite
+/// without personal data keeps (the rewrite is shorter, so still covered whole).
+fn meta_key(hour: UnixHour, seq: u32) -> Vec<u8> {
+    [META_PREFIX, file_name(hour, seq, false).as_bytes()].concat()
 }
 
 /// The hour, number and leanness a segment file name gives.
@@ -268,17 +274,23 @@ impl ClickLog {
             let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let size = file.metadata()?.len();
+            let key = meta_key(hour, seq);
+            let covered = meta.get(&key)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
             let state = match segment::read_trailer(&file, size) {
-                Some(sealed) => State {
-                    len: sealed.data_end,
-                    clicks: sealed.entries as usize,
-                    range: (sealed.min_sec, sealed.max_sec),
-                    index: Index::Sealed(sealed),
-                },
+                Some(sealed) => {
+                    // Closed while its last clicks' counters still waited for a commit.
+                    if covered < sealed.data_end {
+                        let frames = segment::read_frames(&path, covered, sealed.data_end)?;
+                        tails.push(Tail { meta_key: key, end: sealed.data_end, frames });
+                    }
+                    State {
+                        len: sealed.data_end,
+                        clicks: sealed.entries as usize,
+                        range: (sealed.min_sec, sealed.max_sec),
+                        index: Index::Sealed(sealed),
+                    }
+                }
                 None => {
-                    let key = [META_PREFIX, name.as_bytes()].concat();
-                    let covered =
-                        meta.get(&key)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
                     let scanned = segment::scan(&path, &file, covered)?;
                     if !scanned.tail.is_empty() || covered != scanned.data_end {
                         tails.push(Tail { meta_key: key, end: scanned.data_end, frames: scanned.tail });
@@ -453,9 +465,6 @@ impl ClickLog {
                 });
                 write(&self.segments).insert((seg.hour, seg.seq), replaced);
                 std::fs::remove_file(&seg.path)?;
-                let mut batch = t.db.batch();
-                batch.remove(&t.meta, seg.meta_key());
-                batch.commit().map_err(io::Error::other)?;
                 rewritten += 1;
             }
         }

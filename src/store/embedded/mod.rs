@@ -101,6 +101,8 @@ enum Op {
     /// Expiry and personal data; the sender hears when the click log's part is done.
     Sweep(Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<StoreResult<()>>),
+    /// Commits the counters of logged clicks still waiting in the writer's memory.
+    Commit(Option<oneshot::Sender<StoreResult<()>>>),
 }
 
 /// The fjall-backed store.
@@ -164,12 +166,17 @@ impl EmbeddedStore {
         let db = tables.db.clone();
         let sync_log = log.clone();
         let stop_sync = stop.clone();
+        let commit = ops.downgrade();
         tokio::spawn(async move {
             let mut tick = every(fsync);
             loop {
                 tick.tick().await;
                 if stop_sync.load(Ordering::Relaxed) {
                     return;
+                }
+                // Counters of logged clicks wait in the writer at most this long.
+                if let Some(ops) = commit.upgrade() {
+                    let _ = ops.send(Op::Commit(None)).await;
                 }
                 let (db, log) = (db.clone(), sync_log.clone());
                 // The click log first: the journal must not count clicks the disk lacks.
@@ -309,6 +316,8 @@ impl ConversionStore for EmbeddedStore {
     }
 
     async fn counters(&self, from: UnixHour, to: UnixHour) -> StoreResult<Vec<HourCounters>> {
+        // The latest clicks' counters may still wait in the writer.
+        self.submit(|tx| Op::Commit(Some(tx))).await?;
         self.read(move |t| {
             let mut out = Vec::new();
             let start = from.to_be_bytes();

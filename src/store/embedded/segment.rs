@@ -350,6 +350,19 @@ pub(super) fn scan(path: &Path, file: &File, from: u64) -> io::Result<Scanned> {
     Ok(Scanned { data_end, index, range, tail })
 }
 
+/// The payloads of the frames of the segment at `path` between offsets `from` and `to`
+/// (both frame boundaries), in order.
+pub(super) fn read_frames(path: &Path, from: u64, to: u64) -> io::Result<Vec<Vec<u8>>> {
+    let mut file = File::open(path)?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(from))?;
+    let mut out = Vec::new();
+    scan_frames(file.take(to.saturating_sub(from)), |_, payload| {
+        out.push(payload.to_vec());
+        true
+    });
+    Ok(out)
+}
+
 /// Writes at `to` a copy of the sealed segment at `from` without personal data (each
 /// click's record without its IP address and user-agent key, and no interned values),
 /// indexed and sealed: written under a temporary name, fsynced, then renamed, so a crash

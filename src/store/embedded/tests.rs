@@ -187,6 +187,15 @@ fn clicks_logged_but_not_committed_are_counted_once_on_open() {
         (lost[2].clone(), Some("cake/other/a/20000")),
     ]);
     std::fs::write(dir.path().join(DIR).join(file_name((now / 3600) as u32, 90, false)), frames).expect("write");
+    // And a segment closed (sealed) while its clicks' counters still waited in memory for
+    // the next commit: its covered length was never recorded.
+    let closed = [click("cake/closed", now), click("cake/closed", now)];
+    let frames = uncovered_frames(&[(closed[0].clone(), None), (closed[1].clone(), None)]);
+    let path = dir.path().join(DIR).join(file_name((now / 3600) as u32, 91, false));
+    std::fs::write(&path, &frames).expect("write");
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+    let entries = segment::scan(&path, &file, 0).expect("scan").index.sorted();
+    segment::seal(&file, frames.len() as u64, &entries, (now as u32, now as u32), false).expect("seal");
 
     for opening in 0..2 {
         with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
@@ -196,8 +205,12 @@ fn clicks_logged_but_not_committed_are_counted_once_on_open() {
             assert_eq!(clicks_of(s, "cake/other", now).await.clicks, 3, "opening {opening}");
             assert_eq!(clicks_of(s, "cake/other/a", now).await.clicks, 1, "opening {opening}");
             assert_eq!(clicks_of(s, "cake/demo", now).await.clicks, 1, "opening {opening}");
-            // Each click forwarded once: the one counted before, and the three recounted.
-            assert_eq!(s.outbox_depth().await.expect("depth"), 4, "opening {opening}");
+            assert_eq!(clicks_of(s, "cake/closed", now).await.clicks, 2, "opening {opening}");
+            for c in &closed {
+                assert_eq!(s.find_click(&c.id).await.expect("find").as_ref(), Some(c), "opening {opening}");
+            }
+            // Each click forwarded once: the one counted before, and the five recounted.
+            assert_eq!(s.outbox_depth().await.expect("depth"), 6, "opening {opening}");
             let cap = s.tables.caps.get(b"cake/other/a/20000").expect("cap").expect("counted");
             assert_eq!(cap.as_ref(), 1u32.to_be_bytes(), "opening {opening}");
         });

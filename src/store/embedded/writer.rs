@@ -8,6 +8,13 @@
 //! `write` per segment touched, see `clicklog`), then everything else, with the length
 //! each segment reached, is committed to fjall as one atomic batch. Only then are the
 //! clicks readable and the requests answered; a failed commit cuts the appends off again.
+//!
+//! A batch of nothing but plain clicks (logged, forwarded nowhere, no new interned value)
+//! has nothing fjall must hold before its answer: the log has the clicks, and a recount
+//! on open rebuilds their counters from it. So its counters wait in memory and go with
+//! the next commit: the next batch with anything else in it, a read of the counters, the
+//! fsync timer, or [`DEFER_MAX_CLICKS`] clicks, whichever comes first. A busy redirect
+//! then pays for one fjall commit per several batches instead of one per batch.
 
 use std::collections::{HashMap, HashSet};
 
@@ -36,10 +43,18 @@ pub(super) struct Writer {
     known: HashSet<InternKey, foldhash::fast::FixedState>,
     /// The click log's open segments and this batch's appends to them.
     pub(super) log: LogWriter,
+    /// Counters of logged clicks not committed to fjall yet, the segment lengths they
+    /// cover, and how many clicks they count.
+    pending: Deltas,
+    pending_covered: HashMap<Vec<u8>, u64>,
+    pending_clicks: usize,
 }
 
 /// Interned keys remembered by the writer before it starts over.
 const KNOWN_INTERNS_MAX: usize = 1 << 20;
+/// Most logged clicks whose counters wait for the next commit (what a crash leaves to
+/// count again on open).
+const DEFER_MAX_CLICKS: usize = 16_384;
 /// `meta` key: creation time (unix seconds) below which clicks have no personal data.
 pub(super) const PERSONAL_DROPPED_UNTIL: &[u8] = b"personal_dropped_until";
 
@@ -105,6 +120,9 @@ impl Writer {
             limits,
             known: HashSet::default(),
             log,
+            pending: Deltas::default(),
+            pending_covered: HashMap::new(),
+            pending_clicks: 0,
         })
     }
 
@@ -119,6 +137,9 @@ impl Writer {
                 }
             }
             self.apply(&mut ops);
+        }
+        if self.pending_clicks > 0 {
+            self.apply(&mut vec![Op::Commit(None)]);
         }
         if let Err(e) = self.persist() {
             tracing::error!(error = %e, "final fsync of the store failed");
@@ -148,10 +169,16 @@ impl Writer {
         let event_mark = (self.first_event, self.last_event);
         let mut caps = BatchCaps::new();
         let mut sweeps = Vec::new();
+        // Whether the batch holds nothing but plain clicks, and how many.
+        let mut plain = true;
+        let mut clicks = 0;
 
         for op in ops.drain(..) {
+            plain &= matches!(&op, Op::Click(c, _) if c.place.is_some() && c.plan.deliveries.is_empty())
+                || matches!(op, Op::Sweep(_));
             match op {
                 Op::Click(click, tx) => {
+                    clicks += 1;
                     let NewClick { plan, fresh, place } = *click;
                     let stored = if fresh { Ok(false) } else { self.is_stored(&plan.id, place.as_ref()) };
                     match stored {
@@ -293,9 +320,23 @@ impl Writer {
                 // pending in it.
                 Op::Sweep(done) => sweeps.push(done),
                 Op::Flush(tx) => flushes.push(tx),
+                Op::Commit(tx) => {
+                    if let Some(tx) = tx {
+                        replies.push(Reply::Unit(tx));
+                    }
+                }
             }
         }
 
+        if plain && new_interns.is_empty() && self.pending_clicks + clicks <= DEFER_MAX_CLICKS {
+            self.defer(deltas, clicks, failure, replies);
+            self.after(flushes, sweeps);
+            return;
+        }
+        // What earlier batches logged but left uncounted goes with this one.
+        for (row, counted) in &self.pending {
+            deltas.entry(row.clone()).or_default().add(counted);
+        }
         caps.write(&mut batch, &self.t.caps);
         // Each row is read and written once: what the batch adds, then what its
         // reversals take back (a conversion reversed in the batch that recorded it is
@@ -316,7 +357,9 @@ impl Writer {
         if failure.is_none() {
             match self.log.write() {
                 Ok(covered) => {
-                    for (key, len) in covered {
+                    let mut all = self.pending_covered.clone();
+                    all.extend(covered);
+                    for (key, len) in all {
                         batch.insert(&self.t.meta, key, len.to_be_bytes());
                     }
                 }
@@ -329,6 +372,11 @@ impl Writer {
             }
         }
         self.log.finish(failure.is_none());
+        if failure.is_none() {
+            self.pending.clear();
+            self.pending_covered.clear();
+            self.pending_clicks = 0;
+        }
         if let Some(f) = &failure {
             tracing::error!(error = %f, "store batch failed; its requests are answered with an error");
             (self.first_event, self.last_event) = event_mark;
@@ -339,6 +387,35 @@ impl Writer {
         for reply in replies {
             reply.send(failure.as_deref());
         }
+        self.after(flushes, sweeps);
+    }
+
+    /// Ends a batch of plain clicks: appended to the log and answered, their counters
+    /// kept for the next commit.
+    fn defer(&mut self, deltas: Deltas, clicks: usize, mut failure: Option<String>, replies: Vec<Reply>) {
+        if failure.is_none() {
+            match self.log.write() {
+                Ok(covered) => {
+                    self.pending_covered.extend(covered);
+                    for (row, counted) in deltas {
+                        self.pending.entry(row).or_default().add(&counted);
+                    }
+                    self.pending_clicks += clicks;
+                }
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        self.log.finish(failure.is_none());
+        if let Some(f) = &failure {
+            tracing::error!(error = %f, "store batch failed; its requests are answered with an error");
+        }
+        for reply in replies {
+            reply.send(failure.as_deref());
+        }
+    }
+
+    /// What waits for the end of a batch: fsyncs asked for, then sweeps.
+    fn after(&mut self, flushes: Vec<oneshot::Sender<StoreResult<()>>>, sweeps: Vec<Option<oneshot::Sender<()>>>) {
         for tx in flushes {
             let _ = tx.send(self.persist());
         }
