@@ -123,14 +123,21 @@ pub(super) struct Segment {
     seq: u32,
     name: String,
     path: PathBuf,
+    /// `meta` key of its covered length, built once.
+    meta_key: Vec<u8>,
     state: RwLock<State>,
     /// Written since its last fsync.
     dirty: AtomicBool,
 }
 
 impl Segment {
-    fn meta_key(&self) -> Vec<u8> {
-        meta_key(self.hour, self.seq)
+    pub(super) fn meta_key(&self) -> &[u8] {
+        &self.meta_key
+    }
+
+    /// Its hour and number.
+    pub(super) fn id(&self) -> (UnixHour, u32) {
+        (self.hour, self.seq)
     }
 
     fn open_file(&self) -> io::Result<File> {
@@ -281,7 +288,7 @@ impl ClickLog {
                     // Closed while its last clicks' counters still waited for a commit.
                     if covered < sealed.data_end {
                         let frames = segment::read_frames(&path, covered, sealed.data_end)?;
-                        tails.push(Tail { meta_key: key, end: sealed.data_end, frames });
+                        tails.push(Tail { meta_key: key.clone(), end: sealed.data_end, frames });
                     }
                     State {
                         len: sealed.data_end,
@@ -293,7 +300,7 @@ impl ClickLog {
                 None => {
                     let scanned = segment::scan(&path, &file, covered)?;
                     if !scanned.tail.is_empty() || covered != scanned.data_end {
-                        tails.push(Tail { meta_key: key, end: scanned.data_end, frames: scanned.tail });
+                        tails.push(Tail { meta_key: key.clone(), end: scanned.data_end, frames: scanned.tail });
                     }
                     State {
                         len: scanned.data_end,
@@ -304,8 +311,15 @@ impl ClickLog {
                 }
             };
             let sealed = matches!(state.index, Index::Sealed(_));
-            let seg =
-                Arc::new(Segment { hour, seq, name, path, state: RwLock::new(state), dirty: AtomicBool::new(!sealed) });
+            let seg = Arc::new(Segment {
+                hour,
+                seq,
+                name,
+                path,
+                meta_key: key,
+                state: RwLock::new(state),
+                dirty: AtomicBool::new(!sealed),
+            });
             if !sealed {
                 unsealed.push(seg.clone());
             }
@@ -398,6 +412,7 @@ impl ClickLog {
             seq,
             name,
             path,
+            meta_key: meta_key(hour, seq),
             state: RwLock::new(State {
                 len: 0,
                 clicks: 0,
@@ -455,6 +470,7 @@ impl ClickLog {
                     seq: seg.seq,
                     name,
                     path,
+                    meta_key: seg.meta_key.clone(),
                     state: RwLock::new(State {
                         len: sealed.data_end,
                         clicks: sealed.entries as usize,
@@ -652,9 +668,9 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Writes this batch's appends, one `write` per segment; returns, per segment, the
-    /// `meta` key and length to commit with the batch. On failure nothing stays written.
-    pub(super) fn write(&mut self) -> io::Result<Vec<(Vec<u8>, u64)>> {
+    /// Writes this batch's appends, one `write` per segment; returns each segment and the
+    /// length to commit for it. On failure nothing stays written.
+    pub(super) fn write(&mut self) -> io::Result<Vec<(Arc<Segment>, u64)>> {
         let mut covered = Vec::with_capacity(self.slots.len());
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
@@ -666,7 +682,7 @@ impl LogWriter {
             }
             slot.written = true;
             slot.seg.dirty.store(true, Ordering::Relaxed);
-            covered.push((slot.seg.meta_key(), slot.start + slot.buf.len() as u64));
+            covered.push((slot.seg.clone(), slot.start + slot.buf.len() as u64));
         }
         Ok(covered)
     }

@@ -17,12 +17,13 @@
 //! then pays for one fjall commit per several batches instead of one per batch.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::caps::BatchCaps;
-use super::clicklog::{LogWriter, Place};
+use super::clicklog::{LogWriter, Place, Segment};
 use super::tables::{click_conversion_key, conversion_key};
 use super::{outbox_key, status_key, unavailable, NewClick, Op, Tables, MAX_BATCH};
 use crate::clock::{now_ms, now_secs};
@@ -46,7 +47,7 @@ pub(super) struct Writer {
     /// Counters of logged clicks not committed to fjall yet, the segment lengths they
     /// cover, and how many clicks they count.
     pending: Deltas,
-    pending_covered: HashMap<Vec<u8>, u64>,
+    pending_covered: HashMap<(UnixHour, u32), (Arc<Segment>, u64)>,
     pending_clicks: usize,
 }
 
@@ -358,9 +359,9 @@ impl Writer {
             match self.log.write() {
                 Ok(covered) => {
                     let mut all = self.pending_covered.clone();
-                    all.extend(covered);
-                    for (key, len) in all {
-                        batch.insert(&self.t.meta, key, len.to_be_bytes());
+                    all.extend(covered.into_iter().map(|(seg, len)| (seg.id(), (seg, len))));
+                    for (seg, len) in all.values() {
+                        batch.insert(&self.t.meta, seg.meta_key(), len.to_be_bytes());
                     }
                 }
                 Err(e) => failure = Some(e.to_string()),
@@ -396,7 +397,7 @@ impl Writer {
         if failure.is_none() {
             match self.log.write() {
                 Ok(covered) => {
-                    self.pending_covered.extend(covered);
+                    self.pending_covered.extend(covered.into_iter().map(|(seg, len)| (seg.id(), (seg, len))));
                     for (row, counted) in deltas {
                         self.pending.entry(row).or_default().add(&counted);
                     }
