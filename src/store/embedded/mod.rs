@@ -11,8 +11,9 @@
 //! Clicks are not in a keyspace: they are appended to the click log (`clicklog`), files
 //! by the UTC hour of the click id, sealed with an index once the hour is over, deleted
 //! whole once expired; their counters, cap counts and deliveries stay here, committed
-//! after the append with how far each log file is counted (see `clicklog` for the
-//! crash consistency between the two, and `recount`).
+//! after the append with how far each log file is counted (for a batch of plain clicks,
+//! with the next commit; see `writer`). See `clicklog` for the crash consistency between
+//! the two, and `recount`.
 //!
 //! Keyspaces: `clicks` (id → compact click record, see [`super::record`]: clicks written
 //! before the click log, and clicks whose id is not a click id; ids sort by creation

@@ -420,6 +420,11 @@ impl Writer {
         for tx in flushes {
             let _ = tx.send(self.persist());
         }
+        // Retention deletes and rewrites segments: the counters of every click in them are
+        // committed first, so that a crash never has to count a rewritten file again.
+        if !sweeps.is_empty() && self.pending_clicks > 0 {
+            self.apply(&mut vec![Op::Commit(None)]);
+        }
         for done in sweeps {
             self.sweep();
             self.sweep_deliveries();
