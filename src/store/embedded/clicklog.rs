@@ -27,15 +27,17 @@
 //! journal, so the journal never claims more of a segment than is on disk.
 //!
 //! **Crash consistency with the counters.** The counters, cap counts and deliveries of a
-//! batch's clicks are committed to fjall after the append, with, per segment, the length
-//! the batch brought it to (`meta`, `clicklog/<file name>`). On open, the frames of an open
-//! segment past that length are counted again (see `recount`) and the length recorded; a
-//! torn last frame is cut off. Interned values travel in the log beside the first click
-//! naming them, so a lost batch's values come back too.
+//! batch's clicks are committed to fjall after the append (for plain clicks, with a later
+//! commit: see `writer`), with, per segment, the length the commit covers (`meta`,
+//! `clicklog/<original file name>`). On open, the frames of any segment past that length
+//! are counted again (see `recount`) and the length recorded; a torn last frame of an open
+//! segment is cut off. Interned values travel in the log beside the first click naming
+//! them, so a lost batch's values come back too.
 //!
 //! **Retention.** A sealed segment whose newest click is past `click_ttl` is deleted; one
 //! whose newest click is past `personal_ttl` is rewritten once without IP addresses and
-//! user-agent keys (write a copy, fsync, rename), with its index. Within the hour a
+//! user-agent keys, with its index: written under a temporary name, fsynced, renamed to
+//! `….lean.log`, then the original deleted (on open, a lean file wins). Within the hour a
 //! segment can straddle, each sweep's cut-offs hold click by click, as they did when
 //! clicks were keys: an open segment's index forgets the clicks past `click_ttl`, a sealed
 //! segment hides those created before the last sweep's cut-off, and a read drops the
