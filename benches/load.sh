@@ -4,10 +4,14 @@
 # medians with ratios to nginx.
 #
 #   benches/load.sh [--runs N] [--duration SECS] [--conns "64 256"] [--targets "nginx embedded redis redis-aof"]
+#                   [--base-bin PATH]
 #
 # A target may carry a suffix naming the link it is measured on: `embedded-split` is the
 # embedded store on a link with two weighted offers behind a rule, `embedded-split-capped`
 # the same with daily caps (see `target_path` in lib.sh).
+#
+# With --base-bin, a target ending in `-base` (`embedded-base`) runs that binary instead of
+# this tree's: another build (the main branch, say) measured in the same runs.
 #
 # Pinning: the server under test on core 0; wrk and redis-server on core 1. Needs nginx,
 # wrk and redis-server (installed from Debian's packages when missing).
@@ -19,12 +23,14 @@ RUNS=3
 DURATION=10
 CONNS="64 256"
 TARGETS="nginx embedded redis redis-aof"
+BASE_BIN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --conns) CONNS=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
+    --base-bin) BASE_BIN=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +69,8 @@ for t in $TARGETS; do
   PORT[$t]=$p
   case $t in
     nginx) start_nginx "$p" ;;
+    *-base) OWN_BIN=$BIN; BIN=${BASE_BIN:?--base-bin names the binary of the -base targets}
+      start_cakelink "$p" "$(store_toml "${t%-base}" "$p")"; BIN=$OWN_BIN ;;
     *) start_cakelink "$p" "$(store_toml "$t" "$p")" ;;
   esac
 done

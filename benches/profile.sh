@@ -4,7 +4,10 @@
 # instructions per request (in total and per function, inclusive). Instruction counts do
 # not depend on what else the machine is doing, so they compare builds reliably.
 #
-#   benches/profile.sh [--store embedded|redis] [--duration SECS] [--conns N] [--top N]
+#   benches/profile.sh [--store embedded|redis] [--duration SECS] [--conns N] [--top N] [--bin PATH]
+#
+# --bin profiles that binary (another build, the main branch say) instead of building
+# this tree's.
 #
 # Needs valgrind, wrk and (for --store redis) redis-server; installed from Debian's
 # packages when missing. The callgrind output is left in target/profile/ for
@@ -16,12 +19,14 @@ STORE=embedded
 DURATION=20
 CONNS=16
 TOP=40
+BIN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --store) STORE=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --conns) CONNS=$2; shift 2 ;;
     --top) TOP=$2; shift 2 ;;
+    --bin) BIN=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -36,8 +41,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo build --release --quiet
-BIN=target/release/cakelink
+if [ -z "$BIN" ]; then
+  cargo build --release --quiet
+  BIN=target/release/cakelink
+fi
 OUT=target/profile
 mkdir -p "$OUT"
 WORK=$(mktemp -d)

@@ -8,10 +8,19 @@
 //! Because one thread applies every write, "insert unless present" and counter updates
 //! are atomic without locks. Reads go straight to fjall on the blocking pool.
 //!
-//! Keyspaces: `clicks` (id → compact click record, see [`super::record`]; ids sort by
-//! creation time, so expired clicks are a key range), `interns` (content hash → a value
-//! many clicks share), `meta` (how far personal data has been dropped), `conversions`
-//! (time ‖ id → conversion), `conversion_ids` (id → time), `click_conversions` (click
+//! Clicks are not in a keyspace: they are appended to the click log (`clicklog`), files
+//! by the UTC hour of the click id, sealed with an index once the hour is over, deleted
+//! whole once expired; their counters, cap counts and deliveries stay here, committed
+//! after the append with how far each log file is counted (for a batch of plain clicks,
+//! with the next commit; see `writer`). See `clicklog` for the crash consistency between
+//! the two, and `recount`.
+//!
+//! Keyspaces: `clicks` (id → compact click record, see [`super::record`]: clicks written
+//! before the click log, and clicks whose id is not a click id; ids sort by creation
+//! time, so expired clicks are a key range, and the expiry sweep empties it within
+//! `click_ttl` of the upgrade), `interns` (content hash → a value many clicks share),
+//! `meta` (how far personal data has been dropped, how far each click log file is
+//! counted), `conversions` (time ‖ id → conversion), `conversion_ids` (id → time), `click_conversions` (click
 //! id ‖ 0 ‖ time ‖ conversion id → nothing: each click's conversions, oldest first),
 //! `reversals` (conversion id → when the network reversed it; the conversion's record
 //! never changes), `counters` (hour ‖ link → counters), `events` (sequence → event),
@@ -28,8 +37,13 @@
 //! memory: a restart forgets them, and what was in flight is due again at once.
 
 mod caps;
+mod clicklog;
+mod recount;
+mod segment;
 mod sweep;
 mod tables;
+#[cfg(test)]
+mod tests;
 mod upgrade;
 mod writer;
 
@@ -54,6 +68,7 @@ use crate::model::{
     link_key, Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, Reversed,
     UnixHour, UnixMillis,
 };
+use clicklog::{ClickLog, LogWriter, Opened, Place};
 use tables::{click_conversions_prefix, outbox_key, status_byte, status_key, Tables};
 use writer::Writer;
 
@@ -69,6 +84,8 @@ struct NewClick {
     plan: ClickPlan,
     /// Minted for this request, so certainly not stored yet: no need to look.
     fresh: bool,
+    /// Where in the click log it goes; `None` for an id that is not a click id.
+    place: Option<Place>,
 }
 
 enum Op {
@@ -82,13 +99,17 @@ enum Op {
     DeleteLink(String, oneshot::Sender<StoreResult<bool>>),
     FinishDelivery(Box<Delivery>, oneshot::Sender<StoreResult<bool>>),
     Requeue(String, UnixMillis, oneshot::Sender<StoreResult<Requeue>>),
-    Sweep,
+    /// Expiry and personal data; the sender hears when the click log's part is done.
+    Sweep(Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<StoreResult<()>>),
+    /// Commits the counters of logged clicks still waiting in the writer's memory.
+    Commit(Option<oneshot::Sender<StoreResult<()>>>),
 }
 
 /// The fjall-backed store.
 pub struct EmbeddedStore {
     tables: Tables,
+    log: Arc<ClickLog>,
     ops: mpsc::Sender<Op>,
     stop: Arc<AtomicBool>,
     /// Claimed deliveries: id → (owner, lease end in ms).
@@ -117,15 +138,36 @@ impl EmbeddedStore {
         if indexed > 0 {
             tracing::info!(indexed, "conversions recorded before the index by click are now indexed");
         }
+        let personal_before = tables
+            .meta
+            .get(writer::PERSONAL_DROPPED_UNTIL)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let Opened { log, tails, unsealed } = ClickLog::open(&path.join(clicklog::DIR), &tables.meta, personal_before)
+            .map_err(|e| anyhow::anyhow!("cannot open the click log of the store at {}: {e}", path.display()))?;
         let (ops, rx) = mpsc::channel(QUEUE_DEPTH);
         let stop = Arc::new(AtomicBool::new(false));
         let outbox = limits.outbox.clone();
 
-        let mut writer = Writer::new(tables.clone(), limits)?;
+        let jobs = clicklog::start_housekeeping(log.clone(), tables.clone());
+        let mut writer = Writer::new(tables.clone(), limits, LogWriter::new(log.clone(), jobs))?;
+        let recounted = writer
+            .recount(tails)
+            .map_err(|e| anyhow::anyhow!("cannot count the logged clicks of the store at {}: {e}", path.display()))?;
+        if recounted > 0 {
+            tracing::warn!(recounted, "clicks logged before a crash, but not yet counted, are now counted");
+        }
+        // The last run's open segments get their index; this run starts new ones.
+        for seg in unsealed {
+            writer.log.close(seg);
+        }
         std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx))?;
 
         let db = tables.db.clone();
+        let sync_log = log.clone();
         let stop_sync = stop.clone();
+        let commit = ops.downgrade();
         tokio::spawn(async move {
             let mut tick = every(fsync);
             loop {
@@ -133,8 +175,15 @@ impl EmbeddedStore {
                 if stop_sync.load(Ordering::Relaxed) {
                     return;
                 }
-                let db = db.clone();
-                match tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll)).await {
+                // Counters of logged clicks wait in the writer at most this long.
+                if let Some(ops) = commit.upgrade() {
+                    let _ = ops.send(Op::Commit(None)).await;
+                }
+                let (db, log) = (db.clone(), sync_log.clone());
+                // The click log first: the journal must not count clicks the disk lacks.
+                let sync =
+                    move || log.sync().map_err(fjall::Error::from).and_then(|()| db.persist(PersistMode::SyncAll));
+                match tokio::task::spawn_blocking(sync).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "fsync of the store journal failed"),
                     Err(e) => tracing::error!(error = %e, "fsync of the store journal did not finish"),
@@ -150,13 +199,13 @@ impl EmbeddedStore {
             loop {
                 tick.tick().await;
                 let Some(ops) = sweep.upgrade() else { return };
-                if ops.send(Op::Sweep).await.is_err() {
+                if ops.send(Op::Sweep(None)).await.is_err() {
                     return;
                 }
             }
         });
 
-        Ok(EmbeddedStore { tables, ops, stop, leases: Mutex::new(HashMap::new()), outbox })
+        Ok(EmbeddedStore { tables, log, ops, stop, leases: Mutex::new(HashMap::new()), outbox })
     }
 
     async fn submit<T>(&self, op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreResult<T> {
@@ -176,7 +225,11 @@ impl EmbeddedStore {
 
 impl NewClick {
     fn of(click: &Click, origin: ClickOrigin, outbox: &OutboxRoutes) -> NewClick {
-        NewClick { plan: ClickPlan::of(click, outbox, now_ms()), fresh: origin == ClickOrigin::Minted }
+        NewClick {
+            plan: ClickPlan::of(click, outbox, now_ms()),
+            fresh: origin == ClickOrigin::Minted,
+            place: Place::of(&click.id),
+        }
     }
 }
 
@@ -194,14 +247,30 @@ impl ClickStore for EmbeddedStore {
 
     async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
         let plan = ClickPlan::capped(click, claim, &self.outbox, now_ms());
-        self.submit(|tx| Op::CappedClick(Box::new(NewClick { plan, fresh: true }), tx)).await
+        let place = Place::of(&click.id);
+        self.submit(|tx| Op::CappedClick(Box::new(NewClick { plan, fresh: true, place }), tx)).await
     }
 
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>> {
         let id = click_id.to_owned();
+        let log = self.log.clone();
         self.read(move |t| {
-            let Some(bytes) = t.clicks.get(id.as_bytes()).map_err(unavailable)? else {
-                return Ok(None);
+            let logged = match Place::of(&id) {
+                Some(place) => match log.find(&id, &place).map_err(unavailable)? {
+                    // Segments are rewritten without personal data an hour apart: within
+                    // the hour, the read drops it.
+                    Some(r) if log.is_past_personal(place.sec) => Some(record::strip_personal(&r)?.unwrap_or(r)),
+                    other => other,
+                },
+                None => None,
+            };
+            // Not in the log: a click written before it, in the `clicks` keyspace.
+            let bytes = match logged {
+                Some(bytes) => bytes,
+                None => match t.clicks.get(id.as_bytes()).map_err(unavailable)? {
+                    Some(bytes) => bytes.to_vec(),
+                    None => return Ok(None),
+                },
             };
             let parsed = record::parse(&bytes)?;
             let interned = |key: InternKey| t.interns.get(key).map_err(unavailable);
@@ -248,6 +317,8 @@ impl ConversionStore for EmbeddedStore {
     }
 
     async fn counters(&self, from: UnixHour, to: UnixHour) -> StoreResult<Vec<HourCounters>> {
+        // The latest clicks' counters may still wait in the writer.
+        self.submit(|tx| Op::Commit(Some(tx))).await?;
         self.read(move |t| {
             let mut out = Vec::new();
             let start = from.to_be_bytes();
@@ -342,7 +413,9 @@ impl Health for EmbeddedStore {
     }
 
     async fn sweep(&self) -> StoreResult<()> {
-        self.ops.send(Op::Sweep).await.map_err(|_| StoreError::Closed)?;
+        let (done, swept) = oneshot::channel();
+        self.ops.send(Op::Sweep(Some(done))).await.map_err(|_| StoreError::Closed)?;
+        swept.await.map_err(|_| StoreError::Closed)?;
         self.flush().await
     }
 

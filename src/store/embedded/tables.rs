@@ -41,8 +41,9 @@ impl Tables {
         // it bounds the disk it takes and the time a restart spends replaying it.
         let db = Database::builder(path).max_journaling_size(JOURNAL_MAX).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        // Clicks fill their memtable fastest; a smaller one keeps the process's memory
-        // steady (it grows to this size, then is written out) and its skiplist shallow.
+        // Clicks now go to the click log; this keyspace keeps those written before it and
+        // those whose id is not a click id. Its memtable stays small, as when it took
+        // every click: the process's memory stays steady and the skiplist shallow.
         let clicks = db.keyspace("clicks", || KeyspaceCreateOptions::default().max_memtable_size(CLICKS_MEMTABLE))?;
         Ok(Tables {
             clicks,

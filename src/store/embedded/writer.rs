@@ -3,16 +3,30 @@
 //! It stays a thread, not a task: fjall's batch commit and its reads for "insert unless
 //! present" block, and a thread that owns them keeps that blocking off the runtime's
 //! workers while draining the queue as fast as requests arrive (group commit).
+//!
+//! A batch is applied in two steps: its clicks are appended to the click log (one
+//! `write` per segment touched, see `clicklog`), then everything else, with the length
+//! each segment reached, is committed to fjall as one atomic batch. Only then are the
+//! clicks readable and the requests answered; a failed commit cuts the appends off again.
+//!
+//! A batch of nothing but plain clicks (logged, forwarded nowhere, no new interned value)
+//! has nothing fjall must hold before its answer: the log has the clicks, and a recount
+//! on open rebuilds their counters from it. So its counters wait in memory and go with
+//! the next commit: the next batch with anything else in it, a read of the counters, the
+//! fsync timer, or [`DEFER_MAX_CLICKS`] clicks, whichever comes first. A busy redirect
+//! then pays for one fjall commit per several batches instead of one per batch.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::caps::BatchCaps;
+use super::clicklog::{LogWriter, Place, Segment};
 use super::tables::{click_conversion_key, conversion_key};
 use super::{outbox_key, status_key, unavailable, NewClick, Op, Tables, MAX_BATCH};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, now_secs};
 use crate::model::{Counters, Delivery, DeliveryStatus, Recorded, Reversed, UnixHour};
 use crate::store::record::InternKey;
 use crate::store::schema::{self, decode, encode, encode_reversed_at, ConversionPlan, ReversalPlan};
@@ -28,16 +42,26 @@ pub(super) struct Writer {
     /// Interned values known to be stored, so each is written once, not once per click.
     /// Cleared when it grows large; rewriting an interned value is harmless.
     known: HashSet<InternKey, foldhash::fast::FixedState>,
+    /// The click log's open segments and this batch's appends to them.
+    pub(super) log: LogWriter,
+    /// Counters of logged clicks not committed to fjall yet, the segment lengths they
+    /// cover, and how many clicks they count.
+    pending: Deltas,
+    pending_covered: HashMap<(UnixHour, u32), (Arc<Segment>, u64)>,
+    pending_clicks: usize,
 }
 
 /// Interned keys remembered by the writer before it starts over.
 const KNOWN_INTERNS_MAX: usize = 1 << 20;
+/// Most logged clicks whose counters wait for the next commit (what a crash leaves to
+/// count again on open).
+const DEFER_MAX_CLICKS: usize = 16_384;
 /// `meta` key: creation time (unix seconds) below which clicks have no personal data.
 pub(super) const PERSONAL_DROPPED_UNTIL: &[u8] = b"personal_dropped_until";
 
 /// Counter increments (or, for reversals, what is taken back) of one batch, by hour and
 /// link (or `link/offer`).
-type Deltas = HashMap<(UnixHour, String), Counters, foldhash::fast::FixedState>;
+pub(super) type Deltas = HashMap<(UnixHour, String), Counters, foldhash::fast::FixedState>;
 
 /// Replies owed once a batch is committed.
 enum Reply {
@@ -78,7 +102,7 @@ impl Reply {
 }
 
 impl Writer {
-    pub(super) fn new(t: Tables, limits: StoreLimits) -> anyhow::Result<Writer> {
+    pub(super) fn new(t: Tables, limits: StoreLimits, log: LogWriter) -> anyhow::Result<Writer> {
         let seq = |kv: Option<fjall::Guard>| -> anyhow::Result<Option<u64>> {
             Ok(match kv {
                 Some(g) => {
@@ -96,6 +120,10 @@ impl Writer {
             t,
             limits,
             known: HashSet::default(),
+            log,
+            pending: Deltas::default(),
+            pending_covered: HashMap::new(),
+            pending_clicks: 0,
         })
     }
 
@@ -111,9 +139,19 @@ impl Writer {
             }
             self.apply(&mut ops);
         }
-        if let Err(e) = self.t.db.persist(PersistMode::SyncAll) {
+        if self.pending_clicks > 0 {
+            self.apply(&mut vec![Op::Commit(None)]);
+        }
+        if let Err(e) = self.persist() {
             tracing::error!(error = %e, "final fsync of the store failed");
         }
+    }
+
+    /// Fsyncs the click log, then the journal: the journal never covers more of a segment
+    /// than is on disk.
+    fn persist(&self) -> StoreResult<()> {
+        self.log.log().sync().map_err(unavailable)?;
+        self.t.db.persist(PersistMode::SyncAll).map_err(unavailable)
     }
 
     /// Applies a burst of requests as one atomic batch, then answers them all.
@@ -131,15 +169,25 @@ impl Writer {
         let mut new_interns: Vec<InternKey> = Vec::new();
         let event_mark = (self.first_event, self.last_event);
         let mut caps = BatchCaps::new();
+        let mut sweeps = Vec::new();
+        // Whether the batch holds nothing but plain clicks, and how many.
+        let mut plain = true;
+        let mut clicks = 0;
 
         for op in ops.drain(..) {
+            plain &= matches!(&op, Op::Click(c, _) if c.place.is_some() && c.plan.deliveries.is_empty())
+                || matches!(op, Op::Sweep(_));
             match op {
                 Op::Click(click, tx) => {
-                    let NewClick { plan, fresh } = *click;
-                    let stored = if fresh { Ok(false) } else { self.t.clicks.contains_key(plan.id.as_bytes()) };
+                    clicks += 1;
+                    let NewClick { plan, fresh, place } = *click;
+                    let stored = if fresh { Ok(false) } else { self.is_stored(&plan.id, place.as_ref()) };
                     match stored {
                         Ok(false) if fresh || new_ids.insert(plan.id.clone()) => {
-                            self.put_click(&mut batch, &mut deltas, &mut new_interns, plan, None);
+                            let put = self.put_click(&mut batch, &mut deltas, &mut new_interns, plan, place, None);
+                            if let Err(e) = put {
+                                failure = Some(e.to_string());
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => failure = Some(e.to_string()),
@@ -155,7 +203,11 @@ impl Writer {
                             None
                         }
                     };
-                    self.put_click(&mut batch, &mut deltas, &mut new_interns, click.plan, Some(taken));
+                    let NewClick { plan, place, .. } = *click;
+                    if let Err(e) = self.put_click(&mut batch, &mut deltas, &mut new_interns, plan, place, Some(taken))
+                    {
+                        failure = Some(e.to_string());
+                    }
                     replies.push(Reply::Taken(tx, taken));
                 }
                 Op::Conversion(conv, tx) => {
@@ -265,14 +317,27 @@ impl Writer {
                     };
                     replies.push(Reply::Requeue(tx, outcome));
                 }
-                Op::Sweep => {
-                    self.sweep();
-                    self.sweep_deliveries();
-                }
+                // After the batch: a sweep closes segments, which must not have appends
+                // pending in it.
+                Op::Sweep(done) => sweeps.push(done),
                 Op::Flush(tx) => flushes.push(tx),
+                Op::Commit(tx) => {
+                    if let Some(tx) = tx {
+                        replies.push(Reply::Unit(tx));
+                    }
+                }
             }
         }
 
+        if plain && new_interns.is_empty() && self.pending_clicks + clicks <= DEFER_MAX_CLICKS {
+            self.defer(deltas, clicks, failure, replies);
+            self.after(flushes, sweeps);
+            return;
+        }
+        // What earlier batches logged but left uncounted goes with this one.
+        for (row, counted) in &self.pending {
+            deltas.entry(row.clone()).or_default().add(counted);
+        }
         caps.write(&mut batch, &self.t.caps);
         // Each row is read and written once: what the batch adds, then what its
         // reversals take back (a conversion reversed in the batch that recorded it is
@@ -289,10 +354,29 @@ impl Writer {
             }
         }
 
+        // The clicks first, then what counts them, with how far each segment is covered.
+        if failure.is_none() {
+            match self.log.write() {
+                Ok(covered) => {
+                    let mut all = self.pending_covered.clone();
+                    all.extend(covered.into_iter().map(|(seg, len)| (seg.id(), (seg, len))));
+                    for (seg, len) in all.values() {
+                        batch.insert(&self.t.meta, seg.meta_key(), len.to_be_bytes());
+                    }
+                }
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
         if failure.is_none() {
             if let Err(e) = batch.commit() {
                 failure = Some(e.to_string());
             }
+        }
+        self.log.finish(failure.is_none());
+        if failure.is_none() {
+            self.pending.clear();
+            self.pending_covered.clear();
+            self.pending_clicks = 0;
         }
         if let Some(f) = &failure {
             tracing::error!(error = %f, "store batch failed; its requests are answered with an error");
@@ -304,13 +388,66 @@ impl Writer {
         for reply in replies {
             reply.send(failure.as_deref());
         }
-        for tx in flushes {
-            let _ = tx.send(self.t.db.persist(PersistMode::SyncAll).map_err(unavailable));
+        self.after(flushes, sweeps);
+    }
+
+    /// Ends a batch of plain clicks: appended to the log and answered, their counters
+    /// kept for the next commit.
+    fn defer(&mut self, deltas: Deltas, clicks: usize, mut failure: Option<String>, replies: Vec<Reply>) {
+        if failure.is_none() {
+            match self.log.write() {
+                Ok(covered) => {
+                    self.pending_covered.extend(covered.into_iter().map(|(seg, len)| (seg.id(), (seg, len))));
+                    for (row, counted) in deltas {
+                        self.pending.entry(row).or_default().add(&counted);
+                    }
+                    self.pending_clicks += clicks;
+                }
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        self.log.finish(failure.is_none());
+        if let Some(f) = &failure {
+            tracing::error!(error = %f, "store batch failed; its requests are answered with an error");
+        }
+        for reply in replies {
+            reply.send(failure.as_deref());
         }
     }
 
+    /// What waits for the end of a batch: fsyncs asked for, then sweeps.
+    fn after(&mut self, flushes: Vec<oneshot::Sender<StoreResult<()>>>, sweeps: Vec<Option<oneshot::Sender<()>>>) {
+        for tx in flushes {
+            let _ = tx.send(self.persist());
+        }
+        // Retention deletes and rewrites segments: the counters of every click in them are
+        // committed first, so that a crash never has to count a rewritten file again.
+        if !sweeps.is_empty() && self.pending_clicks > 0 {
+            self.apply(&mut vec![Op::Commit(None)]);
+        }
+        for done in sweeps {
+            self.sweep();
+            self.sweep_deliveries();
+            let now = now_secs();
+            let click_cutoff = now.saturating_sub(self.limits.click_ttl.as_secs());
+            let personal_cutoff = schema::personal_cutoff_secs(now, self.limits.personal_ttl);
+            self.log.sweep(now, click_cutoff, personal_cutoff, done);
+        }
+    }
+
+    /// Whether click `id` is stored: in the click log, or (written before it) in the
+    /// `clicks` keyspace.
+    fn is_stored(&self, id: &str, place: Option<&Place>) -> StoreResult<bool> {
+        if let Some(place) = place {
+            if self.log.log().find(id, place).map_err(unavailable)?.is_some() {
+                return Ok(true);
+            }
+        }
+        self.t.clicks.contains_key(id.as_bytes()).map_err(unavailable)
+    }
+
     /// Writes the counters of one row (`hour`, `link`) moved by `added` and `taken` back.
-    fn move_counters(
+    pub(super) fn move_counters(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         (hour, link): (UnixHour, String),
@@ -360,22 +497,29 @@ impl Writer {
         self.enqueue(batch, deliveries);
     }
 
-    /// Adds a new click to `batch`: its record, the interned values not yet stored, its
-    /// counters (and its offer's), its deliveries. `taken` is what the caps admitted, for
-    /// a capped click: which choice's record and offer apply (`None`: the fallback's).
+    /// Adds a new click to the batch: its record (to the click log at `place`, or for
+    /// an id that is not a click id to the `clicks` keyspace), the interned values not
+    /// yet stored, its counters (and its offer's), its deliveries. `taken` is what the
+    /// caps admitted, for a capped click: which choice's record, offer and cap counter
+    /// apply (`None`: the fallback's).
     fn put_click(
         &mut self,
         batch: &mut fjall::OwnedWriteBatch,
         deltas: &mut Deltas,
         new_interns: &mut Vec<InternKey>,
         plan: schema::ClickPlan,
+        place: Option<Place>,
         taken: Option<Option<usize>>,
-    ) {
+    ) -> std::io::Result<()> {
         let schema::ClickPlan { id, hour, link, mut offer_link, counters, encoded, deliveries, caps } = plan;
         let mut record = encoded.record;
+        let mut cap_key = None;
         if let (Some(taken), Some(caps)) = (taken, caps) {
             match taken.and_then(|i| caps.choices.into_iter().nth(i)) {
-                Some(choice) => (record, offer_link) = (choice.record, Some(choice.offer_link)),
+                Some(choice) => {
+                    (record, offer_link) = (choice.record, Some(choice.offer_link));
+                    cap_key = choice.cap.map(|_| choice.cap_key);
+                }
                 None => record = caps.fallback_record,
             }
         }
@@ -389,17 +533,25 @@ impl Writer {
             }
             if self.known.insert(key) {
                 new_interns.push(key);
+                // In the log too, beside the click: a recount after a crash finds it there.
+                if let Some(place) = &place {
+                    self.log.add_intern(place.hour, &key, &value)?;
+                }
                 batch.insert(&self.t.interns, key, value);
             }
         }
-        batch.insert(&self.t.clicks, id.as_bytes(), record);
+        match &place {
+            Some(place) => self.log.add_click(place, &id, cap_key.as_deref(), &record)?,
+            None => batch.insert(&self.t.clicks, id.as_bytes(), record),
+        }
         if !deliveries.is_empty() {
             self.enqueue(batch, deliveries);
         }
+        Ok(())
     }
 
     /// Adds new outbox entries to `batch`.
-    fn enqueue(&self, batch: &mut fjall::OwnedWriteBatch, deliveries: Vec<Delivery>) {
+    pub(super) fn enqueue(&self, batch: &mut fjall::OwnedWriteBatch, deliveries: Vec<Delivery>) {
         for d in &deliveries {
             self.put_delivery(batch, d, None);
         }

@@ -1,4 +1,8 @@
 //! The spool file: length- and CRC-framed records, appended and read back by offset.
+//!
+//! The framing itself ([`put_frame`], [`read_payload`], [`scan_frames`]) is shared with
+//! the embedded store's click log, whose segments are framed the same way: a crash that
+//! tears the last record is found and cut the same way in both.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,9 +20,67 @@ use crate::store::{StoreError, StoreResult};
 /// The spool file inside the spool directory.
 pub(super) const FILE_NAME: &str = "spool.log";
 /// Bytes of a frame header: payload length and its CRC-32.
-const HEADER: usize = 8;
+pub(in crate::store) const HEADER: usize = 8;
 /// Largest payload a frame may claim; anything larger is a torn or foreign header.
 const MAX_PAYLOAD: usize = 16 << 20;
+
+/// Appends one frame to `out`, its payload written in place by `payload`: the header is
+/// reserved first and filled in once the payload's length and CRC are known, so a record
+/// is built straight into the buffer that is written.
+pub(in crate::store) fn put_frame(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    payload(out);
+    let body = &out[start + HEADER..];
+    let len = (body.len() as u32).to_le_bytes();
+    let crc = crc32fast::hash(body).to_le_bytes();
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..start + HEADER].copy_from_slice(&crc);
+}
+
+/// The payload length and CRC a header claims; `None` for a length no frame may have.
+fn parse_header(header: &[u8; HEADER]) -> Option<(usize, u32)> {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    (len <= MAX_PAYLOAD).then_some((len, crc))
+}
+
+/// Reads the payload of the frame at `offset` of `file`, whose valid content ends at
+/// `end`, and the offset after it; `None` when no whole, verified frame is there.
+pub(in crate::store) fn read_payload(file: &File, offset: u64, end: u64) -> Option<(Vec<u8>, u64)> {
+    if offset + HEADER as u64 > end {
+        return None;
+    }
+    let mut header = [0u8; HEADER];
+    file.read_exact_at(&mut header, offset).ok()?;
+    let (len, crc) = parse_header(&header)?;
+    let next = offset + (HEADER + len) as u64;
+    if next > end {
+        return None;
+    }
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, offset + HEADER as u64).ok()?;
+    (crc32fast::hash(&payload) == crc).then_some((payload, next))
+}
+
+/// Reads frames from `reader` until the first that is torn or does not verify, or until
+/// `each` (given each frame's offset from the start of `reader` and its payload) answers
+/// `false`; returns where the frames read and accepted end.
+pub(in crate::store) fn scan_frames(reader: impl Read, mut each: impl FnMut(u64, &[u8]) -> bool) -> u64 {
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, reader);
+    let mut offset = 0u64;
+    let mut header = [0u8; HEADER];
+    let mut payload = Vec::new();
+    while reader.read_exact(&mut header).is_ok() {
+        let Some((len, crc)) = parse_header(&header) else { break };
+        payload.resize(len, 0);
+        if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc || !each(offset, &payload) {
+            break;
+        }
+        offset += (HEADER + len) as u64;
+    }
+    offset
+}
 
 /// The spool file and what is known about its content.
 pub(super) struct SpoolFile {
@@ -40,12 +102,12 @@ pub(super) fn io_error(e: impl Into<crate::store::BoxError>) -> StoreError {
 
 /// A frame for `entry`.
 pub(super) fn frame(entry: &Entry) -> StoreResult<Vec<u8>> {
-    let mut payload = vec![MARKER];
-    payload.extend_from_slice(&postcard::to_stdvec(entry).map_err(io_error)?);
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let body = postcard::to_stdvec(entry).map_err(io_error)?;
+    let mut out = Vec::with_capacity(HEADER + 1 + body.len());
+    put_frame(&mut out, |out| {
+        out.push(MARKER);
+        out.extend_from_slice(&body);
+    });
     Ok(out)
 }
 
@@ -73,23 +135,7 @@ fn decode_entry(payload: &[u8]) -> Result<Entry, postcard::Error> {
 /// Reads the frame at `offset` of `file`, whose valid content ends at `end`: the entry
 /// and the offset after it, or `None` when no whole, verified frame is there.
 pub(super) fn read_frame(file: &File, offset: u64, end: u64) -> Option<(Result<Entry, postcard::Error>, u64)> {
-    if offset + HEADER as u64 > end {
-        return None;
-    }
-    let mut header = [0u8; HEADER];
-    file.read_exact_at(&mut header, offset).ok()?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let next = offset + (HEADER + len) as u64;
-    if len > MAX_PAYLOAD || next > end {
-        return None;
-    }
-    let mut payload = vec![0u8; len];
-    file.read_exact_at(&mut payload, offset + HEADER as u64).ok()?;
-    if crc32fast::hash(&payload) != crc {
-        return None;
-    }
-    Some((decode_entry(&payload), next))
+    read_payload(file, offset, end).map(|(payload, next)| (decode_entry(&payload), next))
 }
 
 /// What [`scan`] learns of a spool file.
@@ -104,44 +150,28 @@ pub(super) struct Scanned {
 /// waiting postbacks. A torn or corrupt tail is cut off.
 pub(super) fn scan(path: &Path, file: &File) -> anyhow::Result<Scanned> {
     let size = file.metadata()?.len();
-    let mut reader = std::io::BufReader::new(file.try_clone()?);
-    let mut offset = 0u64;
     let mut records = 0u64;
     let mut clicks = HashMap::new();
     let mut postbacks = Vec::new();
-    let mut header = [0u8; HEADER];
-    let mut payload = Vec::new();
-    loop {
-        if reader.read_exact(&mut header).is_err() {
-            break;
-        }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_PAYLOAD {
-            break;
-        }
-        payload.resize(len, 0);
-        if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
-            break;
-        }
-        match decode_entry(&payload) {
+    let len = scan_frames(file.try_clone()?, |offset, payload| {
+        match decode_entry(payload) {
             Ok(Entry::Click(click)) => {
                 clicks.insert(click.id, offset);
             }
             Ok(Entry::Postback(postback)) => postbacks.push(postback),
             _ => {}
         }
-        offset += (HEADER + len) as u64;
         records += 1;
-    }
-    if offset < size {
+        true
+    });
+    if len < size {
         tracing::warn!(
             spool = %path.display(),
-            dropped_bytes = size - offset,
+            dropped_bytes = size - len,
             "outage spool ends in a torn or corrupt record (a crash while writing); it is dropped"
         );
-        file.set_len(offset)?;
+        file.set_len(len)?;
         file.sync_data()?;
     }
-    Ok(Scanned { len: offset, records, clicks, postbacks })
+    Ok(Scanned { len, records, clicks, postbacks })
 }

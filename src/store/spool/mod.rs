@@ -38,7 +38,7 @@
 //! the network retries them.
 
 mod capabilities;
-mod file;
+pub(super) mod file;
 mod replay;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Server CPU per redirect on the embedded store: the CPU time (user + system, all of the
+# process's threads, from /proc) cakelink spends during a wrk run, divided by the
+# requests answered. Same request mix and pinning as benches/load.sh.
+#
+#   benches/cpu.sh [--runs N] [--duration SECS] [--conns "64 256"] [--bin PATH] [--base-bin PATH]
+#
+# --bin measures that binary instead of this tree's; --base-bin measures another one too,
+# alternating with it run by run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+
+RUNS=3
+DURATION=5
+CONNS="64 256"
+OWN_BIN=""
+BASE_BIN=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --conns) CONNS=$2; shift 2 ;;
+    --bin) OWN_BIN=$2; shift 2 ;;
+    --base-bin) BASE_BIN=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+need_tools wrk curl
+if [ -n "$OWN_BIN" ]; then BIN=$OWN_BIN; else build_release; fi
+TICK=$(getconf CLK_TCK)
+
+# CPU seconds (user + system) of process $1 so far.
+cpu_secs() { awk -v t="$TICK" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
+
+declare -A PORT SERVER
+BINS=("$BIN")
+[ -n "$BASE_BIN" ] && BINS+=("$BASE_BIN")
+for b in "${BINS[@]}"; do
+  p=$(free_port)
+  BIN=$b start_cakelink "$p" "$(store_toml embedded "$p")"
+  PORT[$b]=$p
+  SERVER[$b]=$CAKELINK_PID
+done
+
+echo "| run | conns | binary | req/s | requests | server CPU (s) | CPU per request (µs) |"
+echo "|---|---|---|---|---|---|---|"
+for run in $(seq 1 "$RUNS"); do
+  for c in $CONNS; do
+    for b in "${BINS[@]}"; do
+      port=${PORT[$b]}
+      taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2s -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo >/dev/null
+      before=$(cpu_secs "${SERVER[$b]}")
+      line=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo | grep '^RESULT')
+      after=$(cpu_secs "${SERVER[$b]}")
+      requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+      rps=$(sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$line")
+      python3 -c "import sys; r,c,b,rps,n,a,z=sys.argv[1:]; s=float(z)-float(a); print(f'| {r} | {c} | {b} | {int(rps):,} | {int(n):,} | {s:.2f} | {s/int(n)*1e6:.1f} |')" \
+        "$run" "$c" "$b" "$rps" "$requests" "$before" "$after"
+    done
+  done
+done

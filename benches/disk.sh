@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Bytes on disk per click on the embedded store, by part: the click log (`clicklog/`),
+# fjall's tables and fjall's journal, for clicks without an ad-platform click id and with
+# a typical fbclid. Sends at least M clicks with wrk, stops the server with SIGTERM (so
+# what it buffers is written), and divides by the clicks the store counted.
+#
+#   benches/disk.sh [--disk-clicks M] [--bin PATH]
+#
+# --bin measures that binary (another build, the main branch say) instead of this tree's.
+# benches/memory.sh measures Redis's memory and the embedded store's total the same way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+
+DISK_CLICKS=1000000
+OWN_BIN=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --disk-clicks) DISK_CLICKS=$2; shift 2 ;;
+    --bin) OWN_BIN=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+need_tools wrk curl
+if [ -n "$OWN_BIN" ]; then BIN=$OWN_BIN; else build_release; fi
+
+# Sends clicks until at least $3 have been answered with a 302.
+send_clicks() {
+  local port=$1 mode=$2 want=$3 sent=0 line
+  while [ "$sent" -lt "$want" ]; do
+    line=$(taskset -c "$LOAD_CPU" wrk -t1 -c32 -d2s -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo "$mode" | grep '^RESULT')
+    sent=$((sent + $(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")))
+  done
+}
+
+sum_sizes() { { [ ! -e "$1" ] || find "$1" -type f -printf '%s\n'; } | awk '{ n += $1 } END { print n + 0 }'; }
+
+echo "| fbclid | clicks stored | click log (bytes) | tables (bytes) | journal (bytes) | log per click | tables per click | journal per click | all per click |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for mode in no-fbclid with-fbclid; do
+  p=$(free_port)
+  start_cakelink "$p" "$(store_toml embedded "$mode")"
+  send_clicks "$p" "$mode" "$DISK_CLICKS"
+  today=$(date -u +%F)
+  stored=$(curl -s -H "Authorization: Bearer bench-admin-token-0123456789" \
+    "http://127.0.0.1:$p/api/stats?from=$today&to=$today&group=link" |
+    python3 -c 'import json,sys; print(sum(r["clicks"] + r["bot_hits"] for r in json.load(sys.stdin)["rows"]))')
+  kill -TERM "$CAKELINK_PID"; wait "$CAKELINK_PID" || true
+  dir="$WORK/embedded-$mode"
+  log=$(sum_sizes "$dir/clicklog")
+  journal=$(find "$dir" -name '*.jnl' -printf '%s\n' | awk '{ n += $1 } END { print n + 0 }')
+  all=$(du -sb "$dir" | cut -f1)
+  tables=$((all - log - journal))
+  echo "| ${mode%-fbclid} | $stored | $log | $tables | $journal | $((log / stored)) | $((tables / stored)) | $((journal / stored)) | $((all / stored)) |"
+done
