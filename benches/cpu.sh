@@ -31,9 +31,6 @@ need_tools wrk curl
 if [ -n "$OWN_BIN" ]; then BIN=$OWN_BIN; else build_release; fi
 TICK=$(getconf CLK_TCK)
 
-# CPU seconds (user + system) of process $1 so far.
-cpu_secs() { awk -v t="$TICK" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
-
 declare -A PORT SERVER
 BINS=("$BIN")
 [ -n "$BASE_BIN" ] && BINS+=("$BASE_BIN")
@@ -51,13 +48,13 @@ for run in $(seq 1 "$RUNS"); do
     for b in "${BINS[@]}"; do
       port=${PORT[$b]}
       taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2s -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo >/dev/null
-      before=$(cpu_secs "${SERVER[$b]}")
+      before=$(cpu_ticks "${SERVER[$b]}")
       line=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo | grep '^RESULT')
-      after=$(cpu_secs "${SERVER[$b]}")
+      after=$(cpu_ticks "${SERVER[$b]}")
       requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
       rps=$(sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$line")
-      python3 -c "import sys; r,c,b,rps,n,a,z=sys.argv[1:]; s=float(z)-float(a); print(f'| {r} | {c} | {b} | {int(rps):,} | {int(n):,} | {s:.2f} | {s/int(n)*1e6:.1f} |')" \
-        "$run" "$c" "$b" "$rps" "$requests" "$before" "$after"
+      python3 -c "import sys; r,c,b,rps,n,a,z,t=sys.argv[1:]; s=(int(z)-int(a))/int(t); print(f'| {r} | {c} | {b} | {int(rps):,} | {int(n):,} | {s:.2f} | {s/int(n)*1e6:.1f} |')" \
+        "$run" "$c" "$b" "$rps" "$requests" "$before" "$after" "$TICK"
     done
   done
 done

@@ -220,3 +220,10 @@ cpu_ticks() {
   done
   echo "$total"
 }
+
+# Clicks and bot hits the cakelink on port $1 counts today (UTC), from /api/stats.
+stored_today() {
+  curl -s -H "Authorization: Bearer bench-admin-token-0123456789" \
+    "http://127.0.0.1:$1/api/stats?from=$(date -u +%F)&to=$(date -u +%F)&group=link" |
+    python3 -c 'import json,sys; print(sum(r["clicks"] + r["bot_hits"] for r in json.load(sys.stdin)["rows"]))'
+}

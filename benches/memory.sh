@@ -60,10 +60,7 @@ for mode in no-fbclid with-fbclid; do
   p=$(free_port)
   start_cakelink "$p" "$(store_toml embedded "$mode")"
   send_clicks "$p" "$mode" "$DISK_CLICKS"
-  today=$(date -u +%F)
-  stored=$(curl -s -H "Authorization: Bearer bench-admin-token-0123456789" \
-    "http://127.0.0.1:$p/api/stats?from=$today&to=$today&group=link" |
-    python3 -c 'import json,sys; print(sum(r["clicks"] + r["bot_hits"] for r in json.load(sys.stdin)["rows"]))')
+  stored=$(stored_today "$p")
   kill -TERM "$CAKELINK_PID"; wait "$CAKELINK_PID" || true
   bytes=$(du -sb "$WORK/embedded-$mode" | cut -f1)
   journal=$(find "$WORK/embedded-$mode" -name '*.jnl' -printf '%s\n' | awk '{ n += $1 } END { print n + 0 }')
