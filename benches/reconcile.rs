@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use cakelink::app::Application;
 use cakelink::clickid::Keyring;
-use cakelink::config::Config;
 use cakelink::model::{Click, Conversion, Event, EventStatus, PURCHASE};
 use cakelink::money::Money;
 use cakelink::reconcile::{self, input, Sources};
@@ -113,14 +112,7 @@ struct Line {
 
 async fn run(clicks: u64, requests: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let links: String = (0..LINKS)
-        .map(|i| format!("[[links]]\nslug = \"campaign-{i}\"\noffer = \"https://offers.example.com/?a=200&c={i}\"\n"))
-        .collect();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = {:?}\n[security]\nsecret = \"{SECRET}\"\nadmin_token = \"{ADMIN_TOKEN}\"\npostback_key = \"bench-postback-key-0123456789\"\n{links}",
-        dir.path().join("db").display().to_string()
-    );
-    let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("bench config: {e}"));
+    let config = clicks::config(dir.path(), SECRET, ADMIN_TOKEN, LINKS);
     let network = config.networks.get("cake").cloned().expect("cake is always configured");
     let (click_ttl, event_log_max) = (config.store.click_ttl(), config.store.event_log_max);
     let app = Application::build(config).await.expect("app");

@@ -71,9 +71,10 @@ pub(super) async fn reconcile(
                     ),
                 );
             };
+            // Whatever fails there (the API, or rows it sent that do not read) is the
+            // network's side: a bad gateway, with its reason.
             match api::fetch(&reqwest::Client::new(), settings, &network.reconcile, &period).await {
                 Ok(rows) => rows,
-                Err(api::ApiError::Input(e)) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
                 Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
             }
         }
