@@ -139,18 +139,8 @@ async fn readyz_and_metrics_show_the_one_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_and_metrics_show_every_cluster_node() {
-    let cluster = RedisServer::start_cluster();
-    let address = format!("127.0.0.1:{}", cluster.port());
-    let spool = tempfile::tempdir().expect("temp dir");
-    let store = StoreHandle {
-        toml: format!(
-            "backend = \"redis\"\nurls = [{:?}]\nspool_path = {:?}\nreplicas_ack = 0\n",
-            cluster.url(),
-            spool.path().join("spool").display().to_string()
-        ),
-        dir: spool,
-        redis: Some(cluster),
-    };
+    let store = one_node_cluster("replicas_ack = 0");
+    let address = format!("127.0.0.1:{}", store.redis.as_ref().expect("cluster").port());
     let app = spawn_app_on(&store, SECRET, &[]).await;
     app.click("demo").await;
     let (status, body) = readyz(&app).await;
@@ -179,17 +169,7 @@ async fn the_embedded_store_has_no_nodes() {
 /// the slot's master and `WAIT` answered from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_write_without_its_replica_is_refused() {
-    let cluster = RedisServer::start_cluster();
-    let spool = tempfile::tempdir().expect("temp dir");
-    let store = StoreHandle {
-        toml: format!(
-            "backend = \"redis\"\nurls = [{:?}]\nspool_path = {:?}\nreplicas_ack = 1\nreplicas_ack_timeout_ms = 50\n",
-            cluster.url(),
-            spool.path().join("spool").display().to_string()
-        ),
-        dir: spool,
-        redis: Some(cluster),
-    };
+    let store = one_node_cluster("replicas_ack = 1\nreplicas_ack_timeout_ms = 50");
     let app = spawn_app_on(&store, SECRET, &[]).await;
     let started = Instant::now();
     let id = app.click("demo").await;
@@ -198,4 +178,20 @@ async fn a_cluster_write_without_its_replica_is_refused() {
     assert_eq!(body["spool"]["active"], true, "no replica confirmed the click, so the spool has it: {body}");
     assert_eq!(click_status(&app, &id).await, StatusCode::OK);
     app.stop().await;
+}
+
+/// The one-node test cluster as a store, with its own spool and `ack` (the
+/// `replicas_ack` lines of `[store]`).
+fn one_node_cluster(ack: &str) -> StoreHandle {
+    let cluster = RedisServer::start_cluster();
+    let spool = tempfile::tempdir().expect("temp dir");
+    StoreHandle {
+        toml: format!(
+            "backend = \"redis\"\nurls = [{:?}]\nspool_path = {:?}\n{ack}\n",
+            cluster.url(),
+            spool.path().join("spool").display().to_string()
+        ),
+        dir: spool,
+        redis: Some(cluster),
+    }
 }
