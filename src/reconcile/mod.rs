@@ -17,7 +17,7 @@ pub mod api;
 pub mod input;
 pub mod output;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -366,10 +366,10 @@ async fn explain(
     }
     let log = src.events.events(None, src.event_log_max).await?;
     let postbacks = PostbackIndex::new(&log, &src.queued, network);
-    let reversed: HashMap<(&str, Option<&str>), ()> = stored
+    let reversed: HashSet<(&str, Option<&str>)> = stored
         .iter()
         .filter(|c| c.reversed_at.is_some())
-        .map(|c| ((c.click.id.as_str(), c.transaction_id.as_deref()), ()))
+        .map(|c| (c.click.id.as_str(), c.transaction_id.as_deref()))
         .collect();
     stream::iter(rows)
         .map(|row| {
@@ -388,7 +388,7 @@ async fn explain(
 async fn reason_for(
     src: &Sources<'_>,
     postbacks: &PostbackIndex,
-    reversed: &HashMap<(&str, Option<&str>), ()>,
+    reversed: &HashSet<(&str, Option<&str>)>,
     row: &NetworkRow,
     now: UnixMillis,
 ) -> StoreResult<(Reason, bool)> {
@@ -413,7 +413,7 @@ async fn reason_for(
             return Ok((reason, click_stored));
         }
     }
-    if reversed.contains_key(&(id.as_str(), row.transaction_id.as_deref())) {
+    if reversed.contains(&(id.as_str(), row.transaction_id.as_deref())) {
         return Ok((Reason::Reversed, click_stored));
     }
     if click_stored {
