@@ -34,8 +34,11 @@ build_release() {
 
 WORK=$(mktemp -d)
 PIDS=()
+# Servers started in a command substitution (`store_toml`) are in a subshell, whose PIDS
+# are lost: those note their PID in this file instead.
+SUBSHELL_PIDS="$WORK/pids"
 cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}" $(cat "$SUBSHELL_PIDS" 2>/dev/null); do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   sleep 0.5
   rm -rf "$WORK"
 }
@@ -55,6 +58,7 @@ start_redis() {
   mkdir -p "$WORK/redis-$port"
   taskset -c "$LOAD_CPU" redis-server --port "$port" --dir "$WORK/redis-$port" --save '' "$@" >/dev/null &
   PIDS+=($!)
+  echo $! >> "$SUBSHELL_PIDS"
   for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "redis-server did not start" >&2
   exit 1
