@@ -17,7 +17,12 @@
 //! is full), a background task writes its index once, sorted, at the end of the file, and
 //! the memory goes. A lookup in a sealed segment is a binary search with positioned reads.
 //! Memory: the current hour's segment starts with room for [`MAX_SEGMENT_CLICKS`] clicks
-//! (2^19 buckets of 16 bytes, about 9 MiB), which is all there is under steady traffic.
+//! (2^19 buckets of 16 bytes, about 9 MiB), which is all there is under steady traffic,
+//! plus one spare of that size: the index of the last sealed segment, emptied, or one
+//! the housekeeping prepared. A new segment takes the spare, whose memory is already
+//! faulted in; a fresh table would fault in its pages on the writer's first inserts,
+//! and with transparent huge pages that is milliseconds of zeroing on the redirect path.
+//! Sealing is paced (see `pace`), and its buffers are kept from one seal to the next.
 //! Other hours' segments (late clicks, a shuffled import) grow as needed; all open
 //! indexes together hold at most [`MAX_OPEN_CLICKS`] clicks (the segment written least
 //! lately closes beyond), at most about 64 MiB with the maps' slack.
@@ -49,11 +54,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fjall::Keyspace;
 use tokio::sync::{mpsc, oneshot};
 
+use super::pace::{self, Pacer};
 use super::segment::{self, Frame, OpenIndex, Sealed};
 use super::tables::Tables;
 use super::MAX_BATCH;
@@ -239,6 +245,9 @@ pub(super) struct ClickLog {
     /// expired, before the second have no personal data.
     expired_before: AtomicU32,
     personal_before: AtomicU32,
+    /// An empty index with a full segment's room, faulted in, for the next segment of the
+    /// current hour: a sealed segment's, recycled, or one the housekeeping prepared.
+    spare: Mutex<Option<OpenIndex>>,
 }
 
 /// What opening the log found that its caller must finish: the uncovered tails to count,
@@ -333,6 +342,7 @@ impl ClickLog {
             dir_dirty: AtomicBool::new(true),
             expired_before: AtomicU32::new(0),
             personal_before: AtomicU32::new(secs32(personal_before)),
+            spare: Mutex::new(None),
         });
         Ok(Opened { log, tails, unsealed })
     }
@@ -419,7 +429,7 @@ impl ClickLog {
                 len: 0,
                 clicks: 0,
                 range: (u32::MAX, 0),
-                index: Index::Open(OpenIndex::with_capacity(room)),
+                index: Index::Open(self.index_with_room(room)),
             }),
             dirty: AtomicBool::new(false),
         });
@@ -428,25 +438,62 @@ impl ClickLog {
         Ok((seg, file))
     }
 
-    /// Writes the index of a closed segment at its end; its in-memory index goes.
-    fn seal(&self, seg: &Segment) -> io::Result<()> {
-        let (entries, len, range) = {
+    /// An empty index with room for `room` entries: the spare when it has that room.
+    fn index_with_room(&self, room: usize) -> OpenIndex {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        match spare.take() {
+            Some(index) if room > 0 && index.capacity() >= room => index,
+            other => {
+                *spare = other;
+                OpenIndex::with_capacity(room)
+            }
+        }
+    }
+
+    /// Makes a spare index ready when there is none.
+    fn prepare_spare(&self, pacer: &mut Pacer) {
+        if self.spare.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            let index = OpenIndex::prefaulted(MAX_SEGMENT_CLICKS, pacer);
+            self.spare.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(index);
+        }
+    }
+
+    /// Writes the index of a closed segment at its end; its in-memory index goes (to
+    /// the spare, when it has a full segment's room and there is none).
+    fn seal(&self, seg: &Segment, bufs: &mut SealBuffers, pacer: &mut Pacer) -> io::Result<()> {
+        let (len, range) = {
+            // Held across the pacer's yields: only this thread writes a closed segment's
+            // state, and lookups only read it.
             let s = read(&seg.state);
             match &s.index {
-                Index::Open(index) => (index.sorted(), s.len, s.range),
+                Index::Open(index) => index.sorted_into(&mut bufs.entries, &mut bufs.scratch, pacer),
                 Index::Sealed(_) => return Ok(()),
             }
+            (s.len, s.range)
         };
-        let sealed = segment::seal(&seg.open_file()?, len, &entries, range, false)?;
+        let sealed = segment::seal(&seg.open_file()?, len, &bufs.entries, range, false, pacer)?;
         seg.dirty.store(false, Ordering::Relaxed);
-        write(&seg.state).index = Index::Sealed(sealed);
+        let old = std::mem::replace(&mut write(&seg.state).index, Index::Sealed(sealed));
+        if let Index::Open(mut index) = old {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            if spare.is_none() && index.capacity() >= MAX_SEGMENT_CLICKS {
+                index.clear();
+                *spare = Some(index);
+            }
+        }
         Ok(())
     }
 
     /// Deletes sealed segments whose newest click was created before `click_cutoff`, and
     /// rewrites without personal data those whose newest click was created before
     /// `personal_cutoff` (unix seconds). Returns the segments deleted and rewritten.
-    fn retain(&self, t: &Tables, click_cutoff: u64, personal_cutoff: u64) -> io::Result<(usize, usize)> {
+    fn retain(
+        &self,
+        t: &Tables,
+        click_cutoff: u64,
+        personal_cutoff: u64,
+        pacer: &mut Pacer,
+    ) -> io::Result<(usize, usize)> {
         let all: Vec<Arc<Segment>> = read(&self.segments).values().cloned().collect();
         let (mut deleted, mut rewritten) = (0, 0);
         for seg in all {
@@ -466,7 +513,7 @@ impl ClickLog {
                 // never reads the copy's offsets; the original goes once replaced.
                 let name = file_name(seg.hour, seg.seq, true);
                 let path = self.dir.join(&name);
-                let sealed = segment::rewrite_without_personal(&seg.path, &path, &sealed)?;
+                let sealed = segment::rewrite_without_personal(&seg.path, &path, &sealed, pacer)?;
                 let replaced = Arc::new(Segment {
                     hour: seg.hour,
                     seq: seg.seq,
@@ -497,6 +544,8 @@ fn secs32(secs: u64) -> u32 {
 /// Work on closed segments, done in order off the writer thread.
 pub(super) enum Job {
     Seal(Arc<Segment>),
+    /// Make a spare index ready for the next segment (see [`ClickLog::spare`]).
+    PrepareSpare,
     /// Expiry and personal data, at the unix-second cut-offs; `done` hears when finished.
     Retain {
         click_cutoff: u64,
@@ -505,21 +554,34 @@ pub(super) enum Job {
     },
 }
 
-/// Starts the task that seals segments and applies retention, one job at a time, each on
-/// the blocking pool (they read, write and fsync whole files).
-pub(super) fn start_housekeeping(log: Arc<ClickLog>, t: Tables) -> mpsc::UnboundedSender<Job> {
+/// The housekeeping's buffers for sealing, kept from one seal to the next so that a
+/// seal every few seconds does not allocate (and return) megabytes each time.
+#[derive(Default)]
+struct SealBuffers {
+    entries: Vec<(u64, u32)>,
+    scratch: Vec<(u64, u32)>,
+}
+
+/// Starts the thread that seals segments and applies retention, one job at a time
+/// (they read, write and fsync whole files). It paces its work ([`Pacer`]) and runs
+/// under `SCHED_BATCH`, so that a seal every few seconds at full speed does not hold up
+/// redirects on the core it shares with them.
+pub(super) fn start_housekeeping(log: Arc<ClickLog>, t: Tables) -> io::Result<mpsc::UnboundedSender<Job>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-    tokio::spawn(async move {
-        while let Some(job) = rx.recv().await {
-            let (log, t) = (log.clone(), t.clone());
-            let ran = tokio::task::spawn_blocking(move || match job {
+    std::thread::Builder::new().name("store-housekeeping".into()).spawn(move || {
+        pace::defer_to_waker();
+        let mut bufs = SealBuffers::default();
+        while let Some(job) = rx.blocking_recv() {
+            let mut pacer = Pacer::new();
+            match job {
+                Job::PrepareSpare => log.prepare_spare(&mut pacer),
                 Job::Seal(seg) => {
-                    if let Err(e) = log.seal(&seg) {
+                    if let Err(e) = log.seal(&seg, &mut bufs, &mut pacer) {
                         tracing::error!(error = %e, segment = %seg.name, "sealing a click log segment failed; the next start retries");
                     }
                 }
                 Job::Retain { click_cutoff, personal_cutoff, done } => {
-                    match log.retain(&t, click_cutoff, personal_cutoff) {
+                    match log.retain(&t, click_cutoff, personal_cutoff, &mut pacer) {
                         Ok((0, 0)) => {}
                         Ok((deleted, rewritten)) => tracing::info!(
                             deleted,
@@ -532,14 +594,13 @@ pub(super) fn start_housekeeping(log: Arc<ClickLog>, t: Tables) -> mpsc::Unbound
                         let _ = done.send(());
                     }
                 }
-            })
-            .await;
-            if let Err(e) = ran {
-                tracing::error!(error = %e, "click log housekeeping did not finish");
             }
         }
-    });
-    tx
+    })?;
+    // The first segment of this run finds a spare ready, unless traffic beats the
+    // housekeeping to it.
+    let _ = tx.send(Job::PrepareSpare);
+    Ok(tx)
 }
 
 /// One batch's appends to one segment.
@@ -630,6 +691,10 @@ impl LogWriter {
         // index gets its room at once rather than growing (each growth rehashes it all).
         let current = crate::clock::now_secs() / 3600 == u64::from(hour);
         let (seg, file) = self.log.create(hour, if current { MAX_SEGMENT_CLICKS } else { 0 })?;
+        if current {
+            // The spare was this segment's, or there was none: one ready for the next.
+            let _ = self.jobs.send(Job::PrepareSpare);
+        }
         let file = Arc::new(file);
         self.open.push(Open { seg: seg.clone(), file: Some(file.clone()), used: self.batch });
         self.let_go_of_handles();
@@ -801,7 +866,7 @@ mod tests {
         let opened = ClickLog::open(&dir.path().join(DIR), &t.meta, 0).expect("open");
         let (seg, _) = opened.log.create(10, 0).expect("create");
         assert!(!seg.is_sealed());
-        opened.log.seal(&seg).expect("seal");
+        opened.log.seal(&seg, &mut SealBuffers::default(), &mut Pacer::new()).expect("seal");
         assert!(seg.is_sealed());
     }
 }

@@ -38,6 +38,7 @@
 
 mod caps;
 mod clicklog;
+mod pace;
 mod recount;
 mod segment;
 mod sweep;
@@ -150,7 +151,7 @@ impl EmbeddedStore {
         let stop = Arc::new(AtomicBool::new(false));
         let outbox = limits.outbox.clone();
 
-        let jobs = clicklog::start_housekeeping(log.clone(), tables.clone());
+        let jobs = clicklog::start_housekeeping(log.clone(), tables.clone())?;
         let mut writer = Writer::new(tables.clone(), limits, LogWriter::new(log.clone(), jobs))?;
         let recounted = writer
             .recount(tails)
@@ -162,7 +163,10 @@ impl EmbeddedStore {
         for seg in unsealed {
             writer.log.close(seg);
         }
-        std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx))?;
+        std::thread::Builder::new().name("store-writer".into()).spawn(move || {
+            pace::defer_to_waker();
+            writer.run(rx)
+        })?;
 
         let db = tables.db.clone();
         let sync_log = log.clone();

@@ -29,11 +29,12 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::pace::{self, Pacer};
 #[cfg(doc)]
 use crate::clickid::ClickId;
 use crate::clickid::CLICK_ID_LEN;
 use crate::store::record::{self, InternKey};
-use crate::store::spool::file::{put_frame, scan_frames, HEADER};
+use crate::store::spool::file::{frame_header, put_frame, scan_frames, HEADER};
 
 const KIND_CLICK: u8 = 1;
 const KIND_INTERN: u8 = 2;
@@ -177,12 +178,41 @@ impl OpenIndex {
         self.map.len() + self.extra.len()
     }
 
-    /// Every entry, sorted by key then offset: the sealed index.
-    pub(super) fn sorted(&self) -> Vec<(u64, u32)> {
-        let mut all: Vec<(u64, u32)> = self.map.iter().map(|(k, (o, _))| (*k, *o)).collect();
-        all.extend(self.extra.iter().map(|(k, o, _)| (*k, *o)));
-        all.sort_unstable();
-        all
+    /// Every entry, sorted by key then offset, into `out`: the sealed index. `scratch`
+    /// is the sort's merge buffer; both keep their memory for the next seal.
+    pub(super) fn sorted_into(&self, out: &mut Vec<(u64, u32)>, scratch: &mut Vec<(u64, u32)>, pacer: &mut Pacer) {
+        out.clear();
+        out.reserve(self.len());
+        for (k, (o, _)) in &self.map {
+            out.push((*k, *o));
+            pacer.tick(1);
+        }
+        out.extend(self.extra.iter().map(|(k, o, _)| (*k, *o)));
+        pace::sort(out, scratch, pacer);
+    }
+
+    /// Room for this many entries without growing.
+    pub(super) fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
+    /// Empties it, keeping its memory (already faulted in) for the next segment.
+    pub(super) fn clear(&mut self) {
+        self.map.clear();
+        self.extra = Vec::new();
+    }
+
+    /// An empty index with room for `n` entries whose memory is already faulted in: the
+    /// first inserts into a fresh table each fault in a page (with transparent huge pages,
+    /// 2 MiB to zero), a stall of milliseconds for whoever inserts them.
+    pub(super) fn prefaulted(n: usize, pacer: &mut Pacer) -> OpenIndex {
+        let mut index = OpenIndex::with_capacity(n);
+        for key in 0..n as u64 {
+            index.map.insert(key.wrapping_mul(0x9e37_79b9_7f4a_7c15), (0, 0));
+            pacer.tick(4);
+        }
+        index.clear();
+        index
     }
 }
 
@@ -254,23 +284,52 @@ pub(super) fn seal(
     entries: &[(u64, u32)],
     range: (u32, u32),
     personal_dropped: bool,
+    pacer: &mut Pacer,
 ) -> io::Result<Sealed> {
-    let mut out = Vec::with_capacity(HEADER + 1 + entries.len() * ENTRY as usize + TRAILER as usize);
-    put_frame(&mut out, |out| {
-        out.push(KIND_INDEX);
-        for (key, offset) in entries {
-            out.extend_from_slice(&key.to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-        }
-    });
+    // The index frame is written a piece at a time, its CRC taken along the way, and its
+    // header last: the same bytes as `put_frame` would build, without a second copy of
+    // the whole index in memory.
     file.set_len(data_end)?;
-    file.write_all_at(&out, data_end)?;
+    let payload_len = 1 + entries.len() * ENTRY as usize;
+    let mut crc = crc32fast::Hasher::new();
+    let mut piece = Vec::with_capacity(PIECE + ENTRY as usize);
+    piece.push(KIND_INDEX);
+    let mut at = data_end + HEADER as u64;
+    for (i, (key, offset)) in entries.iter().enumerate() {
+        piece.extend_from_slice(&key.to_le_bytes());
+        piece.extend_from_slice(&offset.to_le_bytes());
+        if piece.len() >= PIECE || i + 1 == entries.len() {
+            crc.update(&piece);
+            file.write_all_at(&piece, at)?;
+            at += piece.len() as u64;
+            piece.clear();
+            pacer.tick(u32::MAX);
+        }
+    }
+    if entries.is_empty() {
+        crc.update(&piece);
+        file.write_all_at(&piece, at)?;
+    }
+    file.write_all_at(&frame_header(payload_len, crc.finalize()), data_end)?;
     file.sync_data()?;
     let sealed =
         Sealed { data_end, entries: entries.len() as u32, min_sec: range.0, max_sec: range.1, personal_dropped };
     file.write_all_at(&sealed.trailer(), sealed.file_len() - TRAILER)?;
     file.sync_data()?;
     Ok(sealed)
+}
+
+/// Bytes written to a file in one call by paced work: a copy of megabytes into the
+/// page cache is itself a millisecond.
+const PIECE: usize = 128 << 10;
+
+/// Writes `bytes` at `offset` of `file` a piece at a time, pacing between pieces.
+fn write_paced(file: &File, bytes: &[u8], offset: u64, pacer: &mut Pacer) -> io::Result<()> {
+    for (i, piece) in bytes.chunks(PIECE).enumerate() {
+        file.write_all_at(piece, offset + (i * PIECE) as u64)?;
+        pacer.tick(u32::MAX);
+    }
+    Ok(())
 }
 
 /// Offsets of the frames whose id has `key` in a sealed segment: a binary search of its
@@ -367,7 +426,12 @@ pub(super) fn read_frames(path: &Path, from: u64, to: u64) -> io::Result<Vec<Vec
 /// click's record without its IP address and user-agent key, and no interned values),
 /// indexed and sealed: written under a temporary name, fsynced, then renamed, so a crash
 /// leaves no partial copy. Returns the copy's trailer.
-pub(super) fn rewrite_without_personal(from: &Path, to: &Path, sealed: &Sealed) -> io::Result<Sealed> {
+pub(super) fn rewrite_without_personal(
+    from: &Path,
+    to: &Path,
+    sealed: &Sealed,
+    pacer: &mut Pacer,
+) -> io::Result<Sealed> {
     let tmp = to.with_extension("tmp");
     let mut out = Vec::with_capacity(sealed.data_end as usize);
     let mut entries = Vec::with_capacity(sealed.entries as usize);
@@ -384,13 +448,15 @@ pub(super) fn rewrite_without_personal(from: &Path, to: &Path, sealed: &Sealed) 
             let (id, cap_key) = (String::from_utf8_lossy(id), String::from_utf8_lossy(cap_key));
             let cap_key = Some(cap_key.as_ref()).filter(|k| !k.is_empty());
             put_click(&mut out, &id, cap_key, stripped.as_deref().unwrap_or(record));
+            // Decoding and encoding a record is the work of a few dozen index entries.
+            pacer.tick(32);
         }
         true
     });
-    entries.sort_unstable();
+    pace::sort(&mut entries, &mut Vec::new(), pacer);
     let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-    file.write_all_at(&out, 0)?;
-    let sealed = seal(&file, out.len() as u64, &entries, range, true)?;
+    write_paced(&file, &out, 0, pacer)?;
+    let sealed = seal(&file, out.len() as u64, &entries, range, true, pacer)?;
     std::fs::rename(&tmp, to)?;
     if let Some(dir) = to.parent() {
         File::open(dir)?.sync_all()?;
@@ -435,13 +501,19 @@ mod tests {
         let path = dir.path().join("s.log");
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).expect("create");
         file.write_all_at(&[0u8; 100], 0).expect("write");
-        let mut entries: Vec<(u64, u32)> = (0..1000u32).map(|i| (index_key(&i.to_le_bytes()), i)).collect();
+        // More entries than one piece of the paced write holds.
+        let mut entries: Vec<(u64, u32)> = (0..20_000u32).map(|i| (index_key(&i.to_le_bytes()), i)).collect();
         // Two ids with one key: both offsets come back.
         entries.push((entries[10].0, 5000));
         entries.sort_unstable();
-        let sealed = seal(&file, 100, &entries, (5, 9), false).expect("seal");
+        let sealed = seal(&file, 100, &entries, (5, 9), false, &mut Pacer::new()).expect("seal");
         let size = file.metadata().expect("metadata").len();
         assert_eq!(read_trailer(&file, size), Some(sealed));
+        // The index, written a piece at a time, is one whole frame whose CRC holds.
+        let (payload, end) =
+            crate::store::spool::file::read_payload(&file, 100, size - TRAILER).expect("a whole index frame");
+        assert_eq!((payload.len(), end), (1 + entries.len() * ENTRY as usize, size - TRAILER));
+        assert_eq!(parse_frame(&payload).map(|f| matches!(f, Frame::Index)), Some(true));
         for i in 0..1000u32 {
             let found = sealed_offsets(&file, &sealed, index_key(&i.to_le_bytes())).expect("search");
             if i == 10 {

@@ -194,8 +194,10 @@ fn clicks_logged_but_not_committed_are_counted_once_on_open() {
     let path = dir.path().join(DIR).join(file_name((now / 3600) as u32, 91, false));
     std::fs::write(&path, &frames).expect("write");
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
-    let entries = segment::scan(&path, &file, 0).expect("scan").index.sorted();
-    segment::seal(&file, frames.len() as u64, &entries, (now as u32, now as u32), false).expect("seal");
+    let pacer = &mut super::pace::Pacer::new();
+    let mut entries = Vec::new();
+    segment::scan(&path, &file, 0).expect("scan").index.sorted_into(&mut entries, &mut Vec::new(), pacer);
+    segment::seal(&file, frames.len() as u64, &entries, (now as u32, now as u32), false, pacer).expect("seal");
 
     for opening in 0..2 {
         with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {

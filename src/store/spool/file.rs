@@ -32,10 +32,17 @@ pub(in crate::store) fn put_frame(out: &mut Vec<u8>, payload: impl FnOnce(&mut V
     out.extend_from_slice(&[0; HEADER]);
     payload(out);
     let body = &out[start + HEADER..];
-    let len = (body.len() as u32).to_le_bytes();
-    let crc = crc32fast::hash(body).to_le_bytes();
-    out[start..start + 4].copy_from_slice(&len);
-    out[start + 4..start + HEADER].copy_from_slice(&crc);
+    let header = frame_header(body.len(), crc32fast::hash(body));
+    out[start..start + HEADER].copy_from_slice(&header);
+}
+
+/// The header of a frame whose payload is `len` bytes with CRC `crc`, for a writer that
+/// writes the payload first.
+pub(in crate::store) fn frame_header(len: usize, crc: u32) -> [u8; HEADER] {
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
 /// The payload length and CRC a header claims; `None` for a length no frame may have.

@@ -1,0 +1,123 @@
+//! Background work that gives its core back: the store's own threads on a core they
+//! share with the runtime that answers redirects.
+//!
+//! The click log's housekeeping (sealing a full segment: collecting, sorting and writing
+//! half a million index entries; rewriting a week-old one) is tens of milliseconds of
+//! CPU. Run in one go, the scheduler gives it the core in slices of milliseconds, and
+//! every redirect waiting in that slice waits for it. Paced, it stops every
+//! [`SLICE`] and lets whatever else is runnable go first, so a redirect waits at most
+//! that long; on an idle core it goes on at once.
+//!
+//! Both store threads run under `SCHED_BATCH` ([`defer_to_waker`]), so that waking one
+//! does not preempt the runtime's thread either.
+
+use std::time::{Duration, Instant};
+
+/// Longest stretch of paced work between two yields.
+const SLICE: Duration = Duration::from_micros(100);
+/// Units of work between two looks at the clock (a unit being a few nanoseconds: one
+/// index entry copied or merged).
+const UNITS_PER_LOOK: u32 = 256;
+
+/// Counts work done and yields the CPU once a [`SLICE`] of it has passed.
+pub(super) struct Pacer {
+    since: Instant,
+    units: u32,
+}
+
+impl Pacer {
+    pub(super) fn new() -> Pacer {
+        Pacer { since: Instant::now(), units: 0 }
+    }
+
+    /// Notes `units` of work done; yields when the slice is used up.
+    pub(super) fn tick(&mut self, units: u32) {
+        self.units = self.units.saturating_add(units);
+        if self.units >= UNITS_PER_LOOK {
+            self.units = 0;
+            if self.since.elapsed() >= SLICE {
+                std::thread::yield_now();
+                self.since = Instant::now();
+            }
+        }
+    }
+}
+
+/// Entries sorted in runs of this many, each run one uninterrupted stretch (about
+/// 100 µs), then merged.
+const RUN: usize = 4096;
+
+/// Sorts `v` as `sort_unstable` would, paced: runs of [`RUN`] sorted one at a time, then
+/// merged pairwise into `merged` (a buffer kept for the next sort), a tick per entry.
+pub(super) fn sort<T: Ord + Copy>(v: &mut Vec<T>, merged: &mut Vec<T>, pacer: &mut Pacer) {
+    for run in v.chunks_mut(RUN) {
+        run.sort_unstable();
+        pacer.tick(UNITS_PER_LOOK);
+    }
+    let len = v.len();
+    merged.clear();
+    merged.reserve(len);
+    let mut width = RUN;
+    while width < len {
+        merged.clear();
+        for start in (0..len).step_by(2 * width) {
+            let (mid, end) = ((start + width).min(len), (start + 2 * width).min(len));
+            let (mut i, mut j) = (start, mid);
+            while i < mid && j < end {
+                if v[j] < v[i] {
+                    merged.push(v[j]);
+                    j += 1;
+                } else {
+                    merged.push(v[i]);
+                    i += 1;
+                }
+                pacer.tick(1);
+            }
+            merged.extend_from_slice(&v[i..mid]);
+            merged.extend_from_slice(&v[j..end]);
+        }
+        std::mem::swap(v, merged);
+        width *= 2;
+    }
+}
+
+/// Puts the calling thread under `SCHED_BATCH`, which differs from the default policy
+/// only in that its wake-ups never preempt the running thread; its share of the CPU is
+/// unchanged. Where the policy cannot be set (a sandbox that forbids it, say) the
+/// thread works as before, with more thread switches.
+pub(super) fn defer_to_waker() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
+        ThreadPriorityOsValue, ThreadSchedulePolicy,
+    };
+    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let nice = ThreadPriority::Os(ThreadPriorityOsValue::default());
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), nice, policy) {
+        tracing::info!(error = %e, "a store thread runs under the default scheduling policy");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_sort_sorts_as_sort_unstable_does() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in [0, 1, RUN - 1, RUN, RUN + 1, 3 * RUN + 17, 9 * RUN] {
+            let mut v: Vec<(u64, u32)> = (0..len)
+                .map(|i| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Few distinct keys at the small end, so equal keys meet across runs.
+                    (seed % (len as u64 / 3 + 1), i as u32)
+                })
+                .collect();
+            let mut expected = v.clone();
+            expected.sort_unstable();
+            sort(&mut v, &mut Vec::new(), &mut Pacer::new());
+            assert_eq!(v, expected, "length {len}");
+        }
+    }
+}
