@@ -143,6 +143,23 @@ CONF
   wait_up "$port" /healthz
 }
 
+# collect_ids PORT N FILE: N clicks through /go, keeping the click id of each.
+collect_ids() {
+  taskset -c "$LOAD_CPU" python3 - "$1" "$2" "$3" <<'PY'
+import http.client, sys, urllib.parse
+port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+con = http.client.HTTPConnection("127.0.0.1", port)
+ua = {"User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"}
+with open(out, "w") as f:
+    for i in range(n):
+        con.request("GET", f"/go/cake/demo?utm_source=facebook&fbclid=IwAR{i}", headers=ua)
+        res = con.getresponse()
+        res.read()
+        query = urllib.parse.urlparse(res.getheader("Location")).query
+        f.write(urllib.parse.parse_qs(query)["s2"][0] + "\n")
+PY
+}
+
 # wrk_result PORT SECONDS CONNS SCRIPT ARGS...: one measured wrk run on core 1, after a
 # 2 s warm-up; prints the script's RESULT line.
 wrk_result() {

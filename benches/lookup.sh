@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Postback latency on a big embedded store: fills it with --clicks clicks through /go (the
-# realistic mix of benches/load.sh), then times CAKE postbacks for clicks made first (in
-# sealed segments of the click log, found by binary search on disk) and last (in the open
-# segment, found in memory). Each postback looks its click up and records a conversion.
+# Click lookups on a big embedded store: fills it with --clicks clicks through /go (the
+# realistic mix of benches/load.sh), then times, for clicks made first (in sealed
+# segments of the click log, found by binary search on disk) and last (in the open
+# segment, found in memory), the lookup alone (`GET /api/clicks/{id}`) and the CAKE
+# postback, which looks its click up and records a conversion.
+# One connection by default: each postback's own latency, with no queue in front of it.
 # Also prints the store's bytes on disk per click.
 #
 #   benches/lookup.sh [--clicks N] [--runs N] [--duration SECS] [--conns N]
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 CLICKS=10000000
 RUNS=3
 DURATION=10
-CONNS=8
+CONNS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --clicks) CLICKS=$2; shift 2 ;;
@@ -28,23 +30,6 @@ done
 
 need_tools wrk curl
 build_release
-
-# collect_ids PORT N FILE: N clicks through /go, keeping the click id of each.
-collect_ids() {
-  taskset -c "$LOAD_CPU" python3 - "$1" "$2" "$3" <<'PY'
-import http.client, sys, urllib.parse
-port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-con = http.client.HTTPConnection("127.0.0.1", port)
-ua = {"User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"}
-with open(out, "w") as f:
-    for i in range(n):
-        con.request("GET", f"/go/cake/demo?utm_source=facebook&fbclid=IwAR{i}", headers=ua)
-        res = con.getresponse()
-        res.read()
-        query = urllib.parse.urlparse(res.getheader("Location")).query
-        f.write(urllib.parse.parse_qs(query)["s2"][0] + "\n")
-PY
-}
 
 p=$(free_port)
 start_cakelink "$p" "$(store_toml embedded "$p")"
@@ -67,9 +52,12 @@ RESULTS="$WORK/results"
 : > "$RESULTS"
 for run in $(seq 1 "$RUNS"); do
   for which in first last; do
+    line=$(wrk_result "$p" "$DURATION" "$CONNS" benches/wrk-lookups.lua "$WORK/ids-$which")
+    echo "$run $CONNS lookup-$which $line" >> "$RESULTS"
+    echo "run $run  lookup $which: ${line#RESULT }" >&2
     line=$(wrk_result "$p" "$DURATION" "$CONNS" benches/wrk-postbacks.lua "/collect/cake/$POSTBACK_KEY" "$WORK/ids-$which")
     echo "$run $CONNS postback-$which $line" >> "$RESULTS"
-    echo "run $run  $which: ${line#RESULT }" >&2
+    echo "run $run  postback $which: ${line#RESULT }" >&2
   done
 done
 echo "store of $stored clicks: $bytes bytes on disk ($((bytes / stored)) per click), of which the click log $clickbytes ($((clickbytes / stored)) per click)"

@@ -30,23 +30,6 @@ done
 need_tools wrk redis-server curl
 build_release
 
-# Clicks through /go, keeping the click id each redirect hands out.
-collect_ids() {
-  taskset -c "$LOAD_CPU" python3 - "$1" "$CLICKS" "$2" <<'PY'
-import http.client, sys, urllib.parse
-port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-con = http.client.HTTPConnection("127.0.0.1", port)
-ua = {"User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"}
-with open(out, "w") as f:
-    for i in range(n):
-        con.request("GET", f"/go/cake/demo?utm_source=facebook&fbclid=IwAR{i}", headers=ua)
-        res = con.getresponse()
-        res.read()
-        query = urllib.parse.urlparse(res.getheader("Location")).query
-        f.write(urllib.parse.parse_qs(query)["s2"][0] + "\n")
-PY
-}
-
 RESULTS="$WORK/results"
 : > "$RESULTS"
 declare -A PORT
@@ -54,7 +37,7 @@ for t in $TARGETS; do
   p=$(free_port)
   PORT[$t]=$p
   start_cakelink "$p" "$(store_toml "$t" "$p")"
-  collect_ids "$p" "$WORK/ids-$t"
+  collect_ids "$p" "$CLICKS" "$WORK/ids-$t"
 done
 for run in $(seq 1 "$RUNS"); do
   for c in $CONNS; do

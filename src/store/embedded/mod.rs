@@ -13,7 +13,9 @@
 //! whole once expired; their counters, cap counts and deliveries stay here, committed
 //! after the append with how far each log file is counted (for a batch of plain clicks,
 //! with the next commit; see `writer`). See `clicklog` for the crash consistency between
-//! the two, and `recount`.
+//! the two, and `recount`. Sealing and rewriting log files run on a housekeeping thread;
+//! it and the writer run under `SCHED_BATCH` and the housekeeping is paced, so that on a
+//! core shared with the runtime neither preempts the redirects (`pace`).
 //!
 //! Keyspaces: `clicks` (id → compact click record, see [`super::record`]: clicks written
 //! before the click log, and clicks whose id is not a click id; ids sort by creation
