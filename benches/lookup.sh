@@ -52,7 +52,7 @@ RESULTS="$WORK/results"
 : > "$RESULTS"
 for run in $(seq 1 "$RUNS"); do
   for which in first last; do
-    line=$(wrk_result "$p" "$DURATION" "$CONNS" benches/wrk-lookups.lua "$WORK/ids-$which")
+    line=$(wrk_result "$p" "$DURATION" "$CONNS" benches/wrk-postbacks.lua /api/clicks "$WORK/ids-$which")
     echo "$run $CONNS lookup-$which $line" >> "$RESULTS"
     echo "run $run  lookup $which: ${line#RESULT }" >&2
     line=$(wrk_result "$p" "$DURATION" "$CONNS" benches/wrk-postbacks.lua "/collect/cake/$POSTBACK_KEY" "$WORK/ids-$which")
