@@ -295,20 +295,23 @@ pub(super) fn seal(
     let mut piece = Vec::with_capacity(PIECE + ENTRY as usize);
     piece.push(KIND_INDEX);
     let mut at = data_end + HEADER as u64;
-    for (i, (key, offset)) in entries.iter().enumerate() {
+    let mut flush = |piece: &mut Vec<u8>| -> io::Result<()> {
+        crc.update(piece);
+        file.write_all_at(piece, at)?;
+        at += piece.len() as u64;
+        piece.clear();
+        pacer.tick(u32::MAX);
+        Ok(())
+    };
+    for (key, offset) in entries {
         piece.extend_from_slice(&key.to_le_bytes());
         piece.extend_from_slice(&offset.to_le_bytes());
-        if piece.len() >= PIECE || i + 1 == entries.len() {
-            crc.update(&piece);
-            file.write_all_at(&piece, at)?;
-            at += piece.len() as u64;
-            piece.clear();
-            pacer.tick(u32::MAX);
+        if piece.len() >= PIECE {
+            flush(&mut piece)?;
         }
     }
-    if entries.is_empty() {
-        crc.update(&piece);
-        file.write_all_at(&piece, at)?;
+    if !piece.is_empty() {
+        flush(&mut piece)?;
     }
     file.write_all_at(&frame_header(payload_len, crc.finalize()), data_end)?;
     file.sync_data()?;
