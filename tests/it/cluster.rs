@@ -18,16 +18,15 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{attach, click_id_in, config_text, count, serve_command, today, StoreHandle, TestApp};
-use crate::helpers::{ADMIN_TOKEN, CHROME, POSTBACK_KEY};
+use crate::helpers::ADMIN_TOKEN;
+use crate::helpers::{attach, config_text, count, serve_command, today, StoreHandle, TestApp};
 use crate::redis_server::RedisCluster;
+use crate::stream::{Postback, Stream};
 
 /// cakelink processes sharing the cluster.
 const PROCESSES: usize = 3;
@@ -187,125 +186,6 @@ impl Fleet {
     }
 }
 
-/// A postback's answer: `ok` or `queued` count as answered; `no_match` is a click the
-/// store no longer has.
-#[derive(Clone, Debug)]
-struct Postback {
-    click: String,
-    tid: String,
-    status: String,
-}
-
-/// What the clients saw.
-#[derive(Default)]
-struct Seen {
-    /// Click ids whose `302` arrived.
-    clicks: Vec<String>,
-    postbacks: Vec<Postback>,
-    /// Anything else: a click not answered `302`, a postback not `ok`, `queued` or
-    /// `no_match`, a request that failed.
-    unexpected: Vec<String>,
-}
-
-/// Clients clicking on `/go/cake/demo` through each process in turn, with a postback for
-/// every third click, until stopped.
-///
-/// A postback goes to the process that answered its click. Sent to another process at
-/// once, during an outage, it could overtake the click waiting in the first process's
-/// spool; a network's postback comes minutes after the click, not milliseconds.
-struct Stream {
-    seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Stream {
-    fn start(fleet: &Fleet) -> Stream {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let bases: Vec<String> = fleet.apps().iter().map(|a| a.base.clone()).collect();
-        let tasks = (0..CLIENTS)
-            .map(|c| {
-                let (client, bases, seen, stop) = (crate::helpers::client(), bases.clone(), seen.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let mut n = 0usize;
-                    while !stop.load(Ordering::SeqCst) {
-                        n += 1;
-                        let base = &bases[(c + n) % bases.len()];
-                        let id = match click(&client, base).await {
-                            Ok(id) => id,
-                            Err(e) => {
-                                seen.lock().expect("lock").unexpected.push(e);
-                                continue;
-                            }
-                        };
-                        seen.lock().expect("lock").clicks.push(id.clone());
-                        if n % 3 != 0 {
-                            continue;
-                        }
-                        let tid = format!("C{c}-{n}");
-                        let outcome = postback(&client, base, &id, &tid).await;
-                        let mut seen = seen.lock().expect("lock");
-                        match outcome {
-                            Ok(status) => seen.postbacks.push(Postback { click: id, tid, status }),
-                            Err(e) => seen.unexpected.push(e),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Stream { seen, stop, tasks }
-    }
-
-    fn clicks(&self) -> usize {
-        self.seen.lock().expect("lock").clicks.len()
-    }
-
-    /// Waits (bounded) until `more` clicks were answered.
-    async fn until(&self, more: usize) {
-        let target = self.clicks() + more;
-        let deadline = Instant::now() + PHASE_BOUND;
-        while self.clicks() < target {
-            assert!(Instant::now() < deadline, "the stream stalled at {} clicks", self.clicks());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn finish(self) -> Seen {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.expect("client task");
-        }
-        Arc::try_unwrap(self.seen).ok().expect("tasks ended").into_inner().expect("lock")
-    }
-}
-
-async fn click(client: &reqwest::Client, base: &str) -> Result<String, String> {
-    let res = client
-        .get(format!("{base}/go/cake/demo"))
-        .header("user-agent", CHROME)
-        .send()
-        .await
-        .map_err(|e| format!("click through {base} failed: {e}"))?;
-    match res.status() {
-        StatusCode::FOUND => Ok(click_id_in(&res, "s2")),
-        other => Err(format!("click through {base} answered {other}")),
-    }
-}
-
-async fn postback(client: &reqwest::Client, base: &str, id: &str, tid: &str) -> Result<String, String> {
-    let url = format!("{base}/collect/cake/{POSTBACK_KEY}?s2={id}&tid={tid}&price=2.50");
-    let res = client.get(url).send().await.map_err(|e| format!("postback {tid} failed: {e}"))?;
-    let http = res.status();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
-    match (http, body["status"].as_str()) {
-        (StatusCode::OK, Some(s @ ("ok" | "no_match"))) | (StatusCode::ACCEPTED, Some(s @ "queued")) => {
-            Ok(s.to_owned())
-        }
-        _ => Err(format!("postback {tid} through {base} answered {http} {body}")),
-    }
-}
-
 /// `GET /api/clicks/{id}` on `base`: `true` for `200`, `false` for `404`.
 async fn click_found(client: &reqwest::Client, base: &str, id: &str) -> bool {
     let res = client
@@ -372,8 +252,9 @@ async fn master_killed_mid_stream(replicas_ack: u8) -> (usize, usize, usize) {
     let heir = fleet.cluster.replica_of(victim);
     let formed = started.elapsed();
 
-    let stream = Stream::start(&fleet);
-    stream.until(CLICKS_BEFORE_KILL).await;
+    let stream =
+        Stream::start(fleet.apps().iter().map(|a| a.base.clone()).collect(), CLIENTS, &["ok", "no_match"], PHASE_BOUND);
+    stream.until(CLICKS_BEFORE_KILL, 0).await;
     fleet.cluster.pause(heir);
     let clicks_at_freeze = stream.clicks();
     tokio::time::sleep(REPLICA_FROZEN).await;
@@ -394,7 +275,7 @@ async fn master_killed_mid_stream(replicas_ack: u8) -> (usize, usize, usize) {
     let promoted = fleet.cluster.view().expect("CLUSTER NODES").iter().any(|v| v.port == heir && v.master);
     assert!(promoted, "the replica {heir} of the killed master {victim} was promoted");
     let settled_at = Instant::now();
-    stream.until(CLICKS_AFTER_SETTLE).await;
+    stream.until(CLICKS_AFTER_SETTLE, 0).await;
     let rest = TRAFFIC_AFTER_SETTLE.saturating_sub(settled_at.elapsed());
     tokio::time::sleep(rest).await;
     let seen = stream.finish().await;

@@ -34,4 +34,5 @@ mod reversal;
 mod routing;
 mod screenshots;
 mod store_contract;
+mod stream;
 mod tls;

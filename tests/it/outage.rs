@@ -5,15 +5,14 @@
 //! is there, once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{click_id_in, count, spawn_app_on, today, StoreHandle, TestApp, CHROME, POSTBACK_KEY, SECRET};
+use crate::helpers::{click_id_in, count, spawn_app_on, today, StoreHandle, TestApp, SECRET};
 use crate::redis_server::RedisServer;
+use crate::stream::{Postback, Stream};
 
 /// Concurrent clients in the stream.
 const CLIENTS: usize = 4;
@@ -31,103 +30,6 @@ fn durable_redis() -> StoreHandle {
 
 async fn spawn_on(store: &StoreHandle) -> TestApp {
     spawn_app_on(store, SECRET, &["an-older-secret-0123456789"]).await
-}
-
-/// What the stream saw: click ids whose `302` arrived, postbacks answered `ok` or `queued`
-/// (click id, transaction id, status), and anything else (which fails the test).
-#[derive(Default)]
-struct Seen {
-    clicks: Vec<String>,
-    postbacks: Vec<(String, String, String)>,
-    unexpected: Vec<String>,
-}
-
-/// Clicks from [`CLIENTS`] clients, a postback for every third click, until stopped.
-struct Stream {
-    seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Stream {
-    fn start(app: &TestApp) -> Stream {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
-            let (client, base, seen, stop) = (app.client.clone(), app.base.clone(), seen.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0usize;
-                while !stop.load(Ordering::SeqCst) {
-                    n += 1;
-                    let res = client.get(format!("{base}/go/cake/demo")).header("user-agent", CHROME).send().await;
-                    let id = match res {
-                        Ok(res) if res.status() == StatusCode::FOUND => click_id_in(&res, "s2"),
-                        Ok(res) => {
-                            seen.lock().expect("lock").unexpected.push(format!("click answered {}", res.status()));
-                            continue;
-                        }
-                        Err(e) => {
-                            seen.lock().expect("lock").unexpected.push(format!("click failed: {e}"));
-                            continue;
-                        }
-                    };
-                    seen.lock().expect("lock").clicks.push(id.clone());
-                    if n % 3 != 0 {
-                        continue;
-                    }
-                    let tid = format!("T{c}-{n}");
-                    let url = format!("{base}/collect/cake/{POSTBACK_KEY}?s2={id}&tid={tid}&price=2.50");
-                    let outcome = match client.get(url).send().await {
-                        Ok(res) => {
-                            let http = res.status();
-                            let body: Value = res.json().await.unwrap_or(Value::Null);
-                            match (http, body["status"].as_str()) {
-                                (StatusCode::OK, Some("ok")) | (StatusCode::ACCEPTED, Some("queued")) => {
-                                    Ok(body["status"].as_str().unwrap_or_default().to_owned())
-                                }
-                                _ => Err(format!("postback answered {http} {body}")),
-                            }
-                        }
-                        Err(e) => Err(format!("postback failed: {e}")),
-                    };
-                    let mut seen = seen.lock().expect("lock");
-                    match outcome {
-                        Ok(status) => seen.postbacks.push((id, tid, status)),
-                        Err(e) => seen.unexpected.push(e),
-                    }
-                }
-            }));
-        }
-        Stream { seen, stop, tasks }
-    }
-
-    /// Waits (bounded) until `more` clicks and `queued` queued postbacks were seen.
-    async fn until(&self, more_clicks: usize, queued: usize) {
-        let (start_clicks, start_queued) = self.counts();
-        let deadline = Instant::now() + PHASE_BOUND;
-        loop {
-            let (clicks, q) = self.counts();
-            if clicks >= start_clicks + more_clicks && q >= start_queued + queued {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the stream stalled at {clicks} clicks, {q} queued");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn counts(&self) -> (usize, usize) {
-        let seen = self.seen.lock().expect("lock");
-        (seen.clicks.len(), seen.postbacks.iter().filter(|p| p.2 == "queued").count())
-    }
-
-    async fn finish(self) -> Seen {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.expect("stream task");
-        }
-        Arc::try_unwrap(self.seen).ok().expect("tasks ended").into_inner().expect("lock")
-    }
 }
 
 async fn readyz(app: &TestApp) -> (StatusCode, Value) {
@@ -169,7 +71,7 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn redis_killed_mid_stream_loses_no_click_and_no_conversion() {
     let mut store = durable_redis();
     let app = spawn_on(&store).await;
-    let stream = Stream::start(&app);
+    let stream = Stream::start(vec![app.base.clone()], CLIENTS, &["ok"], PHASE_BOUND);
     stream.until(90, 0).await;
 
     // Redis dies; the stream goes on.
@@ -206,9 +108,9 @@ async fn redis_killed_mid_stream_loses_no_click_and_no_conversion() {
         let key = (c["click_id"].as_str().unwrap_or_default().to_owned(), c["transaction_id"].to_string());
         *recorded.entry(key).or_default() += 1;
     }
-    let queued = seen.postbacks.iter().filter(|p| p.2 == "queued").count();
+    let queued = seen.postbacks.iter().filter(|p| p.status == "queued").count();
     assert!(queued >= 20, "{queued} postbacks were queued");
-    for (id, tid, status) in &seen.postbacks {
+    for Postback { click: id, tid, status } in &seen.postbacks {
         let n = recorded.get(&(id.clone(), format!("{tid:?}"))).copied().unwrap_or(0);
         assert_eq!(n, 1, "the {status} postback {tid} for {id} is one conversion");
     }
