@@ -134,25 +134,24 @@ fn on_cluster(redis: RedisServer) -> StoreHandle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_process_is_in_effect_on_another_within_a_second() {
     let store = StoreHandle::on_redis(RedisServer::start(), tempfile::tempdir().expect("temp dir"));
-    let a = spawn_app_over(&store, "").await;
-    let b = spawn_app_over(&store, "").await;
-    listening(store.redis.as_ref().expect("redis"), 2).await;
-
-    let took = each_change_reaches(&a, &b, "shared").await;
-    eprintln!("one Redis, change on A in effect on B after: {took:?}");
-    a.stop().await;
-    b.stop().await;
+    two_processes_see_each_change(&store, "one Redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_process_is_in_effect_on_another_within_a_second_on_a_cluster() {
     let store = on_cluster(RedisServer::start_cluster());
-    let a = spawn_app_over(&store, "").await;
-    let b = spawn_app_over(&store, "").await;
+    two_processes_see_each_change(&store, "Redis Cluster").await;
+}
+
+/// Two processes on `store`, both listening: each change made through one is in effect
+/// on the other (see [`each_change_reaches`]).
+async fn two_processes_see_each_change(store: &StoreHandle, label: &str) {
+    let a = spawn_app_over(store, "").await;
+    let b = spawn_app_over(store, "").await;
     listening(store.redis.as_ref().expect("redis"), 2).await;
 
     let took = each_change_reaches(&a, &b, "shared").await;
-    eprintln!("Redis Cluster, change on A in effect on B after: {took:?}");
+    eprintln!("{label}, change on A in effect on B after: {took:?}");
     a.stop().await;
     b.stop().await;
 }
