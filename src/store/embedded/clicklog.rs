@@ -869,4 +869,36 @@ mod tests {
         opened.log.seal(&seg, &mut SealBuffers::default(), &mut Pacer::new()).expect("seal");
         assert!(seg.is_sealed());
     }
+
+    fn spare_room(log: &ClickLog) -> Option<usize> {
+        log.spare.lock().expect("spare").as_ref().map(OpenIndex::capacity)
+    }
+
+    #[test]
+    fn a_sealed_full_size_index_is_the_next_segments() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let t = Tables::open(&dir.path().join("db")).expect("tables");
+        let log = ClickLog::open(&dir.path().join(DIR), &t.meta, 0).expect("open").log;
+        let (full, _) = log.create(10, MAX_SEGMENT_CLICKS).expect("create");
+        assert_eq!(spare_room(&log), None);
+        log.seal(&full, &mut SealBuffers::default(), &mut Pacer::new()).expect("seal");
+        assert!(spare_room(&log).is_some_and(|room| room >= MAX_SEGMENT_CLICKS), "the sealed index is the spare");
+
+        // A segment of another hour (no room asked) leaves the spare alone...
+        let (late, _) = log.create(9, 0).expect("create");
+        assert!(spare_room(&log).is_some());
+        log.seal(&late, &mut SealBuffers::default(), &mut Pacer::new()).expect("seal");
+        assert!(spare_room(&log).is_some_and(|room| room >= MAX_SEGMENT_CLICKS), "a small index is not kept");
+        // ...and the next full-size segment takes it.
+        let (next, _) = log.create(10, MAX_SEGMENT_CLICKS).expect("create");
+        assert_eq!(spare_room(&log), None);
+        match &read(&next.state).index {
+            Index::Open(index) => assert!(index.capacity() >= MAX_SEGMENT_CLICKS && index.len() == 0),
+            Index::Sealed(_) => panic!("a new segment is open"),
+        }
+
+        // With none left, the housekeeping prepares one.
+        log.prepare_spare(&mut Pacer::new());
+        assert!(spare_room(&log).is_some_and(|room| room >= MAX_SEGMENT_CLICKS));
+    }
 }

@@ -98,8 +98,45 @@ pub(super) fn defer_to_waker() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// The scheduling policies of this process's threads named `name` (field 41 of their
+    /// `/proc` stat line; `SCHED_OTHER` is 0, `SCHED_BATCH` 3).
+    pub(in crate::store::embedded) fn policies_of(name: &str) -> Vec<u32> {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("tasks");
+        tasks
+            .flatten()
+            .filter_map(|task| {
+                let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                if comm.trim_end() != name {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                // Fields after the command name, which is in parentheses: the policy is the 39th.
+                stat.rsplit_once(") ")?.1.split(' ').nth(38)?.parse().ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_thread_that_defers_runs_under_sched_batch() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("pace-test".into())
+            .spawn(move || {
+                let before = policies_of("pace-test");
+                defer_to_waker();
+                tx.send((before, policies_of("pace-test"))).expect("send");
+                let _ = done_rx.recv();
+            })
+            .expect("spawn");
+        let (before, after) = rx.recv().expect("policies");
+        let _ = done_tx.send(());
+        thread.join().expect("join");
+        assert_eq!((before, after), (vec![0], vec![3]), "SCHED_OTHER, then SCHED_BATCH");
+    }
 
     #[test]
     fn paced_sort_sorts_as_sort_unstable_does() {

@@ -369,3 +369,22 @@ fn clicks_written_before_the_log_still_resolve() {
         assert!(s.tables.clicks.first_key_value().is_none());
     });
 }
+
+#[test]
+fn the_stores_threads_run_under_sched_batch() {
+    use super::pace::tests::policies_of;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    with_store(dir.path(), Duration::from_secs(DAY), async |_| {
+        // Other tests' stores have threads of these names too, all started the same way.
+        // The housekeeping sets its policy first thing; give it a moment to start.
+        let batch = |name| policies_of(name).contains(&3);
+        for _ in 0..100 {
+            if batch("store-housekeep") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(batch("store-writer"), "the writer is under SCHED_BATCH");
+        assert!(batch("store-housekeep"), "the housekeeping is under SCHED_BATCH");
+    });
+}
