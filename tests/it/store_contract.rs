@@ -798,6 +798,70 @@ async fn redis_interned_values_lost_by_redis_are_written_again() {
     assert_eq!(store.find_click(&first.id).await.expect("find click"), None);
 }
 
+/// The counters `clicks` add up to, by hour and link (and offer), as reports list them.
+fn expected_counters(clicks: &[Click]) -> Vec<HourCounters> {
+    let mut sums: std::collections::BTreeMap<(UnixHour, String), Counters> = std::collections::BTreeMap::new();
+    for c in clicks {
+        let hour = (c.at / HOUR_MS) as UnixHour;
+        let mut links = vec![c.link.clone()];
+        links.extend(c.offer.as_ref().map(|o| format!("{}/{o}", c.link)));
+        for link in links {
+            sums.entry((hour, link)).or_default().add(&Counters::for_click(c));
+        }
+    }
+    sums.into_iter().map(|((hour, link), counters)| counted(hour, &link, counters)).collect()
+}
+
+/// Records `clicks` all at once, so that the store takes them in a few large batches.
+async fn record_at_once(store: &std::sync::Arc<RedisStore>, clicks: &[Click]) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in clicks {
+        let (store, c) = (store.clone(), c.clone());
+        tasks.spawn(async move { store.record_click(&c, ClickOrigin::Replayed).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("record task").expect("record click");
+    }
+}
+
+/// Clicks recorded together share their batch's buckets, counter fields and interned
+/// values: each is stored, a click sent twice (in the same batch or the next) counts
+/// once, and the counters of every hour, link and offer are exact. A counter day is
+/// listed when its first field is created, also once Redis has lost everything.
+#[tokio::test]
+async fn redis_clicks_recorded_together_count_exactly() {
+    let server = RedisServer::start();
+    let store = std::sync::Arc::new(RedisStore::connect(&server.url(), limits()).await.expect("connect"));
+    let batch: Vec<Click> = (0..600)
+        .map(|n| {
+            let hour = if n % 4 == 0 { H + 30 } else { H };
+            let mut c = click(["cake1/a", "cake1/b", "cake2/a"][n % 3], ms(hour) + n as i64, None);
+            c.offer = (n % 2 == 0).then(|| "x".to_owned());
+            c.bot = (n % 5 == 0).then(|| "crawler".to_owned());
+            if n % 7 == 0 {
+                c.user_agent = Some(format!("agent {n}"));
+            }
+            c
+        })
+        .collect();
+    let mut sent = batch.clone();
+    sent.extend(batch[..50].iter().cloned());
+    record_at_once(&store, &sent).await;
+    record_at_once(&store, &batch[50..80]).await;
+
+    assert_eq!(store.counters(0, u32::MAX).await.expect("counters"), expected_counters(&batch));
+    for c in &batch {
+        assert_eq!(store.find_click(&c.id).await.expect("find click").as_ref(), Some(c));
+    }
+
+    // Redis loses everything, counters and day index too; this process still remembers
+    // the interned values as stored.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw(&server).await).await.expect("FLUSHALL");
+    let after: Vec<Click> = batch[..40].iter().map(|c| Click { id: new_id(), ..c.clone() }).collect();
+    record_at_once(&store, &after).await;
+    assert_eq!(store.counters(0, u32::MAX).await.expect("counters"), expected_counters(&after));
+}
+
 #[tokio::test]
 async fn redis_store_survives_a_restart_of_redis() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
