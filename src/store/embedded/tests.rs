@@ -376,10 +376,10 @@ fn the_stores_threads_run_under_sched_batch() {
     let dir = tempfile::tempdir().expect("temporary directory");
     with_store(dir.path(), Duration::from_secs(DAY), async |_| {
         // Other tests' stores have threads of these names too, all started the same way.
-        // The housekeeping sets its policy first thing; give it a moment to start.
+        // Each thread sets its policy first thing once started; give them a moment.
         let batch = |name| policies_of(name).contains(&3);
         for _ in 0..100 {
-            if batch("store-housekeep") {
+            if batch("store-writer") && batch("store-housekeep") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
