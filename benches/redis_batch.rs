@@ -22,6 +22,11 @@ use cakelink::model::Click;
 use cakelink::store::redis::RedisStore;
 use cakelink::store::{ClickOrigin, ClickStore, OutboxRoutes, StoreLimits};
 
+// The benches' shared click, made realistic below; this bench needs no server config.
+#[path = "support/clicks.rs"]
+#[allow(dead_code)]
+mod clicks;
+
 // The test suite's own helper: it waits for the child process from a plain thread.
 #[path = "../tests/it/redis_server.rs"]
 #[allow(unreachable_pub, dead_code, clippy::disallowed_methods)]
@@ -43,32 +48,25 @@ fn main() {
     }
 }
 
-/// A click of the benchmarks' realistic mix: a phone's browser from a Facebook ad.
+/// A click of the load benchmarks' realistic mix (`benches/wrk-clicks.lua`): a phone's
+/// browser from a Facebook ad, with UTM parameters, a sub-id and its own `fbclid`.
 fn click(keyring: &Keyring, n: usize, now: u64) -> Click {
-    Click {
-        id: keyring.mint(now).to_string(),
-        link: "cake/demo".into(),
-        at: now as i64 * 1000,
-        bot: None,
-        ip: Some("198.51.100.7".into()),
-        user_agent: Some(
-            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) \
-             Version/17.5 Mobile/15E148 Safari/604.1"
-                .into(),
-        ),
-        referer: Some("https://m.facebook.com/".into()),
-        utm: vec![
-            ("source".into(), "facebook".into()),
-            ("medium".into(), "paid".into()),
-            ("campaign".into(), "bench-2026".into()),
-            ("content".into(), format!("ad{}", n % 7)),
-        ],
-        ad_click_ids: vec![("fbclid".into(), format!("IwAR0_{n}_{:08x}", n.wrapping_mul(2_654_435_761) as u32))],
-        subids: vec![("s3".into(), format!("creative{}", n % 13))],
-        offer: None,
-        rule: None,
-        fallback: None,
-    }
+    let mut click = clicks::click(keyring, n as u64, now as i64, 1, None);
+    click.link = "cake/demo".into();
+    click.user_agent = Some(
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) \
+         Version/17.5 Mobile/15E148 Safari/604.1"
+            .into(),
+    );
+    click.referer = Some("https://m.facebook.com/".into());
+    click.utm.extend([
+        ("medium".into(), "paid".into()),
+        ("campaign".into(), "bench-2026".into()),
+        ("content".into(), format!("ad{}", n % 7)),
+    ]);
+    click.ad_click_ids = vec![("fbclid".into(), format!("IwAR0_{n}_{:08x}", n.wrapping_mul(2_654_435_761) as u32))];
+    click.subids = vec![("s3".into(), format!("creative{}", n % 13))];
+    click
 }
 
 async fn measure(size: usize, total: usize) {

@@ -19,11 +19,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::helpers::{
-    attach, click_id_in, config_text, count, serve_command, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp,
-    CHROME, POSTBACK_KEY, SECRET,
+    attach, config_text, count, serve_command, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp, CHROME,
+    POSTBACK_KEY, SECRET,
 };
 use crate::on_both_stores;
 use crate::redis_server::RedisServer;
+use crate::stream::click;
 
 const DAY: u64 = 86_400;
 /// How long the binary gets to answer `/healthz` after it starts.
@@ -139,20 +140,6 @@ impl Process {
     }
 }
 
-/// One click as a person; the click id when the `302` arrived.
-async fn click_once(client: &reqwest::Client, base: &str) -> Result<String, String> {
-    let res = client
-        .get(format!("{base}/go/cake/demo"))
-        .header("user-agent", CHROME)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if res.status() != StatusCode::FOUND {
-        return Err(format!("answered {}", res.status()));
-    }
-    Ok(click_id_in(&res, "s2"))
-}
-
 /// `total` clicks from [`CLIENTS`] concurrent clients, all of which must succeed.
 async fn settled_clicks(app: &TestApp, total: usize) -> Vec<String> {
     let mut tasks = Vec::new();
@@ -162,7 +149,7 @@ async fn settled_clicks(app: &TestApp, total: usize) -> Vec<String> {
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for _ in 0..n {
-                ids.push(click_once(&client, &base).await.expect("a click while the server is up"));
+                ids.push(click(&client, &base).await.expect("a click while the server is up"));
             }
             ids
         }));
@@ -193,7 +180,7 @@ fn start_flow(app: &TestApp) -> Flow {
             // Bounded: the server is stopped long before this many.
             for _ in 0..2_000 {
                 attempts.fetch_add(1, Ordering::SeqCst);
-                match click_once(&client, &base).await {
+                match click(&client, &base).await {
                     Ok(id) => {
                         if tx.send(id).is_err() {
                             return;

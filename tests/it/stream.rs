@@ -119,7 +119,8 @@ impl Stream {
     }
 }
 
-async fn click(client: &reqwest::Client, base: &str) -> Result<String, String> {
+/// One click as a person on `/go/cake/demo`; the click id when the `302` arrived.
+pub async fn click(client: &reqwest::Client, base: &str) -> Result<String, String> {
     let res = client
         .get(format!("{base}/go/cake/demo"))
         .header("user-agent", CHROME)

@@ -54,7 +54,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fjall::Keyspace;
 use tokio::sync::{mpsc, oneshot};
@@ -438,9 +438,15 @@ impl ClickLog {
         Ok((seg, file))
     }
 
+    /// The spare index (see [`ClickLog::spare`]), locked.
+    fn spare(&self) -> MutexGuard<'_, Option<OpenIndex>> {
+        // As with `read` and `write`: what a panic leaves behind is a whole index or none.
+        self.spare.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// An empty index with room for `room` entries: the spare when it has that room.
     fn index_with_room(&self, room: usize) -> OpenIndex {
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spare = self.spare();
         match spare.take() {
             Some(index) if room > 0 && index.capacity() >= room => index,
             other => {
@@ -452,9 +458,10 @@ impl ClickLog {
 
     /// Makes a spare index ready when there is none.
     fn prepare_spare(&self, pacer: &mut Pacer) {
-        if self.spare.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        // Not held while the index is prepared: a new segment may take the lock meanwhile.
+        if self.spare().is_none() {
             let index = OpenIndex::prefaulted(MAX_SEGMENT_CLICKS, pacer);
-            self.spare.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(index);
+            self.spare().get_or_insert(index);
         }
     }
 
@@ -475,7 +482,7 @@ impl ClickLog {
         seg.dirty.store(false, Ordering::Relaxed);
         let old = std::mem::replace(&mut write(&seg.state).index, Index::Sealed(sealed));
         if let Index::Open(mut index) = old {
-            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            let mut spare = self.spare();
             if spare.is_none() && index.capacity() >= MAX_SEGMENT_CLICKS {
                 index.clear();
                 *spare = Some(index);
@@ -871,7 +878,7 @@ mod tests {
     }
 
     fn spare_room(log: &ClickLog) -> Option<usize> {
-        log.spare.lock().expect("spare").as_ref().map(OpenIndex::capacity)
+        log.spare().as_ref().map(OpenIndex::capacity)
     }
 
     #[test]

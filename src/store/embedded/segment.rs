@@ -297,10 +297,9 @@ pub(super) fn seal(
     let mut at = data_end + HEADER as u64;
     let mut flush = |piece: &mut Vec<u8>| -> io::Result<()> {
         crc.update(piece);
-        file.write_all_at(piece, at)?;
+        write_paced(file, piece, at, pacer)?;
         at += piece.len() as u64;
         piece.clear();
-        pacer.tick(u32::MAX);
         Ok(())
     };
     for (key, offset) in entries {

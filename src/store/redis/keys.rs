@@ -56,13 +56,10 @@ pub(super) fn bucket_expiry(hour: UnixHour, click_ttl_secs: u64) -> u64 {
 }
 
 pub(super) fn intern_key(shard: u8, key: &InternKey) -> Vec<u8> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = tagged("cl:in:", shard, 17).into_bytes();
-    text.push(b':');
-    for byte in key {
-        text.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
-    }
-    text
+    let mut text = tagged("cl:in:", shard, 17);
+    text.push(':');
+    text.push_str(&hex::encode(key));
+    text.into_bytes()
 }
 
 pub(super) fn counters_key(shard: u8, day: u32) -> String {
