@@ -56,10 +56,12 @@ pub(super) fn bucket_expiry(hour: UnixHour, click_ttl_secs: u64) -> u64 {
 }
 
 pub(super) fn intern_key(shard: u8, key: &InternKey) -> Vec<u8> {
-    let mut text = tagged("cl:in:", shard, 17);
-    text.push(':');
-    text.push_str(&hex::encode(key));
-    text.into_bytes()
+    let mut digits = [0u8; 16];
+    hex::encode_to_slice(key, &mut digits).expect("eight bytes are sixteen hex digits");
+    let mut text = tagged("cl:in:", shard, 17).into_bytes();
+    text.push(b':');
+    text.extend_from_slice(&digits);
+    text
 }
 
 pub(super) fn counters_key(shard: u8, day: u32) -> String {
