@@ -755,6 +755,43 @@ async fn redis_click_keys_expire_after_the_click_lifetime() {
     }
 }
 
+/// A bucket gone from Redis (expired, deleted, flushed) comes back with its expiry, never
+/// without, whatever the process remembers of having written it.
+#[tokio::test]
+async fn redis_a_bucket_gone_from_redis_comes_back_with_its_expiry() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
+    // A bot's click: people's clicks are forwarded, and written by a script of their own.
+    let first = click("cake1/spring", ms(H), Some("crawler"));
+    store.record_click(&first, ClickOrigin::Minted).await.expect("record click");
+    let mut con = raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("cl:ck:*").query_async(&mut con).await.expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let bucket = &keys[0];
+    let _: () = redis::cmd("DEL").arg(bucket).query_async(&mut con).await.expect("DEL");
+
+    // New clicks land in the sixteen shards at random; record them until one lands in
+    // the deleted bucket, which this process has written before.
+    let mut landed = None;
+    for _ in 0..400 {
+        let c = Click { id: new_id(), ..first.clone() };
+        store.record_click(&c, ClickOrigin::Minted).await.expect("record click");
+        let held: bool = redis::cmd("HEXISTS").arg(bucket).arg(&c.id).query_async(&mut con).await.expect("HEXISTS");
+        if held {
+            landed = Some(c);
+            break;
+        }
+    }
+    let landed = landed.expect("a click in the deleted bucket's shard");
+    let ttl: i64 = redis::cmd("TTL").arg(bucket).query_async(&mut con).await.expect("TTL");
+    let expected = CLICK_TTL_SECS as i64;
+    assert!(
+        (expected - 5..=expected + 3600).contains(&ttl),
+        "TTL {ttl} of {bucket}, expected {expected} to an hour more"
+    );
+    assert_eq!(store.find_click(&landed.id).await.expect("find click"), Some(landed));
+}
+
 #[tokio::test]
 async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
     let server = RedisServer::start();
@@ -860,6 +897,14 @@ async fn redis_clicks_recorded_together_count_exactly() {
     let after: Vec<Click> = batch[..40].iter().map(|c| Click { id: new_id(), ..c.clone() }).collect();
     record_at_once(&store, &after).await;
     assert_eq!(store.counters(0, u32::MAX).await.expect("counters"), expected_counters(&after));
+    // The buckets came back with their expiry, although this process had written them.
+    let mut con = raw(&server).await;
+    let buckets: Vec<String> = redis::cmd("KEYS").arg("cl:ck:*").query_async(&mut con).await.expect("KEYS");
+    assert!(!buckets.is_empty());
+    for bucket in buckets {
+        let ttl: i64 = redis::cmd("TTL").arg(&bucket).query_async(&mut con).await.expect("TTL");
+        assert!(ttl > 0, "{bucket} has TTL {ttl}");
+    }
 }
 
 #[tokio::test]
