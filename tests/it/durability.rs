@@ -6,8 +6,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cakelink::clickid::Keyring;
@@ -16,7 +14,6 @@ use cakelink::store::embedded::EmbeddedStore;
 use cakelink::store::{ClickOrigin, ClickStore, ConversionStore, Health, StoreLimits};
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use crate::helpers::{
     attach, config_text, count, serve_command, spawn_app, spawn_app_with, Backend, StoreHandle, TestApp, CHROME,
@@ -24,7 +21,7 @@ use crate::helpers::{
 };
 use crate::on_both_stores;
 use crate::redis_server::RedisServer;
-use crate::stream::click;
+use crate::stream::{click, Seen, Stream};
 
 const DAY: u64 = 86_400;
 /// How long the binary gets to answer `/healthz` after it starts.
@@ -35,6 +32,8 @@ const EXIT_BOUND: Duration = Duration::from_secs(30);
 const SETTLED_CLICKS: usize = 300;
 /// Concurrent clients.
 const CLIENTS: usize = 6;
+/// How long clicks flowing to a running process may take to reach a count.
+const FLOW_BOUND: Duration = Duration::from_secs(60);
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
@@ -162,60 +161,6 @@ async fn settled_clicks(app: &TestApp, total: usize) -> Vec<String> {
     ids
 }
 
-/// Clicks flowing from [`CLIENTS`] clients until the server goes away: ids whose `302`
-/// arrived come through the channel; `attempts` counts requests sent.
-struct Flow {
-    ids: mpsc::UnboundedReceiver<String>,
-    attempts: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-fn start_flow(app: &TestApp) -> Flow {
-    let (tx, ids) = mpsc::unbounded_channel();
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (client, base, tx, attempts) = (app.client.clone(), app.base.clone(), tx.clone(), attempts.clone());
-        tasks.push(tokio::spawn(async move {
-            // Bounded: the server is stopped long before this many.
-            for _ in 0..2_000 {
-                attempts.fetch_add(1, Ordering::SeqCst);
-                match click(&client, &base).await {
-                    Ok(id) => {
-                        if tx.send(id).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
-    Flow { ids, attempts, tasks }
-}
-
-impl Flow {
-    /// Waits until `n` clicks of the flow were answered.
-    async fn until(&mut self, n: usize) -> Vec<String> {
-        let mut got = Vec::new();
-        while got.len() < n {
-            got.push(self.ids.recv().await.expect("the flow is running"));
-        }
-        got
-    }
-
-    /// After the server is gone: every id that still arrived, and the attempt count.
-    async fn finish(mut self, mut got: Vec<String>) -> (Vec<String>, usize) {
-        for t in self.tasks {
-            t.await.expect("click task");
-        }
-        while let Ok(id) = self.ids.try_recv() {
-            got.push(id);
-        }
-        (got, self.attempts.load(Ordering::SeqCst))
-    }
-}
-
 /// Before the stop: settled clicks, and one conversion on the first of them.
 async fn before_stop(app: &TestApp) -> (Vec<String>, serde_json::Value) {
     let ids = settled_clicks(app, SETTLED_CLICKS).await;
@@ -286,10 +231,10 @@ async fn sigkill_loses_no_acknowledged_click(backend: Backend) {
 
     // Now a kill while clicks are in flight: every 302 received resolves; a click
     // recorded whose answer was cut off may count, and nothing counts twice.
-    let mut flow = start_flow(&process.app);
-    let early = flow.until(150).await;
+    let flow = Stream::until_gone(&process.app.base, CLIENTS, FLOW_BOUND);
+    flow.until(150, 0).await;
     process.kill();
-    let (received, attempts) = flow.finish(early).await;
+    let Seen { clicks: received, attempts, .. } = flow.finish().await;
     assert!(received.len() >= 150 && attempts >= received.len(), "{} of {attempts}", received.len());
     let process = Process::start(&store, 2).await;
     all.extend(received.iter().cloned());
@@ -331,10 +276,10 @@ async fn sigterm_drains_and_loses_nothing(backend: Backend) {
 
     // SIGTERM while clicks are in flight: in-flight requests finish, so the count is
     // exactly the 302s received.
-    let mut flow = start_flow(&process.app);
-    let early = flow.until(150).await;
+    let flow = Stream::until_gone(&process.app.base, CLIENTS, FLOW_BOUND);
+    flow.until(150, 0).await;
     process.terminate();
-    let (received, attempts) = flow.finish(early).await;
+    let Seen { clicks: received, attempts, .. } = flow.finish().await;
     let (status, log) = process.wait_exit().await;
     assert!(status.success(), "SIGTERM under load ends with success, not {status}:\n{log}");
     assert!(received.len() >= 150 && attempts >= received.len(), "{} of {attempts}", received.len());
@@ -537,10 +482,10 @@ async fn sigterm_during_an_outage_keeps_the_spool_for_the_next_start() {
     let server = format!("shutdown_timeout_secs = {}\n", DEADLINE.as_secs());
     let process = Process::start_with(&store, 0, &server).await;
 
-    let mut flow = start_flow(&process.app);
-    let mut early = flow.until(100).await;
+    let flow = Stream::until_gone(&process.app.base, CLIENTS, FLOW_BOUND);
+    flow.until(100, 0).await;
     store.redis.as_mut().expect("redis").stop();
-    early.extend(flow.until(200).await);
+    flow.until(200, 0).await;
 
     // A request in flight that never completes: a health check answered first proves
     // the connection is served, then a postback whose body never arrives in full.
@@ -556,7 +501,7 @@ async fn sigterm_during_an_outage_keeps_the_spool_for_the_next_start() {
 
     let signalled = Instant::now();
     process.terminate();
-    let (received, attempts) = flow.finish(early).await;
+    let Seen { clicks: received, attempts, .. } = flow.finish().await;
     let (status, log) = process.wait_exit().await;
     let took = signalled.elapsed();
     assert!(status.success(), "SIGTERM during an outage ends with success, not {status}:\n{log}");
@@ -586,12 +531,12 @@ async fn sigkill_during_an_outage_loses_no_spooled_click() {
     let mut store = StoreHandle::on_redis(redis, tempfile::tempdir().expect("temp dir"));
     let process = Process::start(&store, 0).await;
 
-    let mut flow = start_flow(&process.app);
-    let mut early = flow.until(100).await;
+    let flow = Stream::until_gone(&process.app.base, CLIENTS, FLOW_BOUND);
+    flow.until(100, 0).await;
     store.redis.as_mut().expect("redis").stop();
-    early.extend(flow.until(200).await);
+    flow.until(200, 0).await;
     process.kill();
-    let (received, attempts) = flow.finish(early).await;
+    let Seen { clicks: received, attempts, .. } = flow.finish().await;
     assert!(received.len() >= 300 && attempts >= received.len(), "{} of {attempts}", received.len());
 
     store.redis.as_mut().expect("redis").restart();

@@ -1,6 +1,7 @@
-//! A stream of traffic kept flowing through an outage or a failover: clients clicking on
-//! `/go/cake/demo` through one or several processes in turn, with a postback for every
-//! third click, until stopped. What each request got is kept for the test to check.
+//! A stream of traffic kept flowing through an outage, a failover or the stop of a
+//! process: clients clicking on `/go/cake/demo` through one or several processes in
+//! turn, with a postback for every third click or with none, until stopped. What each
+//! request got is kept for the test to check.
 //!
 //! A postback goes to the process that answered its click. Sent to another process at
 //! once, during an outage, it could overtake the click waiting in the first process's
@@ -23,9 +24,21 @@ pub struct Postback {
     pub status: String,
 }
 
+/// What the clients do.
+#[derive(Clone, Copy)]
+enum Plan {
+    /// Click, and post back every third click; a failure is noted and the client goes
+    /// on. A postback answered `200` is expected with one of these statuses.
+    ClickAndPostBack(&'static [&'static str]),
+    /// Only click, until a click fails: the process is gone.
+    ClickUntilGone,
+}
+
 /// What the stream saw.
 #[derive(Default)]
 pub struct Seen {
+    /// Clicks sent, answered or not.
+    pub attempts: usize,
     /// Click ids whose `302` arrived.
     pub clicks: Vec<String>,
     /// Postbacks answered `200` with one of the statuses the test allows, or `202 queued`.
@@ -48,6 +61,16 @@ impl Stream {
     /// expected with a status among `ok_statuses`; `202 queued` is always expected.
     /// [`Stream::until`] fails the test after waiting `bound`.
     pub fn start(bases: Vec<String>, clients: usize, ok_statuses: &'static [&'static str], bound: Duration) -> Stream {
+        Stream::spawn(bases, clients, Plan::ClickAndPostBack(ok_statuses), bound)
+    }
+
+    /// Starts `clients` clients clicking on the process at `base` until it is gone (a
+    /// click fails), or until [`Stream::finish`]; no postbacks.
+    pub fn until_gone(base: &str, clients: usize, bound: Duration) -> Stream {
+        Stream::spawn(vec![base.to_owned()], clients, Plan::ClickUntilGone, bound)
+    }
+
+    fn spawn(bases: Vec<String>, clients: usize, plan: Plan, bound: Duration) -> Stream {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
@@ -58,14 +81,17 @@ impl Stream {
                     while !stop.load(Ordering::SeqCst) {
                         n += 1;
                         let base = &bases[(c + n) % bases.len()];
-                        let id = match click(&client, base).await {
-                            Ok(id) => id,
-                            Err(e) => {
+                        seen.lock().expect("lock").attempts += 1;
+                        let id = match (click(&client, base).await, plan) {
+                            (Ok(id), _) => id,
+                            (Err(_), Plan::ClickUntilGone) => return,
+                            (Err(e), Plan::ClickAndPostBack(_)) => {
                                 seen.lock().expect("lock").unexpected.push(e);
                                 continue;
                             }
                         };
                         seen.lock().expect("lock").clicks.push(id.clone());
+                        let Plan::ClickAndPostBack(ok_statuses) = plan else { continue };
                         if n % 3 != 0 {
                             continue;
                         }
