@@ -728,6 +728,16 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
         .expect("raw connection")
 }
 
+/// The bucket of this hour's clicks expires `click_ttl` after the hour ends.
+async fn assert_bucket_expires_with_its_clicks(con: &mut redis::aio::MultiplexedConnection, bucket: &str) {
+    let ttl: i64 = redis::cmd("TTL").arg(bucket).query_async(con).await.expect("TTL");
+    let expected = CLICK_TTL_SECS as i64;
+    assert!(
+        (expected - 5..=expected + 3600).contains(&ttl),
+        "TTL {ttl} of {bucket}, expected {expected} to an hour more"
+    );
+}
+
 #[tokio::test]
 async fn redis_click_keys_expire_after_the_click_lifetime() {
     let server = RedisServer::start();
@@ -742,9 +752,7 @@ async fn redis_click_keys_expire_after_the_click_lifetime() {
     assert_eq!(keys.len(), 1, "{keys:?}");
     let held: bool = redis::cmd("HEXISTS").arg(&keys[0]).arg(&c.id).query_async(&mut con).await.expect("HEXISTS");
     assert!(held, "{keys:?} holds {}", c.id);
-    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query_async(&mut con).await.expect("TTL");
-    let expected = CLICK_TTL_SECS as i64;
-    assert!((expected - 5..=expected + 3600).contains(&ttl), "TTL {ttl}, expected {expected} to an hour more");
+    assert_bucket_expires_with_its_clicks(&mut con, &keys[0]).await;
 
     // Counters and indexes never expire: reports outlive clicks.
     let others: Vec<String> = redis::cmd("KEYS").arg("cl:ct*").query_async(&mut con).await.expect("KEYS");
@@ -783,12 +791,7 @@ async fn redis_a_bucket_gone_from_redis_comes_back_with_its_expiry() {
         }
     }
     let landed = landed.expect("a click in the deleted bucket's shard");
-    let ttl: i64 = redis::cmd("TTL").arg(bucket).query_async(&mut con).await.expect("TTL");
-    let expected = CLICK_TTL_SECS as i64;
-    assert!(
-        (expected - 5..=expected + 3600).contains(&ttl),
-        "TTL {ttl} of {bucket}, expected {expected} to an hour more"
-    );
+    assert_bucket_expires_with_its_clicks(&mut con, bucket).await;
     assert_eq!(store.find_click(&landed.id).await.expect("find click"), Some(landed));
 }
 

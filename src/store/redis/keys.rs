@@ -25,10 +25,7 @@ pub(super) fn shard(click_id: &str) -> u8 {
 
 /// The hour bucket holding the clicks of `shard` created in UTC hour `hour`.
 pub(super) fn click_bucket_key(shard: u8, hour: UnixHour) -> String {
-    let mut key = tagged("cl:ck:", shard, 11);
-    key.push(':');
-    key.push_str(itoa::Buffer::new().format(hour));
-    key
+    tagged_number("cl:ck:", shard, hour)
 }
 
 /// `prefix{shard}`, with room for `more` bytes after it. The keys a batch of clicks
@@ -40,6 +37,16 @@ fn tagged(prefix: &str, shard: u8, more: usize) -> String {
     key.push('{');
     key.push_str(itoa::Buffer::new().format(shard));
     key.push('}');
+    key
+}
+
+/// `prefix{shard}:n`.
+fn tagged_number(prefix: &str, shard: u8, n: u32) -> String {
+    let mut buffer = itoa::Buffer::new();
+    let n = buffer.format(n);
+    let mut key = tagged(prefix, shard, n.len() + 1);
+    key.push(':');
+    key.push_str(n);
     key
 }
 
@@ -65,10 +72,7 @@ pub(super) fn intern_key(shard: u8, key: &InternKey) -> Vec<u8> {
 }
 
 pub(super) fn counters_key(shard: u8, day: u32) -> String {
-    let mut key = tagged("cl:ct:", shard, 11);
-    key.push(':');
-    key.push_str(itoa::Buffer::new().format(day));
-    key
+    tagged_number("cl:ct:", shard, day)
 }
 
 pub(super) fn counter_days_key(shard: u8) -> String {
