@@ -65,10 +65,10 @@ start_redis() {
 }
 
 # The [store] section for a target: embedded, redis or redis-aof (starting Redis); a
-# suffix (`embedded-split`) names the link the target is measured on, not the store.
+# suffix (`embedded-split`, `embedded-healthz`) names the path it is measured on, not the store.
 store_toml() {
-  local rp
-  case ${1%%-split*} in
+  local rp store=${1%%-split*}
+  case ${store%-healthz} in
     embedded) printf 'backend = "embedded"\npath = "%s"\n' "$WORK/embedded-$2" ;;
     redis) rp=$(free_port); start_redis "$rp" --appendonly no; printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;
     redis-aof) rp=$(free_port); start_redis "$rp" --appendonly yes --appendfsync everysec
@@ -80,11 +80,13 @@ store_toml() {
 # The path a target's clicks go to: `/go/cake/demo` (one offer), or for a target named
 # `…-split` the link with a 70/30 split of two offers behind a mobile-device rule, and
 # for `…-split-capped` the same with a daily cap on each offer too high to be reached
-# (so every click takes the capped path without falling back).
+# (so every click takes the capped path without falling back). A target named
+# `…-healthz` is sent to `/healthz`: cakelink's server and router with no click behind.
 target_path() {
   case $1 in
     *-split-capped) echo /go/cake/split-capped ;;
     *-split) echo /go/cake/split ;;
+    *-healthz) echo /healthz ;;
     *) echo /go/cake/demo ;;
   esac
 }

@@ -8,10 +8,17 @@
 #
 # A target may carry a suffix naming the link it is measured on: `embedded-split` is the
 # embedded store on a link with two weighted offers behind a rule, `embedded-split-capped`
-# the same with daily caps (see `target_path` in lib.sh).
+# the same with daily caps, and `embedded-healthz` sends every request to `/healthz`: the
+# server and its router with no click behind them (see `target_path` in lib.sh).
 #
 # With --base-bin, a target ending in `-base` (`embedded-base`) runs that binary instead of
 # this tree's: another build (the main branch, say) measured in the same runs.
+#
+# `floor` is hyper and tokio alone (`examples/hyper_floor.rs`): cakelink's 302 with none of
+# its work, on cakelink's settings. A suffix changes one setting: `floor-current` (tokio's
+# current-thread runtime), `floor-h1` (HTTP/1.1 only, no protocol sniffing), `floor-nodate`
+# (no `Date` header), `floor-writev` and `floor-flat` (write vectoring forced on, off),
+# `floor-notimeout` (no header read timeout, so no timer armed per request).
 #
 # Pinning: the server under test on core 0; wrk and redis-server on core 1. Needs nginx,
 # wrk and redis-server (installed from Debian's packages when missing).
@@ -37,6 +44,7 @@ done
 
 need_tools nginx wrk redis-server curl
 build_release
+case " $TARGETS " in *" floor"*) cargo build --release --quiet --example hyper_floor ;; esac
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 start_nginx() {
@@ -63,12 +71,30 @@ CONF
   wait_up "$port" /
 }
 
+start_floor() {
+  local port=$1 flags
+  case $2 in
+    floor) flags=() ;;
+    floor-current) flags=(--runtime current) ;;
+    floor-h1) flags=(--http1-only) ;;
+    floor-nodate) flags=(--no-date) ;;
+    floor-writev) flags=(--writev on) ;;
+    floor-flat) flags=(--writev off) ;;
+    floor-notimeout) flags=(--no-header-timeout) ;;
+    *) echo "unknown target $2" >&2; exit 2 ;;
+  esac
+  taskset -c "$SERVER_CPU" target/release/examples/hyper_floor "$port" "${flags[@]}" &
+  PIDS+=($!)
+  wait_up "$port" /
+}
+
 declare -A PORT
 for t in $TARGETS; do
   p=$(free_port)
   PORT[$t]=$p
   case $t in
     nginx) start_nginx "$p" ;;
+    floor*) start_floor "$p" "$t" ;;
     *-base) OWN_BIN=$BIN; BIN=${BASE_BIN:?--base-bin names the binary of the -base targets}
       start_cakelink "$p" "$(store_toml "${t%-base}" "$p")"; BIN=$OWN_BIN ;;
     *) start_cakelink "$p" "$(store_toml "$t" "$p")" ;;
