@@ -16,6 +16,7 @@ pub(crate) mod postback;
 pub(crate) mod redirect;
 pub(crate) mod ui;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -118,8 +119,9 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
 }
 
 /// Percent-decodes one path segment, refusing bad escapes, invalid UTF-8 and control
-/// characters (NUL, CR, LF) that have no business in a slug or key.
-pub(crate) fn path_segment(raw: &str) -> Result<String, String> {
+/// characters (NUL, CR, LF) that have no business in a slug or key. Borrowed when there
+/// is nothing to decode, as for nearly every redirect.
+pub(crate) fn path_segment(raw: &str) -> Result<Cow<'_, str>, String> {
     if !crate::text::valid_percent_encoding(raw) {
         return Err(format!("invalid percent-encoding in path segment {:?}", truncate(raw)));
     }
@@ -129,7 +131,7 @@ pub(crate) fn path_segment(raw: &str) -> Result<String, String> {
     if decoded.chars().any(char::is_control) {
         return Err("control characters (NUL, CR, LF…) are not allowed in the path".into());
     }
-    Ok(decoded.into_owned())
+    Ok(decoded)
 }
 
 fn truncate(s: &str) -> String {

@@ -57,7 +57,7 @@ pub(crate) async fn api(state: &AppState, req: Request<Incoming>) -> Response<Bo
             match m {
                 Method::GET => get_link(state, &network, &slug).await,
                 Method::PUT => match read_link_body(state, req).await {
-                    Ok(body) => create_link(state, body, Some((network, slug))).await,
+                    Ok(body) => create_link(state, body, Some((network.into_owned(), slug.into_owned()))).await,
                     Err(res) => res,
                 },
                 Method::DELETE => delete_link(state, &network, &slug).await,

@@ -166,7 +166,7 @@ async fn post(ctx: &Ctx<'_>, rest: &str, form: HashMap<String, String>) -> Respo
 }
 
 fn segment(raw: &str) -> Option<String> {
-    crate::routes::path_segment(raw).ok()
+    crate::routes::path_segment(raw).ok().map(std::borrow::Cow::into_owned)
 }
 
 /// A form body, at most `server.max_body_bytes`.
