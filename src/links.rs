@@ -12,7 +12,7 @@
 //! Entries also expire after [`LINK_CACHE_TTL`], a backstop for a change the watch could
 //! not report (a store without a watch, or a connection that died without a word).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +119,8 @@ pub struct OfferUrl {
     fragment: Option<String>,
     has_query: bool,
     /// Parameter names the affiliate set in the offer URL; a visitor never overrides them.
-    offer_params: HashSet<String>,
+    /// A list: an offer URL sets a handful, and a redirect compares each without copying.
+    offer_params: Vec<String>,
 }
 
 impl OfferUrl {
@@ -128,7 +129,7 @@ impl OfferUrl {
         let mut url = absolute_url(offer)?;
         let fragment = url.fragment().map(str::to_owned);
         url.set_fragment(None);
-        let mut offer_params = HashSet::new();
+        let mut offer_params = Vec::new();
         // Keep the affiliate's parameters byte for byte; drop only the reserved one.
         let kept: Vec<&str> = url
             .query()
@@ -141,7 +142,7 @@ impl OfferUrl {
                     form_urlencoded::parse(name.as_bytes()).map(|(k, _)| k.into_owned()).next().unwrap_or_default();
                 let reserved = name.eq_ignore_ascii_case(&network.subid);
                 if !reserved {
-                    offer_params.insert(name.to_ascii_lowercase());
+                    offer_params.push(name);
                 }
                 !reserved
             })
@@ -158,9 +159,11 @@ impl OfferUrl {
         Ok(OfferUrl { base, fragment, has_query, offer_params })
     }
 
-    /// Whether the affiliate's offer URL already sets `name`.
+    /// Whether the affiliate's offer URL already sets `name` (in any case). Runs for each
+    /// passed-through parameter of every redirect: it compares in place, without the
+    /// lowercased copy a set lookup would need.
     pub fn offer_sets(&self, name: &str) -> bool {
-        self.offer_params.contains(&name.to_ascii_lowercase())
+        self.offer_params.iter().any(|p| p.eq_ignore_ascii_case(name))
     }
 
     /// The redirect target: the offer, then passed-through `(name, value)` pairs, then the
