@@ -87,7 +87,7 @@ async fn measure(size: usize, total: usize) {
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
     let clicks: Vec<Click> = (0..total).map(|n| click(&keyring, n, now)).collect();
     // The interned values (the context, the user agent) go to Redis once, before.
-    store.record_click(&clicks[0], ClickOrigin::Minted).await.expect("record click");
+    store.record_click(clicks[0].view(), ClickOrigin::Minted).await.expect("record click");
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut con).await.expect("CONFIG RESETSTAT");
 
     let before = cpu_seconds(pid);
@@ -99,7 +99,7 @@ async fn measure(size: usize, total: usize) {
             .iter()
             .map(|c| {
                 let (store, c) = (store.clone(), c.clone());
-                tokio::spawn(async move { store.record_click(&c, ClickOrigin::Minted).await })
+                tokio::spawn(async move { store.record_click(c.view(), ClickOrigin::Minted).await })
             })
             .collect();
         for done in writes {

@@ -10,28 +10,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::config::PrivacyConfig;
 
 /// The visitor address as a click stores it.
-pub(crate) fn stored_ip(privacy: &PrivacyConfig, ip: IpAddr) -> String {
-    ip_text(if privacy.anonymize_ip { anonymize(ip) } else { ip })
-}
-
-/// `ip` as text. IPv4 (nearly every visitor) is written digit by digit: the formatting
-/// machinery costs more than the rest of building a click.
-fn ip_text(ip: IpAddr) -> String {
-    let IpAddr::V4(v4) = ip else { return ip.to_string() };
-    let mut text = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            text.push('.');
-        }
-        if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
-        }
-        text.push(char::from(b'0' + octet % 10));
+pub(crate) fn stored_ip(privacy: &PrivacyConfig, ip: IpAddr) -> IpAddr {
+    if privacy.anonymize_ip {
+        anonymize(ip)
+    } else {
+        ip
     }
-    text
 }
 
 /// The address with its host part zeroed: /24 for IPv4, /48 for IPv6. An IPv4 address
@@ -63,17 +47,6 @@ mod tests {
     }
 
     #[test]
-    fn addresses_are_written_as_the_standard_library_writes_them() {
-        for o in 0..=255u8 {
-            let v4 = IpAddr::from([o, 255 - o, o / 3, 7]);
-            assert_eq!(ip_text(v4), v4.to_string());
-        }
-        for text in ["2001:db8::1", "::ffff:1.2.3.4", "::"] {
-            assert_eq!(ip_text(ip(text)), ip(text).to_string());
-        }
-    }
-
-    #[test]
     fn addresses_keep_only_their_network() {
         assert_eq!(anonymize(ip("203.0.113.77")), ip("203.0.113.0"));
         assert_eq!(anonymize(ip("2001:db8:abcd:12:34::1")), ip("2001:db8:abcd::"));
@@ -84,7 +57,7 @@ mod tests {
     fn anonymizing_is_off_unless_asked() {
         let off = PrivacyConfig::default();
         let on = PrivacyConfig { anonymize_ip: true };
-        assert_eq!(stored_ip(&off, ip("203.0.113.77")), "203.0.113.77");
-        assert_eq!(stored_ip(&on, ip("203.0.113.77")), "203.0.113.0");
+        assert_eq!(stored_ip(&off, ip("203.0.113.77")), ip("203.0.113.77"));
+        assert_eq!(stored_ip(&on, ip("203.0.113.77")), ip("203.0.113.0"));
     }
 }

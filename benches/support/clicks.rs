@@ -44,7 +44,7 @@ pub(crate) fn click(keyring: &Keyring, n: u64, at_secs: i64, links: u64, bot: Op
 
 /// Records `batch`, all at once.
 pub(crate) async fn record(store: &Storage, batch: &[Click]) {
-    let writes = batch.iter().map(|c| store.clicks().record_click(c, ClickOrigin::Replayed));
+    let writes = batch.iter().map(|c| store.clicks().record_click(c.view(), ClickOrigin::Replayed));
     for done in futures_util::future::join_all(writes).await {
         done.expect("record click");
     }

@@ -13,7 +13,7 @@ use hyper::header::{HeaderValue, COOKIE};
 use hyper::Request;
 
 use crate::access;
-use crate::model::Click;
+use crate::model::ClickView;
 use crate::routing::{device, geo, NoOffer, Pick, Router, Visitor};
 use crate::state::AppState;
 use crate::store::{CapCandidate, CapClaim, ClickOrigin, StoreResult};
@@ -108,10 +108,10 @@ pub(super) fn sticky_cookie(offer: &str, hours: u32, link_path: &str) -> Option<
 /// with the store's cap check when a capped offer is among the candidates. Returns the
 /// index of the offer taken (`None`: the visitor goes to the fallback) and how recording
 /// went.
-pub(super) async fn record(
+pub(super) async fn record<'a>(
     state: &AppState,
-    routing: &Routing<'_>,
-    click: &mut Click,
+    routing: &Routing<'a>,
+    click: &mut ClickView<'a>,
 ) -> (Option<usize>, StoreResult<()>) {
     let Routing { router, pick, day, .. } = routing;
     let day = *day;
@@ -123,11 +123,11 @@ pub(super) async fn record(
     };
     if let Some(settled) = settled {
         match settled {
-            Ok(i) => click.offer = Some(router.id(i).to_owned()),
-            Err(reason) => click.fallback = Some(reason.as_str().to_owned()),
+            Ok(i) => click.offer = Some(router.id(i)),
+            Err(reason) => click.fallback = Some(reason.as_str()),
         }
         let offer = settled.ok();
-        return (offer, state.store.clicks().record_or_spool_click(click, ClickOrigin::Minted).await);
+        return (offer, state.store.clicks().record_or_spool_click(*click, ClickOrigin::Minted).await);
     }
     let claim = CapClaim {
         day,
@@ -136,15 +136,15 @@ pub(super) async fn record(
             .map(|&i| CapCandidate { offer: router.id(usize::from(i)).to_owned(), cap: router.cap(usize::from(i)) })
             .collect(),
     };
-    match state.store.clicks().record_or_spool_capped_click(click, &claim).await {
+    match state.store.clicks().record_or_spool_capped_click(*click, &claim).await {
         Ok(taken) => {
             // Every candidate before the one taken was full: later clicks skip them today.
             for &full in &candidates[..taken.unwrap_or(candidates.len())] {
                 router.mark_full(usize::from(full), day);
             }
             match taken {
-                Some(t) => click.offer = Some(claim.candidates[t].offer.clone()),
-                None => click.fallback = Some(NoOffer::Capped.as_str().to_owned()),
+                Some(t) => click.offer = Some(router.id(usize::from(candidates[t]))),
+                None => click.fallback = Some(NoOffer::Capped.as_str()),
             }
             (taken.map(|t| usize::from(candidates[t])), Ok(()))
         }

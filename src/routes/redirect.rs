@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::{error, failure, method_not_allowed, offer, path_segment, text, Body};
 use crate::bots::{self, RequestTraits};
 use crate::clock::now_ms;
-use crate::model::{Click, LinkStatus, AD_CLICK_IDS};
+use crate::model::{ClickIp, ClickView, LinkStatus, Pair, Pairs, AD_CLICK_IDS};
 use crate::state::AppState;
 use crate::store::ClickOrigin;
 use crate::telemetry;
@@ -91,23 +91,28 @@ pub(crate) async fn redirect(
         link.router.as_ref().map(|router| offer::route(state, req, peer, user_agent, router, now_ms, bot.is_none()));
     let url = link.url(routing.as_ref().and_then(|r| r.pick.candidates.first()));
 
-    // 5. What the visitor's query carries: UTM, ad click ids, sub-ids to pass through.
-    let mut utm = Vec::new();
-    let mut ad_click_ids = Vec::new();
-    let mut subids: Vec<(String, String)> = Vec::new();
+    // 5. What the visitor's query carries: UTM, ad click ids, sub-ids to pass through,
+    //    borrowed from the query unless they needed decoding.
+    let mut utm: Vec<Pair> = Vec::new();
+    let mut ad_click_ids: Vec<Pair> = Vec::new();
+    let mut subids: Vec<Pair> = Vec::new();
     // Only the parameters kept are decoded; the rest (most of a long query) are skipped.
     for (raw_name, raw_value) in raw_pairs(req.uri().query().unwrap_or_default()) {
         if raw_value.is_empty() {
             continue;
         }
         let name = form_decode(raw_name);
-        if let Some(key) = name.strip_prefix("utm_") {
-            if !utm.iter().any(|(k, _): &(String, String)| k == key) {
-                utm.push((key.to_owned(), form_decode(raw_value).into_owned()));
+        if name.starts_with("utm_") {
+            let key = match name {
+                Cow::Borrowed(name) => Cow::Borrowed(&name[4..]),
+                Cow::Owned(name) => Cow::Owned(name[4..].to_owned()),
+            };
+            if !utm.iter().any(|(k, _)| *k == key) {
+                utm.push((key, form_decode(raw_value)));
             }
         } else if let Some(id) = AD_CLICK_IDS.iter().find(|id| name.eq_ignore_ascii_case(id)) {
-            if !ad_click_ids.iter().any(|(k, _): &(String, String)| k == id) {
-                ad_click_ids.push(((*id).to_owned(), form_decode(raw_value).into_owned()));
+            if !ad_click_ids.iter().any(|(k, _)| k == id) {
+                ad_click_ids.push((Cow::Borrowed(id), form_decode(raw_value)));
             }
         } else if let Some(p) = network.passthrough.iter().find(|p| name.eq_ignore_ascii_case(p)) {
             // The affiliate's own value in the offer URL wins; the first visitor value wins.
@@ -119,29 +124,31 @@ pub(crate) async fn redirect(
                 metrics::counter!(telemetry::SUBIDS_DROPPED).increment(1);
                 continue;
             }
-            subids.push((p.clone(), value.into_owned()));
+            subids.push((Cow::Borrowed(p), value));
         }
     }
 
     // 6. Record, acknowledged before the answer leaves (with the offer, when the store
-    //    decides it against the caps).
-    let mut click = Click {
-        id: click_id.to_string(),
-        link: link.key.clone(),
+    //    decides it against the caps). The click is borrowed from the request, the link
+    //    and the config; the store encodes it straight into its record.
+    let bot_reason = bot.map(|b| b.to_string());
+    let mut click = ClickView {
+        id: click_id.as_str(),
+        link: &link.key,
         at: now_ms,
-        bot: bot.map(|b| b.to_string()),
-        ip: Some(crate::privacy::stored_ip(&state.config.privacy, peer.ip())),
-        user_agent: user_agent.map(|u| clip(u, MAX_KEPT_HEADER).to_owned()),
-        referer: header(&REFERER).map(|r| clip(r, MAX_KEPT_HEADER).to_owned()),
-        utm,
-        ad_click_ids,
-        subids,
+        bot: bot_reason.as_deref(),
+        ip: Some(ClickIp::Addr(crate::privacy::stored_ip(&state.config.privacy, peer.ip()))),
+        user_agent: user_agent.map(|u| clip(u, MAX_KEPT_HEADER)),
+        referer: header(&REFERER).map(|r| clip(r, MAX_KEPT_HEADER)),
+        utm: Pairs::Borrowed(&utm),
+        ad_click_ids: Pairs::Borrowed(&ad_click_ids),
+        subids: Pairs::Borrowed(&subids),
         offer: None,
         rule: routing.as_ref().and_then(|r| r.pick.rule),
         fallback: None,
     };
     let (taken, recorded) = match &routing {
-        None => (None, state.store.clicks().record_or_spool_click(&click, ClickOrigin::Minted).await),
+        None => (None, state.store.clicks().record_or_spool_click(click, ClickOrigin::Minted).await),
         Some(routing) => Box::pin(offer::record(state, routing, &mut click)).await,
     };
     let hot = &state.hot;
@@ -151,7 +158,7 @@ pub(crate) async fn redirect(
         Err(e) => {
             // The visitor is redirected all the same; the click is in the log line.
             hot.clicks_unstored.increment(1);
-            let record = serde_json::to_string(&click).unwrap_or_default();
+            let record = serde_json::to_string(&click.to_click()).unwrap_or_default();
             tracing::error!(error = %e, click = %record, "click not acknowledged by the store");
         }
     }
@@ -160,12 +167,8 @@ pub(crate) async fn redirect(
     // Sub-ids were sorted out against the first candidate's URL; should the store have
     // taken another offer, a parameter that offer sets itself is not passed on.
     let drawn = routing.as_ref().and_then(|r| r.pick.candidates.first());
-    let pass: Vec<(&str, &str)> = click
-        .subids
-        .iter()
-        .filter(|(k, _)| taken == drawn || !link.url(taken).offer_sets(k))
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let pass: Vec<(&str, &str)> =
+        click.subids.iter().filter(|(k, _)| taken == drawn || !link.url(taken).offer_sets(k)).collect();
     let status = StatusCode::from_u16(link.link.redirect).unwrap_or(StatusCode::FOUND);
     let mut res = match (&routing, taken) {
         (Some(_), None) => match &link.link.fallback {
@@ -255,6 +258,14 @@ mod tests {
         let pairs: Vec<_> = raw_pairs("utm_source=fb&flag&&s2=a=b&é=%C3%A9&").collect();
         assert_eq!(pairs, vec![("utm_source", "fb"), ("flag", ""), ("", ""), ("s2", "a=b"), ("é", "%C3%A9"), ("", "")]);
         assert_eq!(raw_pairs("").collect::<Vec<_>>(), vec![("", "")]);
+    }
+
+    #[test]
+    fn form_values_decode_and_plain_ones_are_borrowed() {
+        assert!(matches!(form_decode("creative-7"), Cow::Borrowed("creative-7")));
+        assert_eq!(form_decode("a%20b+c%C3%A9"), "a b cé");
+        assert_eq!(form_decode("100%+sure"), "100% sure");
+        assert_eq!(form_decode("%FF"), "\u{FFFD}");
     }
 
     proptest! {

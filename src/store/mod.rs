@@ -39,8 +39,8 @@ pub use schema::{OutboxRoute, OutboxRoutes};
 use spool::SpooledStore;
 
 use crate::model::{
-    Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, Reversed, UnixHour,
-    UnixMillis,
+    Click, ClickView, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, Reversed,
+    UnixHour, UnixMillis,
 };
 
 /// A store failure. The cause is for the log; clients only learn that the store failed.
@@ -124,7 +124,7 @@ pub trait ClickStore: Send + Sync + 'static {
     /// Stores a click and counts it (as a click or a bot hit) in its hour. Once this
     /// returns `Ok`, the click survives a crash of the process. Recording the same click
     /// id again changes nothing.
-    async fn record_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()>;
+    async fn record_click(&self, click: ClickView<'_>, origin: ClickOrigin) -> StoreResult<()>;
 
     /// Records a person's click (whose `offer` is not set yet) sent to the first of
     /// `claim`'s candidates whose daily cap has room: that offer's count for the cap day
@@ -132,7 +132,7 @@ pub trait ClickStore: Send + Sync + 'static {
     /// of clicks whatever the concurrency. Returns the index of the candidate taken, or
     /// `None` when all were full (the click is then stored as sent to the fallback,
     /// `capped`). A freshly minted click is never stored twice, so this is not replayed.
-    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>>;
+    async fn record_capped_click(&self, click: ClickView<'_>, claim: &CapClaim) -> StoreResult<Option<usize>>;
 
     /// The stored click, or `None` when it is unknown or has expired.
     async fn find_click(&self, click_id: &str) -> StoreResult<Option<Click>>;

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 
 use super::{StoreError, StoreResult};
 use crate::memo::Memo;
-use crate::model::Click;
+use crate::model::{Click, ClickIp, ClickView};
 
 /// A record without a route.
 const VERSION: u8 = 1;
@@ -48,19 +48,19 @@ pub(super) struct EncodedClick {
 /// The parts of a click that many clicks share, encoded: link, referer (tag byte 0 or 1,
 /// then the string), UTM parameters and sub-ids (each a varint count, then name/value
 /// strings).
-fn encode_context(click: &Click) -> Vec<u8> {
+fn encode_context(click: &ClickView<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
-    put_str(&mut out, &click.link);
-    match &click.referer {
+    put_str(&mut out, click.link);
+    match click.referer {
         None => out.push(0),
         Some(referer) => {
             out.push(1);
             put_str(&mut out, referer);
         }
     }
-    for pairs in [&click.utm, &click.subids] {
+    for pairs in [click.utm, click.subids] {
         put_varint(&mut out, pairs.len() as u64);
-        for (name, value) in pairs {
+        for (name, value) in pairs.iter() {
             put_str(&mut out, name);
             put_str(&mut out, value);
         }
@@ -124,42 +124,46 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Encodes `click` (its id is the key, not part of the record).
-pub(super) fn encode(click: &Click) -> EncodedClick {
+pub(super) fn encode(click: &ClickView<'_>) -> EncodedClick {
     let context = encode_context(click);
     let context_key = CONTEXT_KEYS.with(|m| m.get_or(&context, || intern_key(b'c', &context)));
     let mut interns = Vec::with_capacity(2);
     interns.push((context_key, context));
 
-    let mut out = Vec::with_capacity(48);
+    let mut out = Vec::with_capacity(64);
     out.push(VERSION);
     put_varint(&mut out, click.at.max(0) as u64);
-    put_str(&mut out, click.bot.as_deref().unwrap_or_default());
+    put_str(&mut out, click.bot.unwrap_or_default());
     out.extend_from_slice(&context_key);
     put_varint(&mut out, click.ad_click_ids.len() as u64);
-    for (name, value) in &click.ad_click_ids {
+    for (name, value) in click.ad_click_ids.iter() {
         put_str(&mut out, name);
         put_str(&mut out, value);
     }
     // Raw bytes only for an address in canonical form, so it reads back as written (an
     // IPv4 address that parses is canonical: the parser takes no other form).
     let canonical = |ip: &str, a: &IpAddr| a.is_ipv4() || a.to_string() == ip;
-    let ip = click.ip.as_deref().map(|ip| (ip, ip.parse::<IpAddr>().ok().filter(|a| canonical(ip, a))));
+    let ip = match click.ip {
+        None => None,
+        Some(ClickIp::Addr(addr)) => Some(Ok(addr)),
+        Some(ClickIp::Text(text)) => Some(text.parse::<IpAddr>().ok().filter(|a| canonical(text, a)).ok_or(text)),
+    };
     match ip {
         None => out.push(0),
-        Some((_, Some(IpAddr::V4(v4)))) => {
+        Some(Ok(IpAddr::V4(v4))) => {
             out.push(4);
             out.extend_from_slice(&v4.octets());
         }
-        Some((_, Some(IpAddr::V6(v6)))) => {
+        Some(Ok(IpAddr::V6(v6))) => {
             out.push(6);
             out.extend_from_slice(&v6.octets());
         }
-        Some((text, None)) => {
+        Some(Err(text)) => {
             out.push(1);
             put_str(&mut out, text);
         }
     }
-    match &click.user_agent {
+    match click.user_agent {
         None => out.push(0),
         Some(ua) => {
             let key = USER_AGENT_KEYS.with(|m| m.get_or(ua.as_bytes(), || intern_key(b'u', ua.as_bytes())));
@@ -169,7 +173,7 @@ pub(super) fn encode(click: &Click) -> EncodedClick {
         }
     }
     if click.offer.is_some() || click.rule.is_some() || click.fallback.is_some() {
-        out = with_route(&out, click.offer.as_deref(), click.rule, click.fallback.as_deref());
+        out = with_route(&out, click.offer, click.rule, click.fallback);
     }
     EncodedClick { record: out, interns }
 }
@@ -358,6 +362,7 @@ impl ParsedClick {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Pair, Pairs};
     use proptest::prelude::*;
 
     fn click() -> Click {
@@ -378,8 +383,12 @@ mod tests {
         }
     }
 
+    fn enc(c: &Click) -> EncodedClick {
+        encode(&c.view())
+    }
+
     fn round_trip(c: &Click) -> Click {
-        let enc = encode(c);
+        let enc = enc(c);
         let parsed = parse(&enc.record).unwrap();
         let ctx = enc.interns.iter().find(|(k, _)| *k == parsed.context).unwrap().1.clone();
         let ua = parsed.user_agent.map(|key| enc.interns.iter().find(|(k, _)| *k == key).unwrap().1.clone());
@@ -396,13 +405,38 @@ mod tests {
         }
         let without_fbclid = Click { ad_click_ids: vec![], ..click() };
         // version, time, bot, context hash, no ad ids, IPv4, user-agent hash.
-        assert_eq!(encode(&without_fbclid).record.len(), 1 + 6 + 1 + 8 + 1 + 5 + 9);
+        assert_eq!(enc(&without_fbclid).record.len(), 1 + 6 + 1 + 8 + 1 + 5 + 9);
+    }
+
+    #[test]
+    fn a_view_from_the_request_encodes_as_its_click_does() {
+        use std::borrow::Cow;
+        use std::net::IpAddr;
+        let c = Click { subids: vec![("s3".into(), "a b".into())], ..click() };
+        let utm: Vec<Pair> = c.utm.iter().map(|(k, v)| (Cow::from(k.as_str()), Cow::from(v.clone()))).collect();
+        let ids: Vec<Pair> =
+            c.ad_click_ids.iter().map(|(k, v)| (Cow::from(k.as_str()), Cow::from(v.as_str()))).collect();
+        let subids = [(Cow::from("s3"), Cow::from(String::from("a b")))];
+        for ip in ["203.0.113.7", "2001:db8::1", "::ffff:1.2.3.4"] {
+            let c = Click { ip: Some(ip.into()), ..c.clone() };
+            let addr: IpAddr = ip.parse().unwrap();
+            let view = ClickView {
+                ip: Some(ClickIp::Addr(addr)),
+                utm: Pairs::Borrowed(&utm),
+                ad_click_ids: Pairs::Borrowed(&ids),
+                subids: Pairs::Borrowed(&subids),
+                ..c.view()
+            };
+            let (a, b) = (encode(&view), enc(&c));
+            assert_eq!((a.record, a.interns), (b.record, b.interns), "{ip}");
+            assert_eq!(view.to_click(), c);
+        }
     }
 
     #[test]
     fn routes_are_kept_and_records_before_them_still_read() {
         // A version 1 record as written before routes existed: it reads with no route.
-        let v1 = encode(&click()).record;
+        let v1 = enc(&click()).record;
         assert_eq!(v1[0], 1);
         let routed = Click { offer: Some("b".into()), rule: Some(3), ..click() };
         assert_eq!(round_trip(&routed), routed);
@@ -410,9 +444,9 @@ mod tests {
         assert_eq!(round_trip(&fallback), fallback);
         // A store adds the route it decided to a version 1 record.
         let added = with_route(&v1, Some("b"), Some(3), None);
-        assert_eq!(added, encode(&routed).record);
+        assert_eq!(added, enc(&routed).record);
         // A record with a route already gets the new one in its place.
-        let ruled = encode(&Click { rule: Some(3), ..click() }).record;
+        let ruled = enc(&Click { rule: Some(3), ..click() }).record;
         assert_eq!(with_route(&ruled, Some("b"), Some(3), None), added);
         let stripped = strip_personal(&added).unwrap().unwrap();
         assert_eq!(stripped[0], 2);
@@ -432,8 +466,8 @@ mod tests {
 
     #[test]
     fn shared_parts_share_keys() {
-        let a = encode(&click());
-        let b = encode(&Click { at: 5, ip: Some("2001:db8::1".into()), ..click() });
+        let a = enc(&click());
+        let b = enc(&Click { at: 5, ip: Some("2001:db8::1".into()), ..click() });
         assert_eq!(a.interns, b.interns);
         assert_ne!(a.record, b.record);
     }
@@ -441,7 +475,7 @@ mod tests {
     #[test]
     fn stripping_drops_ip_and_user_agent_only() {
         let c = Click { bot: Some("crawler:Googlebot".into()), ..click() };
-        let enc = encode(&c);
+        let enc = enc(&c);
         let stripped = strip_personal(&enc.record).unwrap().unwrap();
         assert!(strip_personal(&stripped).unwrap().is_none());
         let parsed = parse(&stripped).unwrap();
@@ -453,7 +487,7 @@ mod tests {
 
     #[test]
     fn damage_is_an_error_not_a_panic() {
-        let rec = encode(&click()).record;
+        let rec = enc(&click()).record;
         for cut in 0..rec.len() {
             let _ = parse(&rec[..cut]);
         }

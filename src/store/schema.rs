@@ -22,7 +22,8 @@ use super::legacy;
 use super::record::{self, EncodedClick};
 use super::{CapClaim, Requeue, StoreError, StoreResult};
 use crate::model::{
-    hour_of, Click, Conversion, Counters, Delivery, DeliveryStatus, Event, Link, Subject, UnixHour, UnixMillis,
+    hour_of, ClickView, Conversion, Counters, Delivery, DeliveryStatus, Event, Link, Pairs, Subject, UnixHour,
+    UnixMillis,
 };
 use crate::routing::NoOffer;
 
@@ -106,13 +107,13 @@ pub(crate) struct ClickPlan {
 }
 
 impl ClickPlan {
-    pub(super) fn of(click: &Click, outbox: &OutboxRoutes, now: UnixMillis) -> ClickPlan {
+    pub(super) fn of(click: &ClickView<'_>, outbox: &OutboxRoutes, now: UnixMillis) -> ClickPlan {
         ClickPlan {
             deliveries: outbox.for_click(click, now),
-            id: click.id.clone(),
+            id: click.id.to_owned(),
             hour: hour_of(click.at),
-            link: click.link.clone(),
-            offer_link: click.offer.as_deref().map(|o| offer_link(&click.link, o)),
+            link: click.link.to_owned(),
+            offer_link: click.offer.map(|o| offer_link(click.link, o)),
             counters: Counters::for_click(click),
             encoded: record::encode(click),
             caps: None,
@@ -121,16 +122,16 @@ impl ClickPlan {
 
     /// The plan of a person's `click` (with no offer yet) that takes the first of
     /// `claim`'s candidates with room, or, when all are full, the fallback.
-    pub(super) fn capped(click: &Click, claim: &CapClaim, outbox: &OutboxRoutes, now: UnixMillis) -> ClickPlan {
+    pub(super) fn capped(click: &ClickView<'_>, claim: &CapClaim, outbox: &OutboxRoutes, now: UnixMillis) -> ClickPlan {
         let mut plan = ClickPlan::of(click, outbox, now);
         let choices = claim
             .candidates
             .iter()
             .map(|c| CapChoice {
-                cap_key: cap_key(&click.link, &c.offer, claim.day),
+                cap_key: cap_key(click.link, &c.offer, claim.day),
                 cap: c.cap,
                 record: record::with_route(&plan.encoded.record, Some(&c.offer), click.rule, None),
-                offer_link: offer_link(&click.link, &c.offer),
+                offer_link: offer_link(click.link, &c.offer),
             })
             .collect();
         let fallback_record =
@@ -302,8 +303,8 @@ pub struct OutboxRoute {
 }
 
 impl OutboxRoute {
-    fn takes(&self, click: &Click) -> bool {
-        self.requires_any.is_empty() || click.ad_click_ids.iter().any(|(k, _)| self.requires_any.contains(k))
+    fn takes(&self, ad_click_ids: Pairs<'_>) -> bool {
+        self.requires_any.is_empty() || ad_click_ids.iter().any(|(k, _)| self.requires_any.iter().any(|r| r == k))
     }
 }
 
@@ -351,7 +352,10 @@ impl OutboxRoutes {
     pub fn for_conversion(&self, conversion: &Conversion, now: UnixMillis) -> Vec<Delivery> {
         self.routes
             .iter()
-            .filter(|r| r.events.as_ref().is_none_or(|e| e.contains(&conversion.event)) && r.takes(&conversion.click))
+            .filter(|r| {
+                r.events.as_ref().is_none_or(|e| e.contains(&conversion.event))
+                    && r.takes(Pairs::Owned(&conversion.click.ad_click_ids))
+            })
             .map(|r| Delivery::new(&r.destination, Subject::Conversion(Box::new(conversion.clone())), now))
             .collect()
     }
@@ -366,14 +370,14 @@ impl OutboxRoutes {
     }
 
     /// The deliveries recording `click` enqueues: none for a bot.
-    pub fn for_click(&self, click: &Click, now: UnixMillis) -> Vec<Delivery> {
+    pub fn for_click(&self, click: &ClickView<'_>, now: UnixMillis) -> Vec<Delivery> {
         if !self.wants_clicks || click.is_bot() {
             return Vec::new();
         }
         self.routes
             .iter()
-            .filter(|r| r.clicks && r.takes(click))
-            .map(|r| Delivery::new(&r.destination, Subject::Click(Box::new(click.clone())), now))
+            .filter(|r| r.clicks && r.takes(click.ad_click_ids))
+            .map(|r| Delivery::new(&r.destination, Subject::Click(Box::new(click.to_click())), now))
             .collect()
     }
 }
@@ -381,6 +385,7 @@ impl OutboxRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Click;
     use crate::money::Money;
 
     fn conversion(event: &str, offer: Option<&str>, gclid: bool) -> Conversion {

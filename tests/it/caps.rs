@@ -173,10 +173,10 @@ async fn check_the_day_turns(store: &dyn ClickStore) {
     let ids: Vec<String> = (0..4).map(|_| ring.mint((now / 1000) as u64).to_string()).collect();
     let mut taken = Vec::new();
     for id in &ids[..3] {
-        taken.push(store.record_capped_click(&person(id, at), &claim(day)).await.expect("record"));
+        taken.push(store.record_capped_click(person(id, at).view(), &claim(day)).await.expect("record"));
     }
     assert_eq!(taken, [Some(0), Some(0), None]);
-    let next_day = store.record_capped_click(&person(&ids[3], at + 86_400_000), &claim(day + 1)).await;
+    let next_day = store.record_capped_click(person(&ids[3], at + 86_400_000).view(), &claim(day + 1)).await;
     assert_eq!(next_day.expect("next day"), Some(0));
     let first = store.find_click(&ids[0]).await.expect("find").expect("stored");
     assert_eq!((first.offer.as_deref(), first.rule, first.fallback.as_deref()), (Some("a"), Some(0), None));

@@ -368,13 +368,13 @@ async fn embedded_sweep_drops_expired_clicks() {
     let mut ids = Vec::new();
     for age in ages {
         let id = ring.mint(now - age).to_string();
-        store.record_click(&click_at(&id, now - age), ClickOrigin::Replayed).await.expect("record");
+        store.record_click(click_at(&id, now - age).view(), ClickOrigin::Replayed).await.expect("record");
         assert!(store.find_click(&id).await.expect("read").is_some());
         ids.push(id);
     }
     // A fresh id that sorts last, with a 60 s margin against a slow machine.
     let fresh = ring.mint(now + 60).to_string();
-    store.record_click(&click_at(&fresh, now), ClickOrigin::Replayed).await.expect("record");
+    store.record_click(click_at(&fresh, now).view(), ClickOrigin::Replayed).await.expect("record");
 
     store.sweep().await.expect("sweep");
 
@@ -413,8 +413,8 @@ async fn the_embedded_expiry_sweep_runs_on_the_runtimes_clock() {
     let now = now_secs();
     let old = ring.mint(now - DAY).to_string();
     let young = ring.mint(now + 60).to_string();
-    store.record_click(&click_at(&old, now - DAY), ClickOrigin::Replayed).await.expect("record");
-    store.record_click(&click_at(&young, now), ClickOrigin::Replayed).await.expect("record");
+    store.record_click(click_at(&old, now - DAY).view(), ClickOrigin::Replayed).await.expect("record");
+    store.record_click(click_at(&young, now).view(), ClickOrigin::Replayed).await.expect("record");
 
     // Past one sweep interval (a minute) of the paused clock (the runtime may also have
     // jumped there by itself while idle, which is the same clock). Nothing else sweeps;

@@ -69,7 +69,7 @@ impl Seedable {
     pub async fn clicks(&self, link: &str, n: usize, at: UnixMillis, bot: bool) {
         let writes = (0..n).map(|i| {
             let click = click(&format!("seed-{link}-{at}-{bot}-{i}"), link, at, bot);
-            async move { self.storage.clicks().record_click(&click, ClickOrigin::Replayed).await }
+            async move { self.storage.clicks().record_click(click.view(), ClickOrigin::Replayed).await }
         });
         for done in futures_util::future::join_all(writes).await {
             done.expect("record click");

@@ -134,7 +134,7 @@ async fn seed(store: &StoreHandle, extra: &str) {
     }
     // Many writes in flight at once, as under real traffic: the store batches them.
     for chunk in clicks_made.chunks(256) {
-        let writes = chunk.iter().map(|c| opened.record_click(c, ClickOrigin::Replayed));
+        let writes = chunk.iter().map(|c| opened.record_click(c.view(), ClickOrigin::Replayed));
         for done in futures_util::future::join_all(writes).await {
             done.expect("record click");
         }

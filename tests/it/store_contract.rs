@@ -144,7 +144,7 @@ fn clicks(n: u64) -> Counters {
 
 async fn check_click_round_trip(store: &dyn Store) {
     let c = click("cake1/spring", ms(H) + 1234, None);
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click");
     assert_eq!(store.find_click(&c.id).await.expect("find click"), Some(c));
 
     let mut minimal = click("cake1/spring", ms(H), Some("prefetch"));
@@ -154,7 +154,7 @@ async fn check_click_round_trip(store: &dyn Store) {
     minimal.utm.clear();
     minimal.ad_click_ids.clear();
     minimal.subids.clear();
-    store.record_click(&minimal, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(minimal.view(), ClickOrigin::Replayed).await.expect("record click");
     assert_eq!(store.find_click(&minimal.id).await.expect("find click"), Some(minimal));
 }
 
@@ -163,8 +163,8 @@ async fn check_personal_data_dropped_after_its_lifetime(store: &dyn Store) {
     let mut old = click("cake1/spring", eight_days_ago as i64 * 1000, None);
     old.id = Keyring::new("s", &[], CLICK_TTL_SECS).mint(eight_days_ago).to_string();
     let recent = click("cake1/spring", ms(H), None);
-    store.record_click(&old, ClickOrigin::Replayed).await.expect("record old click");
-    store.record_click(&recent, ClickOrigin::Replayed).await.expect("record recent click");
+    store.record_click(old.view(), ClickOrigin::Replayed).await.expect("record old click");
+    store.record_click(recent.view(), ClickOrigin::Replayed).await.expect("record recent click");
     // Conversions keep a copy of their click: the old one's goes too, the recent one's stays.
     let old_at = old.at + 60_000;
     let recent_at = (now_secs() as i64 - 60) * 1000;
@@ -193,12 +193,12 @@ async fn check_unknown_click_is_none(store: &dyn Store) {
 
 async fn check_same_click_counts_once(store: &dyn Store) {
     let c = click("cake1/spring", ms(H) + 10, None);
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click again");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click again");
     // A replay with other details is still the same click.
     let mut replay = c.clone();
     replay.ip = Some("198.51.100.1".to_owned());
-    store.record_click(&replay, ClickOrigin::Replayed).await.expect("record replay");
+    store.record_click(replay.view(), ClickOrigin::Replayed).await.expect("record replay");
 
     assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", clicks(1))]);
     assert_eq!(store.find_click(&c.id).await.expect("find click"), Some(c));
@@ -206,14 +206,17 @@ async fn check_same_click_counts_once(store: &dyn Store) {
 
 async fn check_bot_clicks_count_as_bot_hits(store: &dyn Store) {
     store
-        .record_click(&click("cake1/spring", ms(H), Some("facebookexternalhit")), ClickOrigin::Replayed)
+        .record_click(click("cake1/spring", ms(H), Some("facebookexternalhit")).view(), ClickOrigin::Replayed)
         .await
         .expect("record bot click");
     store
-        .record_click(&click("cake1/spring", ms(H) + 1, Some("prefetch")), ClickOrigin::Replayed)
+        .record_click(click("cake1/spring", ms(H) + 1, Some("prefetch")).view(), ClickOrigin::Replayed)
         .await
         .expect("record bot click");
-    store.record_click(&click("cake1/spring", ms(H) + 2, None), ClickOrigin::Replayed).await.expect("record click");
+    store
+        .record_click(click("cake1/spring", ms(H) + 2, None).view(), ClickOrigin::Replayed)
+        .await
+        .expect("record click");
     let expected = Counters { clicks: 1, bot_hits: 2, ..Counters::default() };
     assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", expected)]);
 }
@@ -229,7 +232,10 @@ async fn check_counters_by_hour_and_link(store: &dyn Store) {
         ("cake2/a", H + 30, 8),
     ];
     for (l, hour, offset) in records {
-        store.record_click(&click(l, ms(hour) + offset, None), ClickOrigin::Replayed).await.expect("record click");
+        store
+            .record_click(click(l, ms(hour) + offset, None).view(), ClickOrigin::Replayed)
+            .await
+            .expect("record click");
     }
 
     assert_eq!(
@@ -255,7 +261,7 @@ async fn check_counters_by_hour_and_link(store: &dyn Store) {
 
 async fn check_conversion_counts_once(store: &dyn Store) {
     let c = click("cake1/spring", ms(H) + 1, None);
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click");
     let purchase = conversion(&c, "Purchase", "12.345678", ms(H + 1) + 5, "tid-1");
     let lead = conversion(&c, "Lead", "0.000001", ms(H + 1) + 6, "tid-2");
     let other = conversion(&c, "Install", "0", ms(H + 1) + 7, "tid-3");
@@ -405,9 +411,9 @@ async fn claim_all(store: &dyn Store, owner: &str, now: UnixMillis) -> Vec<Deliv
 async fn check_outbox_enqueues_with_the_record(store: &dyn Store) {
     let mut with_gclid = click("cake1/spring", ms(H), None);
     with_gclid.ad_click_ids.push(("gclid".into(), "EAIaIQ-gclid".into()));
-    store.record_click(&with_gclid, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(with_gclid.view(), ClickOrigin::Replayed).await.expect("record click");
     let bot = click("cake1/spring", ms(H), Some("prefetch"));
-    store.record_click(&bot, ClickOrigin::Replayed).await.expect("record bot");
+    store.record_click(bot.view(), ClickOrigin::Replayed).await.expect("record bot");
     let purchase = conversion(&with_gclid, "Purchase", "7", ms(H) + 5, "t1");
     let lead = conversion(&with_gclid, "Lead", "0", ms(H) + 6, "t2");
     assert_eq!(store.record_conversion(&purchase).await.expect("record"), Recorded::New);
@@ -513,7 +519,7 @@ async fn check_outbox_leases_and_outcomes(store: &dyn Store) {
 async fn check_reversal_takes_back_its_counters(store: &dyn Store) {
     let mut c = click("cake1/spring", ms(H) + 1, None);
     c.offer = Some("o1".to_owned());
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click");
     let purchase = conversion(&c, "Purchase", "12.345678", ms(H + 1) + 5, "tid-1");
     let lead = conversion(&c, "Lead", "0.5", ms(H + 1) + 6, "tid-2");
     let later = conversion(&click("cake1/spring", ms(H + 1), None), "Purchase", "3", ms(H + 2) + 7, "tid-3");
@@ -570,8 +576,8 @@ async fn check_reversal_takes_back_its_counters(store: &dyn Store) {
 async fn check_conversions_of_click(store: &dyn Store) {
     let a = click("cake1/spring", ms(H), None);
     let b = click("cake1/spring", ms(H), None);
-    store.record_click(&a, ClickOrigin::Replayed).await.expect("record click");
-    store.record_click(&b, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(a.view(), ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(b.view(), ClickOrigin::Replayed).await.expect("record click");
     let first = conversion(&a, "Lead", "0", ms(H) + 10, "t1");
     let second = conversion(&a, "Purchase", "20", ms(H + 3), "t2");
     // Recorded newest first: read back oldest first all the same.
@@ -597,7 +603,7 @@ async fn check_conversions_of_click(store: &dyn Store) {
 async fn check_reversal_deliveries(store: &dyn Store) {
     let mut with_gclid = click("cake1/spring", ms(H), None);
     with_gclid.ad_click_ids.push(("gclid".into(), "EAIaIQ-gclid".into()));
-    store.record_click(&with_gclid, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(with_gclid.view(), ClickOrigin::Replayed).await.expect("record click");
     let purchase = conversion(&with_gclid, "Purchase", "7", ms(H) + 5, "t1");
     let lead = conversion(&with_gclid, "Lead", "0", ms(H) + 6, "t2");
     store.record_conversion(&purchase).await.expect("record");
@@ -743,7 +749,7 @@ async fn redis_click_keys_expire_after_the_click_lifetime() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click");
 
     let mut con = raw(&server).await;
     // Clicks live in hour buckets: the bucket of the click's creation hour holds it, and
@@ -771,7 +777,7 @@ async fn redis_a_bucket_gone_from_redis_comes_back_with_its_expiry() {
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     // A bot's click: people's clicks are forwarded, and written by a script of their own.
     let first = click("cake1/spring", ms(H), Some("crawler"));
-    store.record_click(&first, ClickOrigin::Minted).await.expect("record click");
+    store.record_click(first.view(), ClickOrigin::Minted).await.expect("record click");
     let mut con = raw(&server).await;
     let keys: Vec<String> = redis::cmd("KEYS").arg("cl:ck:*").query_async(&mut con).await.expect("KEYS");
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -783,7 +789,7 @@ async fn redis_a_bucket_gone_from_redis_comes_back_with_its_expiry() {
     let mut landed = None;
     for _ in 0..400 {
         let c = Click { id: new_id(), ..first.clone() };
-        store.record_click(&c, ClickOrigin::Minted).await.expect("record click");
+        store.record_click(c.view(), ClickOrigin::Minted).await.expect("record click");
         let held: bool = redis::cmd("HEXISTS").arg(bucket).arg(&c.id).query_async(&mut con).await.expect("HEXISTS");
         if held {
             landed = Some(c);
@@ -800,7 +806,7 @@ async fn redis_keys_are_prefixed_and_each_write_stays_in_one_slot() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click");
     let lead = conversion(&c, "Lead", "2", ms(H) + 5, "t");
     store.record_conversion(&lead).await.expect("record conversion");
     assert_eq!(store.reverse_conversion(&lead, ms(H) + 9).await.expect("reverse conversion"), Reversed::Done);
@@ -827,13 +833,13 @@ async fn redis_interned_values_lost_by_redis_are_written_again() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let first = click("cake1/spring", ms(H), None);
-    store.record_click(&first, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(first.view(), ClickOrigin::Replayed).await.expect("record click");
 
     // Redis loses everything (a restart without persistence would too); this process
     // still remembers the user agent and context as stored.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw(&server).await).await.expect("FLUSHALL");
     let second = click("cake1/spring", ms(H), None);
-    store.record_click(&second, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(second.view(), ClickOrigin::Replayed).await.expect("record click");
     assert_eq!(store.find_click(&second.id).await.expect("find click"), Some(second.clone()));
     assert_eq!(store.find_click(&first.id).await.expect("find click"), None);
 }
@@ -846,7 +852,7 @@ fn expected_counters(clicks: &[Click]) -> Vec<HourCounters> {
         let mut links = vec![c.link.clone()];
         links.extend(c.offer.as_ref().map(|o| format!("{}/{o}", c.link)));
         for link in links {
-            sums.entry((hour, link)).or_default().add(&Counters::for_click(c));
+            sums.entry((hour, link)).or_default().add(&Counters::for_click(&c.view()));
         }
     }
     sums.into_iter().map(|((hour, link), counters)| counted(hour, &link, counters)).collect()
@@ -857,7 +863,7 @@ async fn record_at_once(store: &std::sync::Arc<RedisStore>, clicks: &[Click]) {
     let mut tasks = tokio::task::JoinSet::new();
     for c in clicks {
         let (store, c) = (store.clone(), c.clone());
-        tasks.spawn(async move { store.record_click(&c, ClickOrigin::Replayed).await });
+        tasks.spawn(async move { store.record_click(c.view(), ClickOrigin::Replayed).await });
     }
     while let Some(done) = tasks.join_next().await {
         done.expect("record task").expect("record click");
@@ -915,7 +921,7 @@ async fn redis_store_survives_a_restart_of_redis() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let store = RedisStore::connect(&server.url(), limits()).await.expect("connect");
     let c = click("cake1/spring", ms(H), None);
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click");
 
     server.restart();
 
@@ -935,7 +941,7 @@ async fn redis_store_survives_a_restart_of_redis() {
 
     // The restarted Redis has no scripts cached: EVALSHA must load them again, and the
     // replayed click must still count once.
-    store.record_click(&c, ClickOrigin::Replayed).await.expect("record click again");
+    store.record_click(c.view(), ClickOrigin::Replayed).await.expect("record click again");
     assert_eq!(store.counters(H, H).await.expect("counters"), vec![counted(H, "cake1/spring", clicks(1))]);
 }
 

@@ -68,8 +68,8 @@ use super::{
 };
 use crate::clock::{every, now_ms};
 use crate::model::{
-    link_key, Click, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded, Reversed,
-    UnixHour, UnixMillis,
+    link_key, Click, ClickView, Conversion, Delivery, DeliveryStatus, Event, EventStatus, HourCounters, Link, Recorded,
+    Reversed, UnixHour, UnixMillis,
 };
 use clicklog::{ClickLog, LogWriter, Opened, Place};
 use tables::{click_conversions_prefix, outbox_key, status_byte, status_key, Tables};
@@ -230,11 +230,11 @@ impl EmbeddedStore {
 }
 
 impl NewClick {
-    fn of(click: &Click, origin: ClickOrigin, outbox: &OutboxRoutes) -> NewClick {
+    fn of(click: &ClickView<'_>, origin: ClickOrigin, outbox: &OutboxRoutes) -> NewClick {
         NewClick {
             plan: ClickPlan::of(click, outbox, now_ms()),
             fresh: origin == ClickOrigin::Minted,
-            place: Place::of(&click.id),
+            place: Place::of(click.id),
         }
     }
 }
@@ -247,13 +247,13 @@ impl Drop for EmbeddedStore {
 
 #[async_trait]
 impl ClickStore for EmbeddedStore {
-    async fn record_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()> {
-        self.submit(|tx| Op::Click(Box::new(NewClick::of(click, origin, &self.outbox)), tx)).await
+    async fn record_click(&self, click: ClickView<'_>, origin: ClickOrigin) -> StoreResult<()> {
+        self.submit(|tx| Op::Click(Box::new(NewClick::of(&click, origin, &self.outbox)), tx)).await
     }
 
-    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
-        let plan = ClickPlan::capped(click, claim, &self.outbox, now_ms());
-        let place = Place::of(&click.id);
+    async fn record_capped_click(&self, click: ClickView<'_>, claim: &CapClaim) -> StoreResult<Option<usize>> {
+        let plan = ClickPlan::capped(&click, claim, &self.outbox, now_ms());
+        let place = Place::of(click.id);
         self.submit(|tx| Op::CappedClick(Box::new(NewClick { plan, fresh: true, place }), tx)).await
     }
 

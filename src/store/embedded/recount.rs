@@ -69,7 +69,7 @@ impl Writer {
                     }
                     Err(e) => return Err(e),
                 };
-                let (hour, counters) = (hour_of(click.at), Counters::for_click(&click));
+                let (hour, counters) = (hour_of(click.at), Counters::for_click(&click.view()));
                 if let Some(offer) = &click.offer {
                     deltas.entry((hour, offer_link(&click.link, offer))).or_default().add(&counters);
                 }
@@ -77,7 +77,7 @@ impl Writer {
                 if !cap_key.is_empty() {
                     *caps.entry(String::from_utf8_lossy(cap_key).into_owned()).or_default() += 1;
                 }
-                deliveries.extend(self.limits.outbox.for_click(&click, now_ms()));
+                deliveries.extend(self.limits.outbox.for_click(&click.view(), now_ms()));
                 counted += 1;
             }
         }

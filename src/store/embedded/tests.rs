@@ -129,7 +129,7 @@ fn a_torn_tail_is_cut_and_the_clicks_before_it_resolve() {
     let clicks: Vec<Click> = (0..20).map(|_| click("cake/demo", now)).collect();
     with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
         for c in &clicks {
-            s.record_click(c, ClickOrigin::Minted).await.expect("record");
+            s.record_click(c.view(), ClickOrigin::Minted).await.expect("record");
         }
     });
     // A kill in the middle of an append: half a frame at the end.
@@ -146,7 +146,7 @@ fn a_torn_tail_is_cut_and_the_clicks_before_it_resolve() {
             assert_eq!(s.find_click(&c.id).await.expect("find").as_ref(), Some(c));
         }
         assert_eq!(clicks_of(s, "cake/demo", now).await.clicks, 20, "nothing lost, nothing counted twice");
-        s.record_click(&late, ClickOrigin::Minted).await.expect("record after the restart");
+        s.record_click(late.view(), ClickOrigin::Minted).await.expect("record after the restart");
         assert_eq!(s.find_click(&late.id).await.expect("find").as_ref(), Some(&late));
         assert_eq!(clicks_of(s, "cake/demo", now).await.clicks, 21);
     });
@@ -160,7 +160,7 @@ fn a_torn_tail_is_cut_and_the_clicks_before_it_resolve() {
 fn uncovered_frames(clicks: &[(Click, Option<&str>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (c, cap_key) in clicks {
-        let encoded = record::encode(c);
+        let encoded = record::encode(&c.view());
         for (key, value) in &encoded.interns {
             segment::put_intern(&mut out, key, value);
         }
@@ -175,7 +175,7 @@ fn clicks_logged_but_not_committed_are_counted_once_on_open() {
     let now = now_secs();
     let counted = click("cake/demo", now);
     with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
-        s.record_click(&counted, ClickOrigin::Minted).await.expect("record");
+        s.record_click(counted.view(), ClickOrigin::Minted).await.expect("record");
     });
     // Three clicks of another link, with a context fjall never saw; one took a capped
     // offer (its record has the route, its frame the cap counter).
@@ -226,8 +226,8 @@ fn a_capped_click_in_the_log_keeps_its_offer_and_its_cap_count() {
     let claim = CapClaim { day: 20_000, candidates: vec![CapCandidate { offer: "a".into(), cap: Some(1) }] };
     let (first, second) = (Click { rule: Some(0), ..click("cake/split", now) }, click("cake/split", now));
     with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
-        assert_eq!(s.record_capped_click(&first, &claim).await.expect("record"), Some(0));
-        assert_eq!(s.record_capped_click(&second, &claim).await.expect("record"), None);
+        assert_eq!(s.record_capped_click(first.view(), &claim).await.expect("record"), Some(0));
+        assert_eq!(s.record_capped_click(second.view(), &claim).await.expect("record"), None);
     });
     with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
         let first = s.find_click(&first.id).await.expect("find").expect("stored");
@@ -246,7 +246,7 @@ fn a_sealed_segment_is_found_through_its_index_after_a_restart() {
     let clicks: Vec<Click> = (0..300).map(|_| click("cake/demo", then)).collect();
     let sizes = with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
         for c in &clicks {
-            s.record_click(c, ClickOrigin::Replayed).await.expect("record");
+            s.record_click(c.view(), ClickOrigin::Replayed).await.expect("record");
         }
         let before: Vec<u64> = segments(dir.path()).iter().map(|p| p.metadata().expect("size").len()).collect();
         s.sweep().await.expect("sweep");
@@ -267,7 +267,7 @@ fn a_sealed_segment_is_found_through_its_index_after_a_restart() {
         let unknown = ring().mint(then).to_string();
         assert_eq!(s.find_click(&unknown).await.expect("find"), None);
         // A replay of a sealed click is found, so not counted again.
-        s.record_click(&clicks[7], ClickOrigin::Replayed).await.expect("replay");
+        s.record_click(clicks[7].view(), ClickOrigin::Replayed).await.expect("replay");
         assert_eq!(clicks_of(s, "cake/demo", then).await.clicks, 300);
     });
     assert_eq!(segments(dir.path()).len(), 1, "a sealed segment takes no more clicks, and the replay added none");
@@ -279,8 +279,8 @@ fn expired_segments_are_deleted_whole() {
     let now = now_secs();
     let (old, young) = (click("cake/demo", now - 3 * DAY), click("cake/demo", now - 2 * 3600));
     with_store(dir.path(), Duration::from_secs(2 * DAY), async |s| {
-        s.record_click(&old, ClickOrigin::Replayed).await.expect("record");
-        s.record_click(&young, ClickOrigin::Replayed).await.expect("record");
+        s.record_click(old.view(), ClickOrigin::Replayed).await.expect("record");
+        s.record_click(young.view(), ClickOrigin::Replayed).await.expect("record");
         assert_eq!(segments(dir.path()).len(), 2);
         // Closes both hours' segments, then deletes the expired one.
         s.sweep().await.expect("sweep");
@@ -307,7 +307,7 @@ fn personal_data_is_rewritten_out_of_old_segments_once() {
     let recent = click("cake/demo", now - 2 * 3600);
     with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
         for c in old.iter().chain([&recent]) {
-            s.record_click(c, ClickOrigin::Replayed).await.expect("record");
+            s.record_click(c.view(), ClickOrigin::Replayed).await.expect("record");
         }
         // Closes both hours' segments, then rewrites the old one.
         s.sweep().await.expect("sweep");
@@ -344,7 +344,7 @@ fn clicks_written_before_the_log_still_resolve() {
     // As the previous version stored it: record and interned values in fjall, counted.
     block_on(async {
         let t = tables(dir.path()).await;
-        let encoded = record::encode(&before);
+        let encoded = record::encode(&before.view());
         let mut batch = t.db.batch();
         for (key, value) in encoded.interns {
             batch.insert(&t.interns, key, value);
@@ -352,14 +352,14 @@ fn clicks_written_before_the_log_still_resolve() {
         batch.insert(&t.clicks, before.id.as_bytes(), encoded.record);
         let mut row = hour_of(before.at).to_be_bytes().to_vec();
         row.extend_from_slice(b"cake/demo");
-        batch.insert(&t.counters, row, schema::encode(&Counters::for_click(&before)));
+        batch.insert(&t.counters, row, schema::encode(&Counters::for_click(&before.view())));
         batch.commit().expect("commit");
         t.db.persist(PersistMode::SyncAll).expect("persist");
     });
     with_store(dir.path(), Duration::from_secs(40 * DAY), async |s| {
         assert_eq!(s.find_click(&before.id).await.expect("find").as_ref(), Some(&before));
         // A replay of it is known, so neither logged nor counted again.
-        s.record_click(&before, ClickOrigin::Replayed).await.expect("replay");
+        s.record_click(before.view(), ClickOrigin::Replayed).await.expect("replay");
         assert_eq!(clicks_of(s, "cake/demo", now - 3600).await.clicks, 1);
     });
     assert!(segments(dir.path()).is_empty(), "the replay wrote nothing to the log");

@@ -14,7 +14,7 @@ use super::keys::{bucket_expiry, click_bucket_key, counter_field, created_hour, 
 use super::scripts::{self, CappedClickWrite, ForwardedClickWrite};
 use super::{unavailable, Conn, RedisStore, INTERN_SPARE};
 use crate::clock::now_ms;
-use crate::model::Click;
+use crate::model::{Click, ClickView};
 use crate::store::record;
 use crate::store::schema::ClickPlan;
 use crate::store::{CapClaim, ClickOrigin, ClickStore, StoreError, StoreResult};
@@ -22,8 +22,8 @@ use crate::store::{CapClaim, ClickOrigin, ClickStore, StoreError, StoreResult};
 #[async_trait]
 impl ClickStore for RedisStore {
     /// Redis checks for the click itself (`HSETNX`), so the origin changes nothing here.
-    async fn record_click(&self, click: &Click, _origin: ClickOrigin) -> StoreResult<()> {
-        let plan = ClickPlan::of(click, &self.limits.outbox, now_ms());
+    async fn record_click(&self, click: ClickView<'_>, _origin: ClickOrigin) -> StoreResult<()> {
+        let plan = ClickPlan::of(&click, &self.limits.outbox, now_ms());
         if !plan.deliveries.is_empty() {
             return self.record_forwarded_click(plan).await;
         }
@@ -45,8 +45,8 @@ impl ClickStore for RedisStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
-        let plan = ClickPlan::capped(click, claim, &self.limits.outbox, now_ms());
+    async fn record_capped_click(&self, click: ClickView<'_>, claim: &CapClaim) -> StoreResult<Option<usize>> {
+        let plan = ClickPlan::capped(&click, claim, &self.limits.outbox, now_ms());
         if matches!(self.con, Conn::Cluster(_)) {
             return self.record_capped_click_on_cluster(plan).await;
         }

@@ -9,18 +9,20 @@ use async_trait::async_trait;
 
 use super::file::io_error;
 use super::{Entry, SpooledStore, DIRECT};
-use crate::model::{Click, Conversion, Event, EventStatus, HourCounters, Recorded, Reversed, UnixHour, UnixMillis};
+use crate::model::{
+    Click, ClickView, Conversion, Event, EventStatus, HourCounters, Recorded, Reversed, UnixHour, UnixMillis,
+};
 use crate::store::{
     CapClaim, ClickOrigin, ClickStore, ConversionStore, EventLog, Health, NodeState, StoreError, StoreResult,
 };
 
 #[async_trait]
 impl ClickStore for SpooledStore {
-    async fn record_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()> {
+    async fn record_click(&self, click: ClickView<'_>, origin: ClickOrigin) -> StoreResult<()> {
         self.record_or_spool_click(click, origin).await
     }
 
-    async fn record_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
+    async fn record_capped_click(&self, click: ClickView<'_>, claim: &CapClaim) -> StoreResult<Option<usize>> {
         self.record_or_spool_capped_click(click, claim).await
     }
 

@@ -56,7 +56,7 @@ use tokio::sync::Notify;
 
 use super::{CapClaim, ClickOrigin, Store, StoreError, StoreResult};
 use crate::clock::every;
-use crate::model::{Click, Event, QueuedPostback};
+use crate::model::{Click, ClickView, Event, QueuedPostback};
 use crate::telemetry;
 use file::{frame, io_error, read_frame, scan, Scanned, SpoolFile, FILE_NAME};
 /// How often a spooling store's inner store is probed.
@@ -268,7 +268,7 @@ impl SpooledStore {
     /// redirect calls. Being an inherent `async fn`, it is awaited in place, so in direct
     /// mode it adds one atomic load to the store's own call and no allocation (going
     /// through the `Store` trait would box one more future per click).
-    pub async fn record_or_spool_click(&self, click: &Click, origin: ClickOrigin) -> StoreResult<()> {
+    pub async fn record_or_spool_click(&self, click: ClickView<'_>, origin: ClickOrigin) -> StoreResult<()> {
         let tried = self.mode.load(Ordering::Acquire) == DIRECT;
         if tried {
             match self.inner.record_click(click, origin).await {
@@ -277,13 +277,17 @@ impl SpooledStore {
             }
         }
         // Boxed, so that the rare path does not grow every redirect's future.
-        Box::pin(self.write(Entry::Click(click.clone()), tried)).await
+        Box::pin(self.write(Entry::Click(click.to_click()), tried)).await
     }
 
     /// [`ClickStore::record_capped_click`] through the spool. While the store is down no
     /// cap can be checked, so the click takes the first candidate and is spooled with it:
     /// an outage may let a cap overshoot by the clicks it spooled, never lose a click.
-    pub async fn record_or_spool_capped_click(&self, click: &Click, claim: &CapClaim) -> StoreResult<Option<usize>> {
+    pub async fn record_or_spool_capped_click(
+        &self,
+        click: ClickView<'_>,
+        claim: &CapClaim,
+    ) -> StoreResult<Option<usize>> {
         let tried = self.mode.load(Ordering::Acquire) == DIRECT;
         if tried {
             match self.inner.record_capped_click(click, claim).await {
@@ -291,7 +295,7 @@ impl SpooledStore {
                 Err(e) => tracing::debug!(error = %e, "the store refused a capped click; spooling it"),
             }
         }
-        let mut kept = click.clone();
+        let mut kept = click.to_click();
         kept.offer = claim.candidates.first().map(|c| c.offer.clone());
         Box::pin(self.write(Entry::Click(kept), tried)).await.map(|()| Some(0).filter(|_| !claim.candidates.is_empty()))
     }
@@ -364,7 +368,7 @@ impl SpooledStore {
         loop {
             if !tried && self.mode.load(Ordering::Acquire) == DIRECT {
                 let direct = match &entry {
-                    Entry::Click(click) => self.inner.record_click(click, ClickOrigin::Replayed).await,
+                    Entry::Click(click) => self.inner.record_click(click.view(), ClickOrigin::Replayed).await,
                     Entry::Event(event) => self.inner.log_event(event).await,
                     Entry::Postback(_) => Err(StoreError::Closed),
                 };

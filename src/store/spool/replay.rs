@@ -91,7 +91,9 @@ impl SpooledStore {
                 Err(e) => tracing::error!(error = %e, "outage spool record cannot be read; skipped"),
             }
         }
-        first_error(join_all(clicks.iter().map(|click| self.inner.record_click(click, ClickOrigin::Replayed))).await)?;
+        first_error(
+            join_all(clicks.iter().map(|click| self.inner.record_click(click.view(), ClickOrigin::Replayed))).await,
+        )?;
         first_error(join_all(postbacks.iter().map(|postback| resolver.resolve(&*self.inner, postback))).await)?;
         for event in &events {
             self.inner.log_event(event).await?;

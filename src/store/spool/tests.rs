@@ -167,7 +167,7 @@ async fn replay_keeps_order_and_is_idempotent() {
     let spool = spool_over(inner.clone(), dir.path(), 1 << 20);
     let at = 1_700_000_000_000;
     // "a" reached the store before the outage (its answer was lost, so it was spooled too).
-    inner.record_click(&click("a", at), ClickOrigin::Replayed).await.expect("record");
+    inner.record_click(click("a", at).view(), ClickOrigin::Replayed).await.expect("record");
     let entries = || {
         let mut out = vec![Entry::Click(click("a", at))];
         out.extend((0..600).map(|i| Entry::Click(click(&format!("bulk-{i}"), at))));
