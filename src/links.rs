@@ -193,10 +193,15 @@ impl OfferUrl {
     }
 }
 
+type FastMap<V> = HashMap<String, V, foldhash::fast::FixedState>;
+type ConfigLinks = FastMap<FastMap<Arc<CompiledLink>>>;
+
 /// Every link, by network and slug.
 pub struct LinkCatalog {
-    /// network → slug → link: looked up by borrowed names, with no key built per request.
-    config: HashMap<String, HashMap<String, Arc<CompiledLink>>>,
+    /// network → slug → link: looked up by borrowed names, with no key built per request,
+    /// hashed with foldhash (a third of SipHash's instructions on short names). Its keys
+    /// come from the config alone, so no visitor can grow a bucket.
+    config: ConfigLinks,
     networks: Arc<BTreeMap<String, Network>>,
     store: Arc<dyn LinkStore>,
     api: Cache<String, Option<Arc<CompiledLink>>>,
@@ -211,11 +216,11 @@ impl LinkCatalog {
         networks: Arc<BTreeMap<String, Network>>,
         store: Arc<dyn LinkStore>,
     ) -> Result<LinkCatalog, String> {
-        let mut config = HashMap::new();
+        let mut config = ConfigLinks::default();
         for link in config_links {
             let network = networks.get(&link.network).ok_or_else(|| format!("link {}: unknown network", link.key()))?;
             let compiled = CompiledLink::compile(link.clone(), network)?;
-            let slugs: &mut HashMap<String, Arc<CompiledLink>> = config.entry(link.network.clone()).or_default();
+            let slugs = config.entry(link.network.clone()).or_default();
             slugs.insert(link.slug.clone(), Arc::new(compiled));
         }
         let api = Cache::builder().max_capacity(100_000).time_to_live(LINK_CACHE_TTL).build();
