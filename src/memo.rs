@@ -11,28 +11,28 @@ use std::collections::HashMap;
 const MAX_ENTRIES: usize = 4096;
 
 /// Remembered results of one function; use it from a `thread_local!`.
-pub(crate) struct Memo<V: Copy> {
+pub(crate) struct Memo<V: Clone> {
     map: RefCell<HashMap<Box<[u8]>, V, foldhash::fast::FixedState>>,
 }
 
-impl<V: Copy> Default for Memo<V> {
+impl<V: Clone> Default for Memo<V> {
     fn default() -> Memo<V> {
         Memo { map: RefCell::default() }
     }
 }
 
-impl<V: Copy> Memo<V> {
+impl<V: Clone> Memo<V> {
     /// The remembered result for `input`, or `compute()`'s, remembered.
     pub(crate) fn get_or(&self, input: &[u8], compute: impl FnOnce() -> V) -> V {
         if let Some(v) = self.map.borrow().get(input) {
-            return *v;
+            return v.clone();
         }
         let v = compute();
         let mut map = self.map.borrow_mut();
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(input.into(), v);
+        map.insert(input.into(), v.clone());
         v
     }
 }

@@ -24,7 +24,9 @@
 //! UTF-8 bytes. Interned values are the context, encoded the same way, and the user
 //! agent's raw bytes.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::{StoreError, StoreResult};
 use crate::memo::Memo;
@@ -41,31 +43,30 @@ pub(super) type InternKey = [u8; 8];
 /// A click ready to store: its record and the interned values it refers to.
 pub(super) struct EncodedClick {
     pub record: Vec<u8>,
-    /// (hash, value) of the context and, when the click has one, the user agent.
-    pub interns: Vec<(InternKey, Vec<u8>)>,
+    /// (hash, value) of the context and, when the click has one, the user agent: shared
+    /// with the memo that found the hash, not copied per click.
+    pub interns: Vec<(InternKey, Arc<[u8]>)>,
 }
 
 /// The parts of a click that many clicks share, encoded: link, referer (tag byte 0 or 1,
 /// then the string), UTM parameters and sub-ids (each a varint count, then name/value
 /// strings).
-fn encode_context(click: &ClickView<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    put_str(&mut out, click.link);
+fn encode_context(out: &mut Vec<u8>, click: &ClickView<'_>) {
+    put_str(out, click.link);
     match click.referer {
         None => out.push(0),
         Some(referer) => {
             out.push(1);
-            put_str(&mut out, referer);
+            put_str(out, referer);
         }
     }
     for pairs in [click.utm, click.subids] {
-        put_varint(&mut out, pairs.len() as u64);
+        put_varint(out, pairs.len() as u64);
         for (name, value) in pairs.iter() {
-            put_str(&mut out, name);
-            put_str(&mut out, value);
+            put_str(out, name);
+            put_str(out, value);
         }
     }
-    out
 }
 
 /// The context's parts: link, referer, UTM parameters, sub-ids.
@@ -94,11 +95,22 @@ fn decode_context(bytes: &[u8]) -> StoreResult<Context> {
     Ok((link, referer, utm, subids))
 }
 
+/// An interned value and its key.
+type Interned = (InternKey, Arc<[u8]>);
+
 thread_local! {
-    /// Keys of the contexts and user agents this thread encoded lately: the same ones come
-    /// back request after request, and a map lookup costs a tenth of hashing them.
-    static CONTEXT_KEYS: Memo<InternKey> = Memo::default();
-    static USER_AGENT_KEYS: Memo<InternKey> = Memo::default();
+    /// The contexts and user agents this thread encoded lately, with their keys: the same
+    /// ones come back request after request, and a map lookup costs a tenth of hashing
+    /// them. A click shares the memo's copy of each value instead of making its own.
+    static CONTEXTS: Memo<Interned> = Memo::default();
+    static USER_AGENTS: Memo<Interned> = Memo::default();
+    /// Where this thread encodes a click's context to look it up.
+    static CONTEXT_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The memo's entry for `value`, made when it has none.
+fn interned(memo: &'static std::thread::LocalKey<Memo<Interned>>, kind: u8, value: &[u8]) -> Interned {
+    memo.with(|m| m.get_or(value, || (intern_key(kind, value), Arc::from(value))))
 }
 
 fn intern_key(kind: u8, value: &[u8]) -> InternKey {
@@ -125,8 +137,11 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Encodes `click` (its id is the key, not part of the record).
 pub(super) fn encode(click: &ClickView<'_>) -> EncodedClick {
-    let context = encode_context(click);
-    let context_key = CONTEXT_KEYS.with(|m| m.get_or(&context, || intern_key(b'c', &context)));
+    let (context_key, context) = CONTEXT_SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        encode_context(scratch, click);
+        interned(&CONTEXTS, b'c', scratch)
+    });
     let mut interns = Vec::with_capacity(2);
     interns.push((context_key, context));
 
@@ -166,10 +181,10 @@ pub(super) fn encode(click: &ClickView<'_>) -> EncodedClick {
     match click.user_agent {
         None => out.push(0),
         Some(ua) => {
-            let key = USER_AGENT_KEYS.with(|m| m.get_or(ua.as_bytes(), || intern_key(b'u', ua.as_bytes())));
+            let (key, value) = interned(&USER_AGENTS, b'u', ua.as_bytes());
             out.push(1);
             out.extend_from_slice(&key);
-            interns.push((key, ua.as_bytes().to_vec()));
+            interns.push((key, value));
         }
     }
     if click.offer.is_some() || click.rule.is_some() || click.fallback.is_some() {
@@ -456,10 +471,8 @@ mod tests {
     #[test]
     fn remembered_keys_are_the_hashes() {
         for ua in ["a", "Mozilla/5.0", "a"] {
-            assert_eq!(
-                USER_AGENT_KEYS.with(|m| m.get_or(ua.as_bytes(), || intern_key(b'u', ua.as_bytes()))),
-                intern_key(b'u', ua.as_bytes())
-            );
+            let (key, value) = interned(&USER_AGENTS, b'u', ua.as_bytes());
+            assert_eq!((key, &value[..]), (intern_key(b'u', ua.as_bytes()), ua.as_bytes()));
         }
         assert_ne!(intern_key(b'u', b"x"), intern_key(b'c', b"x"), "kinds never share a key");
     }

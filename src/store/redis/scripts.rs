@@ -200,7 +200,7 @@ pub(super) fn record_forwarded_click<'s>(script: &'s Script, w: &ForwardedClickW
 fn add_interns(invocation: &mut ScriptInvocation<'_>, n: u8, encoded: &EncodedClick, ttl_secs: u64) {
     invocation.arg(encoded.interns.len());
     for (key, value) in &encoded.interns {
-        invocation.key(intern_key(n, key)).arg(value.as_slice()).arg(ttl_secs);
+        invocation.key(intern_key(n, key)).arg(&value[..]).arg(ttl_secs);
     }
 }
 
