@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, SET_COOKIE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
@@ -65,7 +66,7 @@ pub(crate) async fn redirect(
     if link.link.status == LinkStatus::Paused {
         metrics::counter!(telemetry::REDIRECTS, "outcome" => "paused").increment(1);
         return match &link.link.fallback {
-            Some(fallback) => redirect_to(StatusCode::FOUND, fallback),
+            Some(fallback) => redirect_to(StatusCode::FOUND, fallback.clone()),
             None => not_found("link paused"),
         };
     }
@@ -177,10 +178,10 @@ pub(crate) async fn redirect(
     let status = StatusCode::from_u16(link.link.redirect).unwrap_or(StatusCode::FOUND);
     let mut res = match (&routing, taken) {
         (Some(_), None) => match &link.link.fallback {
-            Some(fallback) => redirect_to(StatusCode::FOUND, fallback),
+            Some(fallback) => redirect_to(StatusCode::FOUND, fallback.clone()),
             None => not_found("no offer of this link is available"),
         },
-        (_, offer) => redirect_to(status, &link.url(offer).location(network, &pass, click_id.as_str())),
+        (_, offer) => redirect_to(status, link.url(offer).location(network, &pass, click_id.as_str())),
     };
     if let (Some(routing), Some(offer)) = (&routing, taken) {
         let id = routing.router.id(offer);
@@ -232,11 +233,11 @@ fn form_decode(raw: &str) -> Cow<'_, str> {
 }
 
 /// A redirect that no cache may keep: a cached redirect would skip cakelink and reuse
-/// an old click id.
-fn redirect_to(status: StatusCode, location: &str) -> Response<Body> {
+/// an old click id. The location's buffer becomes the header's, uncopied.
+fn redirect_to(status: StatusCode, location: impl Into<Bytes>) -> Response<Body> {
     let mut res = Response::new(Body::default());
     *res.status_mut() = status;
-    match HeaderValue::from_str(location) {
+    match HeaderValue::from_maybe_shared(location.into()) {
         Ok(v) => {
             res.headers_mut().insert(LOCATION, v);
         }
