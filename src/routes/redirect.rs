@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, SET_COOKIE, USER_AGENT};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, SET_COOKIE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::{error, failure, method_not_allowed, offer, path_segment, text, Body};
@@ -72,15 +72,9 @@ pub(crate) async fn redirect(
     }
 
     // 2. Person, bot or prefetch.
-    let headers = req.headers();
-    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let user_agent = header(&USER_AGENT);
-    let [sec_purpose, purpose, x_purpose] = &*PURPOSE_HEADERS;
-    let bot = bots::classify(RequestTraits {
-        is_head,
-        purpose: header(sec_purpose).or_else(|| header(purpose)).or_else(|| header(x_purpose)),
-        user_agent,
-    });
+    let read = ReadHeaders::of(req.headers());
+    let user_agent = read.user_agent;
+    let bot = bots::classify(RequestTraits { is_head, purpose: read.purpose(), user_agent });
 
     // 3. A fresh click id.
     let now_ms = now_ms();
@@ -145,7 +139,7 @@ pub(crate) async fn redirect(
         bot: bot_reason.as_deref(),
         ip: Some(ClickIp::Addr(crate::privacy::stored_ip(&state.config.privacy, peer.ip()))),
         user_agent: user_agent.map(|u| clip(u, MAX_KEPT_HEADER)),
-        referer: header(&REFERER).map(|r| clip(r, MAX_KEPT_HEADER)),
+        referer: read.referer.map(|r| clip(r, MAX_KEPT_HEADER)),
         utm: Pairs::Borrowed(&utm),
         ad_click_ids: Pairs::Borrowed(&ad_click_ids),
         subids: Pairs::Borrowed(&subids),
@@ -195,6 +189,48 @@ pub(crate) async fn redirect(
     if bot.is_some() { &hot.redirects_bot } else { &hot.redirects_click }.increment(1);
     hot.redirect_seconds.record(started.elapsed().as_secs_f64());
     res
+}
+
+/// The headers the redirect reads, found in one pass: a lookup by name hashes the name,
+/// and of the five it wants three are usually absent. Each is its first value, as
+/// `HeaderMap::get` gives it, when that is text.
+#[derive(Default)]
+struct ReadHeaders<'a> {
+    user_agent: Option<&'a str>,
+    referer: Option<&'a str>,
+    /// `Sec-Purpose`, `Purpose`, `X-Purpose`, in that order of precedence.
+    purposes: [Option<&'a str>; 3],
+}
+
+impl<'a> ReadHeaders<'a> {
+    fn of(headers: &'a HeaderMap) -> ReadHeaders<'a> {
+        let mut read = ReadHeaders::default();
+        let mut seen = [false; 5];
+        let mut keep = |i: usize, slot: &mut Option<&'a str>, value: &'a HeaderValue| {
+            if !std::mem::replace(&mut seen[i], true) {
+                *slot = value.to_str().ok();
+            }
+        };
+        let [sec_purpose, purpose, x_purpose] = &*PURPOSE_HEADERS;
+        for (name, value) in headers {
+            if name == USER_AGENT {
+                keep(0, &mut read.user_agent, value);
+            } else if name == REFERER {
+                keep(1, &mut read.referer, value);
+            } else if name == sec_purpose {
+                keep(2, &mut read.purposes[0], value);
+            } else if name == purpose {
+                keep(3, &mut read.purposes[1], value);
+            } else if name == x_purpose {
+                keep(4, &mut read.purposes[2], value);
+            }
+        }
+        read
+    }
+
+    fn purpose(&self) -> Option<&'a str> {
+        self.purposes.iter().find_map(|p| *p)
+    }
 }
 
 /// The `name=value` pairs of a query, still encoded (a pair without `=` has an empty
@@ -272,6 +308,26 @@ mod tests {
         assert_eq!(form_decode("a%20b+c%C3%A9"), "a b cé");
         assert_eq!(form_decode("100%+sure"), "100% sure");
         assert_eq!(form_decode("%FF"), "\u{FFFD}");
+    }
+
+    #[test]
+    fn headers_read_in_one_pass_are_those_get_finds() {
+        let mut headers = HeaderMap::new();
+        headers.append(USER_AGENT, HeaderValue::from_static("first"));
+        headers.append(USER_AGENT, HeaderValue::from_static("second"));
+        headers.append("x-purpose", HeaderValue::from_static("preview"));
+        headers.append("purpose", HeaderValue::from_bytes(b"\xff").unwrap());
+        headers.append("purpose", HeaderValue::from_static("prefetch"));
+        let read = ReadHeaders::of(&headers);
+        assert_eq!(read.user_agent, Some("first"));
+        assert_eq!(read.referer, None);
+        // `Purpose` came first but is not text, so `X-Purpose` speaks, as with `get`.
+        assert_eq!(read.purposes, [None, None, Some("preview")]);
+        assert_eq!(read.purpose(), Some("preview"));
+        headers.append("sec-purpose", HeaderValue::from_static("prefetch;prerender"));
+        headers.append(REFERER, HeaderValue::from_static("https://m.facebook.com/"));
+        let read = ReadHeaders::of(&headers);
+        assert_eq!((read.purpose(), read.referer), (Some("prefetch;prerender"), Some("https://m.facebook.com/")));
     }
 
     proptest! {
