@@ -15,6 +15,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, SET_COOKIE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
+use smallvec::SmallVec;
 
 use super::{error, failure, method_not_allowed, offer, path_segment, text, Body};
 use crate::bots::{self, RequestTraits};
@@ -88,9 +89,10 @@ pub(crate) async fn redirect(
 
     // 5. What the visitor's query carries: UTM, ad click ids, sub-ids to pass through,
     //    borrowed from the query unless they needed decoding.
-    let mut utm: Vec<Pair> = Vec::new();
-    let mut ad_click_ids: Vec<Pair> = Vec::new();
-    let mut subids: Vec<Pair> = Vec::new();
+    // Held inline, on the request's own future: no allocation for a usual query.
+    let mut utm: SmallVec<[Pair; 6]> = SmallVec::new();
+    let mut ad_click_ids: SmallVec<[Pair; 2]> = SmallVec::new();
+    let mut subids: SmallVec<[Pair; 4]> = SmallVec::new();
     // Only the parameters kept are decoded; the rest (most of a long query) are skipped.
     // Most queries have nothing to decode at all: one look at the whole query (memchr
     // reads it several bytes at a time) spares a dozen looks at its names and values.
@@ -167,7 +169,7 @@ pub(crate) async fn redirect(
     // Sub-ids were sorted out against the first candidate's URL; should the store have
     // taken another offer, a parameter that offer sets itself is not passed on.
     let drawn = routing.as_ref().and_then(|r| r.pick.candidates.first());
-    let pass: Vec<(&str, &str)> =
+    let pass: SmallVec<[(&str, &str); 4]> =
         click.subids.iter().filter(|(k, _)| taken == drawn || !link.url(taken).offer_sets(k)).collect();
     let status = StatusCode::from_u16(link.link.redirect).unwrap_or(StatusCode::FOUND);
     let mut res = match (&routing, taken) {
