@@ -4,10 +4,13 @@
 # instructions per request (in total and per function, inclusive). Instruction counts do
 # not depend on what else the machine is doing, so they compare builds reliably.
 #
-#   benches/profile.sh [--store embedded|redis] [--duration SECS] [--conns N] [--top N] [--bin PATH]
+#   benches/profile.sh [--store embedded|redis] [--link demo|split] [--duration SECS] [--conns N]
+#                      [--top N] [--bin PATH]
 #
 # --bin profiles that binary (another build, the main branch say) instead of building
-# this tree's.
+# this tree's. --link split sends the clicks to a link with a 70/30 split of two offers
+# behind a mobile-device rule (the load bench's `embedded-split`) instead of the
+# one-offer link.
 #
 # Needs valgrind, wrk and (for --store redis) redis-server; installed from Debian's
 # packages when missing. The callgrind output is left in target/profile/ for
@@ -16,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STORE=embedded
+LINK=demo
 DURATION=20
 CONNS=16
 TOP=40
@@ -23,6 +27,7 @@ BIN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --store) STORE=$2; shift 2 ;;
+    --link) LINK=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --conns) CONNS=$2; shift 2 ;;
     --top) TOP=$2; shift 2 ;;
@@ -66,6 +71,8 @@ path = \"$WORK/db\"" ;;
 url = \"redis://127.0.0.1:$RPORT/\"" ;;
   *) echo "unknown store $STORE" >&2; exit 2 ;;
 esac
+case $LINK in demo|split) ;; *) echo "unknown link $LINK (demo or split)" >&2; exit 2 ;; esac
+OFFER="https://offers.example.com/?a=200&c=761&s1=yes"
 cat > "$WORK/cakelink.toml" <<CONF
 [server]
 listen = "127.0.0.1:$PORT"
@@ -77,7 +84,21 @@ admin_token = "bench-admin-token-0123456789"
 postback_key = "bench-postback-key-0123456789"
 [[links]]
 slug = "demo"
-offer = "https://offers.example.com/?a=200&c=761&s1=yes"
+offer = "$OFFER"
+[[links]]
+slug = "split"
+offer = "$OFFER"
+  [[links.offers]]
+  id = "a"
+  url = "$OFFER&c=11"
+  weight = 70
+  [[links.offers]]
+  id = "b"
+  url = "$OFFER&c=12"
+  weight = 30
+  [[links.rules]]
+  device = ["mobile"]
+  offers = ["a", "b"]
 CONF
 
 PROFILE="$OUT/callgrind.$STORE.out"
@@ -88,13 +109,13 @@ VG=$!
 PIDS+=($VG)
 for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 0.2; done
 
-line=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s benches/wrk-clicks.lua "http://127.0.0.1:$PORT" -- /go/cake/demo | grep '^RESULT')
+line=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s benches/wrk-clicks.lua "http://127.0.0.1:$PORT" -- "/go/cake/$LINK" | grep '^RESULT')
 requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
 kill -TERM "$VG"
 wait "$VG" || true
 
 total=$(callgrind_annotate "$PROFILE" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }')
-echo "store: $STORE   requests: $requests   instructions: $total   per request: $((total / requests))"
+echo "store: $STORE   link: $LINK   requests: $requests   instructions: $total   per request: $((total / requests))"
 echo
 echo "inclusive instructions per request, by function (startup and shutdown included in the totals):"
 callgrind_annotate --inclusive=yes --threshold=100 "$PROFILE" 2>/dev/null |
