@@ -146,7 +146,12 @@ pub(super) fn encode(click: &ClickView<'_>) -> EncodedClick {
     interns.push((context_key, context));
 
     let mut out = Vec::with_capacity(64);
-    out.push(VERSION);
+    if click.offer.is_some() || click.rule.is_some() || click.fallback.is_some() {
+        out.push(VERSION_ROUTED);
+        put_route(&mut out, click.offer, click.rule, click.fallback);
+    } else {
+        out.push(VERSION);
+    }
     put_varint(&mut out, click.at.max(0) as u64);
     put_str(&mut out, click.bot.unwrap_or_default());
     out.extend_from_slice(&context_key);
@@ -187,9 +192,6 @@ pub(super) fn encode(click: &ClickView<'_>) -> EncodedClick {
             interns.push((key, value));
         }
     }
-    if click.offer.is_some() || click.rule.is_some() || click.fallback.is_some() {
-        out = with_route(&out, click.offer, click.rule, click.fallback);
-    }
     EncodedClick { record: out, interns }
 }
 
@@ -204,11 +206,16 @@ pub(super) fn with_route(record: &[u8], offer: Option<&str>, rule: Option<u32>, 
     let body = record.get(r.pos..).unwrap_or_default();
     let mut out = Vec::with_capacity(record.len() + 24);
     out.push(VERSION_ROUTED);
-    put_str(&mut out, offer.unwrap_or_default());
-    put_varint(&mut out, rule.map_or(0, |r| u64::from(r) + 1));
-    put_str(&mut out, fallback.unwrap_or_default());
+    put_route(&mut out, offer, rule, fallback);
     out.extend_from_slice(body);
     out
+}
+
+/// A version 2 record's route, after its version byte.
+fn put_route(out: &mut Vec<u8>, offer: Option<&str>, rule: Option<u32>, fallback: Option<&str>) {
+    put_str(out, offer.unwrap_or_default());
+    put_varint(out, rule.map_or(0, |r| u64::from(r) + 1));
+    put_str(out, fallback.unwrap_or_default());
 }
 
 /// A decoded record whose interned parts are still to be looked up.
