@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, COOKIE};
+use hyper::header::{HeaderValue, ACCEPT_LANGUAGE, COOKIE};
 use hyper::Request;
 
 use crate::access;
@@ -63,7 +63,7 @@ fn visitor<'a>(
         country,
         device: Some(device),
         os,
-        accept_language: headers.get("accept-language").and_then(|v| v.to_str().ok()),
+        accept_language: headers.get(ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()),
         query: req.uri().query().unwrap_or_default(),
         sticky: headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(sticky_offer),
     }

@@ -151,7 +151,7 @@ pub(crate) async fn redirect(
     };
     let (taken, recorded) = match &routing {
         None => (None, state.store.clicks().record_or_spool_click(click, ClickOrigin::Minted).await),
-        Some(routing) => Box::pin(offer::record(state, routing, &mut click)).await,
+        Some(routing) => offer::record(state, routing, &mut click).await,
     };
     let hot = &state.hot;
     match recorded {
