@@ -91,11 +91,11 @@ target_path() {
   esac
 }
 
-# start_cakelink PORT STORE_TOML [wrapper command...]: cakelink on core 0; the PID of
-# the server (or of its wrapper) is in CAKELINK_PID.
-start_cakelink() {
-  local port=$1 store=$2; shift 2
-  cat > "$WORK/cakelink-$port.toml" <<CONF
+# bench_config PORT STORE_TOML: the config every bench's cakelink runs with: its store,
+# and the three links the benches send clicks to (see target_path).
+bench_config() {
+  local port=$1 store=$2
+  cat <<CONF
 [server]
 listen = "127.0.0.1:$port"
 [store]
@@ -138,6 +138,13 @@ offer = "$OFFER"
   device = ["mobile"]
   offers = ["a", "b"]
 CONF
+}
+
+# start_cakelink PORT STORE_TOML [wrapper command...]: cakelink on core 0; the PID of
+# the server (or of its wrapper) is in CAKELINK_PID.
+start_cakelink() {
+  local port=$1 store=$2; shift 2
+  bench_config "$port" "$store" > "$WORK/cakelink-$port.toml"
   RUST_LOG=warn taskset -c "$SERVER_CPU" "$@" "$BIN" serve --config "$WORK/cakelink-$port.toml" \
     2>"$WORK/cakelink-$port.log" &
   CAKELINK_PID=$!

@@ -18,12 +18,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source benches/lib.sh
+
 STORE=embedded
 LINK=demo
 DURATION=20
 CONNS=16
 TOP=40
-BIN=""
+OWN_BIN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --store) STORE=$2; shift 2 ;;
@@ -31,75 +33,22 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2 ;;
     --conns) CONNS=$2; shift 2 ;;
     --top) TOP=$2; shift 2 ;;
-    --bin) BIN=$2; shift 2 ;;
+    --bin) OWN_BIN=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
+case $STORE in embedded|redis) ;; *) echo "unknown store $STORE" >&2; exit 2 ;; esac
+case $LINK in demo|split) ;; *) echo "unknown link $LINK (demo or split)" >&2; exit 2 ;; esac
 
-need=()
-command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-[ "$STORE" = redis ] && ! command -v redis-server >/dev/null 2>&1 && need+=(redis-server)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-if [ -z "$BIN" ]; then
-  cargo build --release --quiet
-  BIN=target/release/cakelink
-fi
+tools=(valgrind wrk curl)
+[ "$STORE" = redis ] && tools+=(redis-server)
+need_tools "${tools[@]}"
+if [ -n "$OWN_BIN" ]; then BIN=$OWN_BIN; else build_release; fi
 OUT=target/profile
 mkdir -p "$OUT"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
-trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
-case $STORE in
-  embedded) STORE_TOML="backend = \"embedded\"
-path = \"$WORK/db\"" ;;
-  redis)
-    RPORT=$(free_port)
-    redis-server --port "$RPORT" --dir "$WORK" --save '' --appendonly no >/dev/null &
-    PIDS+=($!)
-    for _ in $(seq 1 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    STORE_TOML="backend = \"redis\"
-url = \"redis://127.0.0.1:$RPORT/\"" ;;
-  *) echo "unknown store $STORE" >&2; exit 2 ;;
-esac
-case $LINK in demo|split) ;; *) echo "unknown link $LINK (demo or split)" >&2; exit 2 ;; esac
-OFFER="https://offers.example.com/?a=200&c=761&s1=yes"
-cat > "$WORK/cakelink.toml" <<CONF
-[server]
-listen = "127.0.0.1:$PORT"
-[store]
-$STORE_TOML
-[security]
-secret = "bench-secret-0123456789abcdef"
-admin_token = "bench-admin-token-0123456789"
-postback_key = "bench-postback-key-0123456789"
-[[links]]
-slug = "demo"
-offer = "$OFFER"
-[[links]]
-slug = "split"
-offer = "$OFFER"
-  [[links.offers]]
-  id = "a"
-  url = "$OFFER&c=11"
-  weight = 70
-  [[links.offers]]
-  id = "b"
-  url = "$OFFER&c=12"
-  weight = 30
-  [[links.rules]]
-  device = ["mobile"]
-  offers = ["a", "b"]
-CONF
+bench_config "$PORT" "$(store_toml "$STORE" "$PORT")" > "$WORK/cakelink.toml"
 
 PROFILE="$OUT/callgrind.$STORE.out"
 rm -f "$PROFILE"
