@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::LazyLock;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,10 +25,9 @@ use crate::store::ClickOrigin;
 use crate::telemetry;
 use crate::text::clip;
 
-/// Headers a browser sets on a prefetch, parsed once.
-static PURPOSE_HEADERS: LazyLock<[HeaderName; 3]> = LazyLock::new(|| {
-    [HeaderName::from_static("sec-purpose"), HeaderName::from_static("purpose"), HeaderName::from_static("x-purpose")]
-});
+/// Headers a browser sets on a prefetch, built at compile time.
+static PURPOSE_HEADERS: [HeaderName; 3] =
+    [HeaderName::from_static("sec-purpose"), HeaderName::from_static("purpose"), HeaderName::from_static("x-purpose")];
 
 /// Longest header value kept in a click (user agent, referer), in bytes.
 const MAX_KEPT_HEADER: usize = 1024;
@@ -196,7 +194,6 @@ pub(crate) async fn redirect(
 /// The headers the redirect reads, found in one pass: a lookup by name hashes the name,
 /// and of the five it wants three are usually absent. Each is its first value, as
 /// `HeaderMap::get` gives it, when that is text.
-#[derive(Default)]
 struct ReadHeaders<'a> {
     user_agent: Option<&'a str>,
     referer: Option<&'a str>,
@@ -206,28 +203,27 @@ struct ReadHeaders<'a> {
 
 impl<'a> ReadHeaders<'a> {
     fn of(headers: &'a HeaderMap) -> ReadHeaders<'a> {
-        let mut read = ReadHeaders::default();
-        let mut seen = [false; 5];
-        let mut keep = |i: usize, slot: &mut Option<&'a str>, value: &'a HeaderValue| {
-            if !std::mem::replace(&mut seen[i], true) {
-                *slot = value.to_str().ok();
-            }
-        };
-        let [sec_purpose, purpose, x_purpose] = &*PURPOSE_HEADERS;
+        let [sec_purpose, purpose, x_purpose] = &PURPOSE_HEADERS;
+        // The first value of each name, in the order of the fields.
+        let mut first: [Option<&'a HeaderValue>; 5] = [None; 5];
         for (name, value) in headers {
-            if name == USER_AGENT {
-                keep(0, &mut read.user_agent, value);
+            let i = if name == USER_AGENT {
+                0
             } else if name == REFERER {
-                keep(1, &mut read.referer, value);
+                1
             } else if name == sec_purpose {
-                keep(2, &mut read.purposes[0], value);
+                2
             } else if name == purpose {
-                keep(3, &mut read.purposes[1], value);
+                3
             } else if name == x_purpose {
-                keep(4, &mut read.purposes[2], value);
-            }
+                4
+            } else {
+                continue;
+            };
+            first[i].get_or_insert(value);
         }
-        read
+        let text = |i: usize| first[i].and_then(|v| v.to_str().ok());
+        ReadHeaders { user_agent: text(0), referer: text(1), purposes: [text(2), text(3), text(4)] }
     }
 
     fn purpose(&self) -> Option<&'a str> {
