@@ -364,6 +364,20 @@ async fn utm_and_ad_click_ids_are_stored(backend: Backend) {
     app.stop().await;
 }
 
+/// A `+` is a space in a query even where nothing is percent-escaped: the redirect looks
+/// for escapes once in the whole query, and `+` must count as one.
+async fn a_plus_is_a_space_without_any_percent_escape(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let res = app.get("/go/cake/demo?utm_campaign=spring+sale&s3=a+b").await;
+    assert_eq!(res.status(), StatusCode::FOUND);
+    let loc = location(&res);
+    assert!(loc.contains("s3=a+b&"), "the sub-id goes on as a space, written `+`: {loc}");
+    let click = stored_click(&app, &click_id_in(&res, "s2")).await;
+    assert_eq!(click["utm"]["campaign"], "spring sale", "{click}");
+    assert_eq!(click["subids"]["s3"], "a b", "{click}");
+    app.stop().await;
+}
+
 /// reqwest is built without its `http2` feature here, so the client side of this test
 /// is hyper's own HTTP/2 connection over a plain TCP stream (h2c, prior knowledge).
 async fn http2_prior_knowledge(backend: Backend) {
@@ -410,5 +424,6 @@ on_both_stores!(
     bots_are_redirected_and_flagged,
     in_app_browsers_are_people,
     utm_and_ad_click_ids_are_stored,
+    a_plus_is_a_space_without_any_percent_escape,
     http2_prior_knowledge,
 );
