@@ -22,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 if [[ ${#targets[@]} -eq 0 ]]; then
-    targets=(postback offer_url click_id config reconcile_report)
+    targets=(postback offer_url click_id config reconcile_report h1_head)
 fi
 
 host=$(rustc -vV | sed -n 's/^host: //p')

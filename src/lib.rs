@@ -10,7 +10,8 @@
 //!   completely before binding.
 //! - [`app`]: `Application` (open the store, bind, serve, shut down); `state` holds what
 //!   every request shares.
-//! - `server`, `tls`: the accept loop, HTTP/1.1 and HTTP/2, limits, graceful shutdown, HTTPS.
+//! - [`server`], `tls`: the accept loop, HTTP/1.1 and HTTP/2, limits, graceful shutdown, HTTPS;
+//!   `server::h1`, the redirect's own HTTP/1.1 path on cleartext connections.
 //! - `routes`: redirect, postback, admin API, health and metrics; `routes::failure` is the
 //!   one place failures become HTTP answers.
 //! - `routes::ui`: the web dashboard under `/ui/`, over the admin API's store calls;
@@ -48,6 +49,7 @@ pub mod postback;
 pub mod reconcile;
 pub mod reports;
 pub mod routing;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 
@@ -58,7 +60,6 @@ mod memo;
 mod privacy;
 mod routes;
 mod secret;
-mod server;
 mod sessions;
 mod state;
 mod text;

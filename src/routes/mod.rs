@@ -22,8 +22,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Uri};
 use serde::Serialize;
 
 pub(crate) use crate::secret::secret_matches;
@@ -34,26 +35,16 @@ pub(crate) type Body = Full<Bytes>;
 
 /// Routes one request. Never fails: every problem is an HTTP answer.
 pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let limits = &state.config.server;
-    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_len > limits.max_target_bytes {
-        return error(
-            StatusCode::URI_TOO_LONG,
-            &format!("request target longer than {} bytes", limits.max_target_bytes),
-        );
+    if let Some(refused) = oversized(state, req.uri(), req.headers()) {
+        return refused;
     }
-    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if header_bytes > limits.max_header_bytes {
-        return error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            &format!("request headers larger than {} bytes", limits.max_header_bytes),
-        );
-    }
-
     let path = req.uri().path().to_owned();
+    if let Some((network, slug)) = go_route(&path) {
+        let (head, _) = req.into_parts();
+        return redirect::redirect(state, &head, network, slug, peer).await;
+    }
     let mut parts = path.trim_start_matches('/').splitn(3, '/');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some("go"), Some(network), Some(slug)) => redirect::redirect(state, &req, network, slug, peer).await,
         (Some("collect"), Some(network), Some(key)) => postback::postback(state, req, network, key, peer).await,
         (Some("api"), _, _) => api::api(state, req).await,
         (Some("healthz"), None, None) => ops::healthz(&req),
@@ -61,8 +52,54 @@ pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, peer: Socke
         (Some("metrics"), None, None) => ops::metrics(state, &req).await,
         (Some(""), None, None) => ui::root(state, &req),
         (Some("ui"), _, _) => ui::serve(state, req, peer).await,
-        _ => error(StatusCode::NOT_FOUND, "no such route"),
+        _ => no_route(),
     }
+}
+
+fn no_route() -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// Answers a request from its head alone, as [`handle`] answers it, for a path that
+/// [`handle`] would route by its head alone: `/go/...`, or no route at all. The server's
+/// HTTP/1.1 path for redirects calls this.
+pub(crate) async fn go(state: &AppState, head: &Parts, peer: SocketAddr) -> Response<Body> {
+    if let Some(refused) = oversized(state, &head.uri, &head.headers) {
+        return refused;
+    }
+    match go_route(head.uri.path()) {
+        Some((network, slug)) => redirect::redirect(state, head, network, slug, peer).await,
+        None => no_route(),
+    }
+}
+
+/// The network and slug of a `/go/{network}/{slug}` path (the slug may hold further `/`).
+fn go_route(path: &str) -> Option<(&str, &str)> {
+    let mut parts = path.trim_start_matches('/').splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("go"), Some(network), Some(slug)) => Some((network, slug)),
+        _ => None,
+    }
+}
+
+/// `414` or `431` for a request whose target or headers pass the configured limits.
+fn oversized(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Option<Response<Body>> {
+    let limits = &state.config.server;
+    let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_target_bytes {
+        return Some(error(
+            StatusCode::URI_TOO_LONG,
+            &format!("request target longer than {} bytes", limits.max_target_bytes),
+        ));
+    }
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes > limits.max_header_bytes {
+        return Some(error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("request headers larger than {} bytes", limits.max_header_bytes),
+        ));
+    }
+    None
 }
 
 /// A JSON answer.

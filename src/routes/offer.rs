@@ -8,9 +8,8 @@
 
 use std::net::SocketAddr;
 
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT_LANGUAGE, COOKIE};
-use hyper::Request;
+use hyper::http::request::Parts;
 
 use crate::access;
 use crate::model::ClickView;
@@ -35,7 +34,7 @@ pub(super) struct Routing<'a> {
 /// is false for bots and prefetches, which never use a cap up.
 pub(super) fn route<'a>(
     state: &AppState,
-    req: &'a Request<Incoming>,
+    req: &'a Parts,
     peer: SocketAddr,
     user_agent: Option<&str>,
     router: &'a Router,
@@ -51,12 +50,12 @@ pub(super) fn route<'a>(
 /// What the request tells of the visitor, as far as `router`'s rules ask.
 fn visitor<'a>(
     state: &AppState,
-    req: &'a Request<Incoming>,
+    req: &'a Parts,
     peer: SocketAddr,
     user_agent: Option<&str>,
     router: &Router,
 ) -> Visitor<'a> {
-    let headers = req.headers();
+    let headers = &req.headers;
     let (device, os) = device::classify(user_agent);
     let country = if router.uses_country() { country(state, req, peer) } else { None };
     Visitor {
@@ -64,26 +63,26 @@ fn visitor<'a>(
         device: Some(device),
         os,
         accept_language: headers.get(ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()),
-        query: req.uri().query().unwrap_or_default(),
+        query: req.uri.query().unwrap_or_default(),
         sticky: headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(sticky_offer),
     }
 }
 
 /// The visitor's country: from the configured header when a trusted proxy sent the
 /// request, else from the database by the visitor's address.
-fn country(state: &AppState, req: &Request<Incoming>, peer: SocketAddr) -> Option<geo::Country> {
+fn country(state: &AppState, req: &Parts, peer: SocketAddr) -> Option<geo::Country> {
     let geo = &state.config.geo;
     let trusted = &state.config.server.trusted_proxies;
     if let Some(name) = &geo.header {
         let peer_ip = peer.ip().to_canonical();
         if trusted.iter().any(|net| net.contains(&peer_ip)) {
-            if let Some(code) = req.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) {
+            if let Some(code) = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
                 return geo::parse_country(code);
             }
         }
     }
     let db = geo.mmdb.as_ref()?;
-    let forwarded = req.headers().get_all("x-forwarded-for");
+    let forwarded = req.headers.get_all("x-forwarded-for");
     let ip = access::postback_source(peer.ip(), forwarded.iter().filter_map(|v| v.to_str().ok()), trusted);
     db.country(ip)
 }

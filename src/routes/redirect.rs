@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, SET_COOKIE, USER_AGENT};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::http::request::Parts;
+use hyper::{Method, Response, StatusCode};
 use smallvec::SmallVec;
 
 use super::{error, failure, method_not_allowed, offer, path_segment, text, Body};
@@ -32,17 +32,18 @@ static PURPOSE_HEADERS: [HeaderName; 3] =
 /// Longest header value kept in a click (user agent, referer), in bytes.
 const MAX_KEPT_HEADER: usize = 1024;
 
-/// Redirects a visitor to the link's offer and records the click.
+/// Redirects a visitor to the link's offer and records the click. Only the request's
+/// head is read: a redirect has no body to wait for.
 pub(crate) async fn redirect(
     state: &AppState,
-    req: &Request<Incoming>,
+    req: &Parts,
     network: &str,
     slug: &str,
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let is_head = req.method() == Method::HEAD;
-    if !is_head && req.method() != Method::GET {
+    let is_head = req.method == Method::HEAD;
+    if !is_head && req.method != Method::GET {
         return method_not_allowed("GET, HEAD");
     }
     let (network_name, slug) = match (path_segment(network), path_segment(slug)) {
@@ -71,7 +72,7 @@ pub(crate) async fn redirect(
     }
 
     // 2. Person, bot or prefetch.
-    let read = ReadHeaders::of(req.headers());
+    let read = ReadHeaders::of(&req.headers);
     let user_agent = read.user_agent;
     let bot = bots::classify(RequestTraits { is_head, purpose: read.purpose(), user_agent });
 
@@ -94,7 +95,7 @@ pub(crate) async fn redirect(
     // Only the parameters kept are decoded; the rest (most of a long query) are skipped.
     // Most queries have nothing to decode at all: one look at the whole query (memchr
     // reads it several bytes at a time) spares a dozen looks at its names and values.
-    let query = req.uri().query().unwrap_or_default();
+    let query = req.uri.query().unwrap_or_default();
     let encoded = memchr::memchr2(b'%', b'+', query.as_bytes()).is_some();
     let decode = |raw| if encoded { form_decode(raw) } else { Cow::Borrowed(raw) };
     for (raw_name, raw_value) in raw_pairs(query) {

@@ -13,7 +13,7 @@ use crate::helpers::{count, spawn_app, spawn_app_edited, Backend, TestApp, POSTB
 use crate::on_both_stores;
 
 /// Upper bound for the server to answer or hang up; a bound, not a timing target.
-const BOUND: Duration = Duration::from_secs(5);
+pub(crate) const BOUND: Duration = Duration::from_secs(5);
 
 /// The server still redirects, and records, after whatever came before.
 async fn assert_still_serves(app: &TestApp) {
@@ -45,7 +45,7 @@ async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 
 /// Reads until EOF (or a reset, which also closes); panics when the server neither
 /// closes nor stops talking within [`BOUND`].
-async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+pub(crate) async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
     let read = tokio::time::timeout(BOUND, async {
         let mut buf = [0u8; 4096];
@@ -330,7 +330,7 @@ async fn spawn_with_server_keys(backend: Backend, keys: &str) -> TestApp {
 
 /// Reads one HTTP/1.1 answer (head and `content-length` body) within [`BOUND`],
 /// leaving the connection open.
-async fn read_answer(stream: &mut TcpStream) -> String {
+pub(crate) async fn read_answer(stream: &mut TcpStream) -> String {
     let mut got = Vec::new();
     let read = tokio::time::timeout(BOUND, async {
         let mut buf = [0u8; 4096];

@@ -21,6 +21,7 @@ mod config;
 mod dashboard;
 mod deploy;
 mod durability;
+mod fast_path;
 mod forward;
 mod forward_google;
 mod link_changes;

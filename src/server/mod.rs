@@ -10,18 +10,22 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+
+pub mod h1;
 
 use crate::routes;
 use crate::state::AppState;
@@ -81,6 +85,7 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::default());
+        let fast_state = state.clone();
         let state = state.clone();
         let in_service = activity.clone();
         let service = service_fn(move |req| {
@@ -106,7 +111,8 @@ pub(crate) async fn serve(
                     if tokio::time::timeout(header_read_timeout, first_bytes(&io.inner)).await.is_err() {
                         tracing::debug!(%peer, "no request within the header read timeout; closing");
                     } else {
-                        serve_connection(&builder, io, service, &activity, idle_timeout, draining).await;
+                        let cleartext = Cleartext { state: &fast_state, peer, activity: &activity, idle_timeout };
+                        cleartext.serve(&builder, io, service, draining).await;
                     }
                 }
                 Some(tls) => match tokio::time::timeout(header_read_timeout, tls.acceptor().accept(io)).await {
@@ -126,6 +132,104 @@ pub(crate) async fn serve(
     let _ = draining.send(true);
     if tokio::time::timeout(shutdown_timeout, draining.closed()).await.is_err() {
         tracing::warn!(timeout = ?shutdown_timeout, "connections still open at the shutdown deadline were dropped");
+    }
+}
+
+/// A cleartext connection, served by the redirect's own HTTP/1.1 path ([`h1`]) until a
+/// request is not a plain redirect, and by hyper from there on.
+struct Cleartext<'a> {
+    state: &'a AppState,
+    peer: SocketAddr,
+    activity: &'a Arc<Activity>,
+    idle_timeout: Duration,
+}
+
+impl Cleartext<'_> {
+    async fn serve<IO, S>(
+        self,
+        builder: &auto::Builder<TokioExecutor>,
+        mut io: IO,
+        service: S,
+        mut draining: watch::Receiver<bool>,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = hyper::Response<routes::Body>,
+                Error = std::convert::Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut buf = BytesMut::new();
+        let phase = h1::Phase::default();
+        {
+            let fast = h1::serve(&mut io, &mut buf, self.state, self.peer, self.activity, &phase);
+            tokio::pin!(fast);
+            loop {
+                tokio::select! {
+                    left = fast.as_mut() => match left {
+                        h1::Left::Closed => return,
+                        h1::Left::ToHyper => break,
+                    },
+                    // As hyper's graceful close: the answer in progress is the last; a
+                    // connection waiting for its next request closes now.
+                    _ = draining.wait_for(|d| *d), if !phase.closing.load(Ordering::Relaxed) => {
+                        phase.closing.store(true, Ordering::Relaxed);
+                        if !phase.answering.load(Ordering::Relaxed) {
+                            return;
+                        }
+                    }
+                    // Nothing in flight and no byte moving for the idle timeout.
+                    _ = self.activity.idle_for(self.idle_timeout) => return,
+                }
+            }
+        }
+        let io = Prefixed { front: buf.freeze(), inner: io };
+        serve_connection(builder, io, service, self.activity, self.idle_timeout, draining).await;
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again, then the rest.
+struct Prefixed<IO> {
+    front: Bytes,
+    inner: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.front.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.front.len().min(buf.remaining());
+        buf.put_slice(&self.front.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

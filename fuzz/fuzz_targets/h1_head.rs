@@ -1,0 +1,58 @@
+//! The redirect's HTTP/1.1 path: on any bytes, the head it takes is the head hyper reads
+//! from the same bytes (method, target, version and every field, in order), and bytes
+//! it does not take are left as they were, for hyper.
+#![no_main]
+
+use std::convert::Infallible;
+use std::sync::{Mutex, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use cakelink::server::h1::plain_head;
+use http_body_util::Empty;
+use hyper::http::request::Parts;
+use hyper::service::service_fn;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use libfuzzer_sys::fuzz_target;
+use tokio::io::AsyncWriteExt;
+
+/// The head hyper's HTTP/1.1 server reads from `bytes`, if it reads one.
+fn hyper_head(bytes: &[u8]) -> Option<Parts> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+    });
+    let seen: Mutex<Option<Parts>> = Mutex::new(None);
+    runtime.block_on(async {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| {
+            seen.lock().expect("not poisoned").get_or_insert(req.into_parts().0);
+            async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server), service);
+        let send = async {
+            client.write_all(bytes).await.expect("the duplex takes the bytes");
+            client.shutdown().await.expect("half close");
+            // Keeps the client's end open (its reads unread) until hyper is done.
+            client
+        };
+        let (_, _client) = tokio::join!(conn, send);
+    });
+    seen.into_inner().expect("not poisoned")
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut buf = BytesMut::from(data);
+    let Some(ours) = plain_head(&mut buf) else {
+        assert_eq!(&buf[..], data, "bytes not taken are left as they were");
+        return;
+    };
+    let taken = data.len() - buf.len();
+    assert_eq!(&buf[..], &data[taken..], "what follows the head is left as it was");
+    let theirs = hyper_head(&data[..taken]).expect("hyper reads the head the fast path took");
+    assert_eq!(ours.method, theirs.method);
+    assert_eq!(ours.uri, theirs.uri);
+    assert_eq!(ours.version, theirs.version);
+    let fields = |p: &Parts| p.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>();
+    assert_eq!(fields(&ours), fields(&theirs));
+});
