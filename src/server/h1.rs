@@ -16,6 +16,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -27,6 +28,7 @@ use hyper::header::{
 };
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, Uri, Version};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Activity, InFlight};
@@ -40,6 +42,9 @@ const MAX_HEADERS: usize = 48;
 
 /// Room for a request head, ahead of each read.
 const READ_AHEAD: usize = 4096;
+
+/// A head's fields: each name, and where its value sits in the head's bytes.
+type Fields = SmallVec<[(HeaderName, Range<usize>); 16]>;
 
 /// How a connection left this path.
 pub(super) enum Left {
@@ -73,6 +78,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut out = Vec::with_capacity(512);
+    // The last request's header map, emptied: its memory serves the next (as hyper does).
+    let mut spare = HeaderMap::new();
     loop {
         // Draining began while the last answer was on its way: it was the last.
         if phase.closing.load(Ordering::Relaxed) {
@@ -87,7 +94,7 @@ where
                 Ok(_) => {}
             }
         }
-        let Some(head) = plain_head(buf) else {
+        let Some(head) = take_head(buf, std::mem::take(&mut spare)) else {
             return Left::ToHyper;
         };
         phase.answering.store(true, Ordering::Relaxed);
@@ -104,6 +111,8 @@ where
         if written.is_err() || last {
             return Left::Closed;
         }
+        spare = head.headers;
+        spare.clear();
     }
 }
 
@@ -113,6 +122,11 @@ where
 /// gives `None`. The head is hyper's reading of the same bytes; its target and values
 /// share `buf`'s memory.
 pub fn plain_head(buf: &mut BytesMut) -> Option<Parts> {
+    take_head(buf, HeaderMap::new())
+}
+
+/// [`plain_head`], with `headers` (empty) to hold the head's fields.
+fn take_head(buf: &mut BytesMut, headers: HeaderMap) -> Option<Parts> {
     let (len, method, target, fields) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -135,7 +149,7 @@ pub fn plain_head(buf: &mut BytesMut) -> Option<Parts> {
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| s.as_ptr() as usize - base;
         let target = offset(path.as_bytes())..offset(path.as_bytes()) + path.len();
-        let mut fields: smallvec::SmallVec<[(HeaderName, std::ops::Range<usize>); 16]> = smallvec::SmallVec::new();
+        let mut fields = Fields::new();
         for h in req.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
             let plain = if name == CONNECTION {
@@ -152,7 +166,7 @@ pub fn plain_head(buf: &mut BytesMut) -> Option<Parts> {
         (len, method, target, fields)
     };
     let bytes = buf.split_to(len).freeze();
-    match head_of(&bytes, method, target, fields) {
+    match head_of(&bytes, method, target, fields, headers) {
         Some(head) => Some(head),
         None => {
             restore_bytes(buf, &bytes);
@@ -165,11 +179,12 @@ pub fn plain_head(buf: &mut BytesMut) -> Option<Parts> {
 fn head_of(
     bytes: &Bytes,
     method: Method,
-    target: std::ops::Range<usize>,
-    fields: smallvec::SmallVec<[(HeaderName, std::ops::Range<usize>); 16]>,
+    target: Range<usize>,
+    fields: Fields,
+    mut headers: HeaderMap,
 ) -> Option<Parts> {
     let uri = Uri::from_maybe_shared(bytes.slice(target)).ok()?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    headers.reserve(fields.len());
     for (name, value) in fields {
         headers.append(name, HeaderValue::from_maybe_shared(bytes.slice(value)).ok()?);
     }
