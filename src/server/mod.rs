@@ -98,10 +98,10 @@ pub(crate) async fn serve(
             }
         });
         let builder = builder.clone();
-        let draining = draining.subscribe();
+        let mut draining = draining.subscribe();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let io = Tracked { inner: stream, activity: activity.clone() };
+            let io = Tracked { inner: stream, activity: activity.clone(), front: Bytes::new() };
             match tls {
                 None => {
                     // hyper-util reads the first bytes (HTTP/1.1, or an HTTP/2 preface?) with
@@ -112,7 +112,9 @@ pub(crate) async fn serve(
                         tracing::debug!(%peer, "no request within the header read timeout; closing");
                     } else {
                         let cleartext = Cleartext { state: &fast_state, peer, activity: &activity, idle_timeout };
-                        cleartext.serve(&builder, io, service, draining).await;
+                        if let Some(io) = cleartext.serve(io, &mut draining).await {
+                            serve_connection(&builder, io, service, &activity, idle_timeout, draining).await;
+                        }
                     }
                 }
                 Some(tls) => match tokio::time::timeout(header_read_timeout, tls.acceptor().accept(io)).await {
@@ -145,22 +147,13 @@ struct Cleartext<'a> {
 }
 
 impl Cleartext<'_> {
-    async fn serve<IO, S>(
+    /// Serves plain redirects on `io`; gives it back, holding the bytes not yet
+    /// answered, when hyper is to serve the rest of the connection.
+    async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
         self,
-        builder: &auto::Builder<TokioExecutor>,
-        mut io: IO,
-        service: S,
-        mut draining: watch::Receiver<bool>,
-    ) where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                hyper::Request<hyper::body::Incoming>,
-                Response = hyper::Response<routes::Body>,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
+        mut io: Tracked<IO>,
+        draining: &mut watch::Receiver<bool>,
+    ) -> Option<Tracked<IO>> {
         let mut buf = BytesMut::new();
         let phase = h1::Phase::default();
         {
@@ -169,7 +162,7 @@ impl Cleartext<'_> {
             loop {
                 tokio::select! {
                     left = fast.as_mut() => match left {
-                        h1::Left::Closed => return,
+                        h1::Left::Closed => return None,
                         h1::Left::ToHyper => break,
                     },
                     // As hyper's graceful close: the answer in progress is the last; a
@@ -177,59 +170,16 @@ impl Cleartext<'_> {
                     _ = draining.wait_for(|d| *d), if !phase.closing.load(Ordering::Relaxed) => {
                         phase.closing.store(true, Ordering::Relaxed);
                         if !phase.answering.load(Ordering::Relaxed) {
-                            return;
+                            return None;
                         }
                     }
                     // Nothing in flight and no byte moving for the idle timeout.
-                    _ = self.activity.idle_for(self.idle_timeout) => return,
+                    _ = self.activity.idle_for(self.idle_timeout) => return None,
                 }
             }
         }
-        let io = Prefixed { front: buf.freeze(), inner: io };
-        serve_connection(builder, io, service, self.activity, self.idle_timeout, draining).await;
-    }
-}
-
-/// A stream whose first bytes were already read: they are read again, then the rest.
-struct Prefixed<IO> {
-    front: Bytes,
-    inner: IO,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.front.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.front.len().min(buf.remaining());
-        buf.put_slice(&self.front.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        io.front = buf.freeze();
+        Some(io)
     }
 }
 
@@ -328,6 +278,9 @@ impl Drop for InFlight {
 struct Tracked<IO> {
     inner: IO,
     activity: Arc<Activity>,
+    /// Bytes read (and counted) already, to be read again first: what the redirect's
+    /// own path read and left to hyper.
+    front: Bytes,
 }
 
 impl<IO> Tracked<IO> {
@@ -340,6 +293,11 @@ impl<IO> Tracked<IO> {
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.front.is_empty() {
+            let n = self.front.len().min(buf.remaining());
+            buf.put_slice(&self.front.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.moved(buf.filled().len() - before);
