@@ -67,9 +67,11 @@ start_redis() {
 # The [store] section for a target: embedded, redis or redis-aof (starting Redis); a
 # suffix (`embedded-split`, `embedded-healthz`) names the path it is measured on, not the store.
 store_toml() {
-  local rp store=${1%%-split*}
+  local rp store=${1%%-split*} fsync=""
+  # A `-fsync<ms>` suffix (`embedded-fsync200`) sets the embedded store's fsync_ms.
+  if [[ $store =~ -fsync([0-9]+) ]]; then fsync="fsync_ms = ${BASH_REMATCH[1]}"; store=${store%%-fsync*}; fi
   case ${store%-healthz} in
-    embedded) printf 'backend = "embedded"\npath = "%s"\n' "$WORK/embedded-$2" ;;
+    embedded) printf 'backend = "embedded"\npath = "%s"\n%s\n' "$WORK/embedded-$2" "$fsync" ;;
     redis) rp=$(free_port); start_redis "$rp" --appendonly no; printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;
     redis-aof) rp=$(free_port); start_redis "$rp" --appendonly yes --appendfsync everysec
       printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;

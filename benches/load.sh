@@ -9,7 +9,8 @@
 # A target may carry a suffix naming the link it is measured on: `embedded-split` is the
 # embedded store on a link with two weighted offers behind a rule, `embedded-split-capped`
 # the same with daily caps, and `embedded-healthz` sends every request to `/healthz`: the
-# server and its router with no click behind them (see `target_path` in lib.sh).
+# server and its router with no click behind them (see `target_path` in lib.sh). A
+# `-fsync<ms>` suffix (`embedded-fsync200`) sets the embedded store's `fsync_ms`.
 #
 # With --base-bin, a target ending in `-base` (`embedded-base`) runs that binary instead of
 # this tree's: another build (the main branch, say) measured in the same runs.
