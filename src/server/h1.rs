@@ -51,8 +51,9 @@ pub(super) enum Left {
     /// The connection ended, or the server is draining and its last answer is out.
     Closed,
     /// A request this path does not serve: hyper takes the connection, reading what is
-    /// in the buffer first.
-    ToHyper,
+    /// in the buffer first. `answered` tells whether this path answered any request
+    /// before: the connection is HTTP/1.1 then, and stays so.
+    ToHyper { answered: bool },
 }
 
 /// Where a connection on this path stands, for the loop that drains and times it out.
@@ -80,6 +81,7 @@ where
     let mut out = Vec::with_capacity(512);
     // The last request's header map, emptied: its memory serves the next (as hyper does).
     let mut spare = HeaderMap::new();
+    let mut answered = false;
     loop {
         // Draining began while the last answer was on its way: it was the last.
         if phase.closing.load(Ordering::Relaxed) {
@@ -95,7 +97,7 @@ where
             }
         }
         let Some(head) = take_head(buf, std::mem::take(&mut spare)) else {
-            return Left::ToHyper;
+            return Left::ToHyper { answered };
         };
         phase.answering.store(true, Ordering::Relaxed);
         let in_flight = InFlight::start(activity);
@@ -111,6 +113,7 @@ where
         if written.is_err() || last {
             return Left::Closed;
         }
+        answered = true;
         spare = head.headers;
         spare.clear();
     }
@@ -205,8 +208,8 @@ fn restore_bytes(buf: &mut BytesMut, front: &[u8]) {
 }
 
 /// Writes `res` as HTTP/1.1 into `out`: the status line, its fields, `content-length`
-/// when it has none, `connection: close` when `last`, `date`, and the body unless the
-/// request was `HEAD`.
+/// when it has none (unless it is `0` for a `HEAD`), `connection: close` when `last`,
+/// `date`, and the body unless the request was `HEAD`.
 async fn encode(res: Response<Body>, is_head: bool, last: bool, out: &mut Vec<u8>) {
     let (head, body) = res.into_parts();
     // A `Full` body is whole already: collecting it does not wait.
@@ -222,7 +225,9 @@ async fn encode(res: Response<Body>, is_head: bool, last: bool, out: &mut Vec<u8
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !head.headers.contains_key(CONTENT_LENGTH) {
+    // As hyper: no `content-length: 0` for a `HEAD` whose answer would have no body.
+    let no_length = is_head && body.is_empty();
+    if !no_length && !head.headers.contains_key(CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");

@@ -54,6 +54,9 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size((cfg.max_target_bytes + cfg.max_header_bytes) as u32)
         .max_concurrent_streams(256);
+    // For a connection the redirect's own path has answered on: HTTP/1.1 it is, and a
+    // later HTTP/2 preface is not to switch it.
+    let h1_builder = Arc::new(builder.clone().http1_only());
     let builder = Arc::new(builder);
     // `true` once shutdown starts; the sender's `closed()` tells when every connection
     // task (each holds a receiver) has ended.
@@ -98,6 +101,7 @@ pub(crate) async fn serve(
             }
         });
         let builder = builder.clone();
+        let h1_builder = h1_builder.clone();
         let mut draining = draining.subscribe();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -111,9 +115,13 @@ pub(crate) async fn serve(
                     if tokio::time::timeout(header_read_timeout, first_bytes(&io.inner)).await.is_err() {
                         tracing::debug!(%peer, "no request within the header read timeout; closing");
                     } else {
-                        let cleartext = Cleartext { state: &fast_state, peer, activity: &activity, idle_timeout };
-                        if let Some(io) = cleartext.serve(io, &mut draining).await {
-                            serve_connection(&builder, io, service, &activity, idle_timeout, draining).await;
+                        // Waiting for its next request, a connection on the redirect's path
+                        // is bounded as hyper bounds it: by the header read timeout.
+                        let idle = idle_timeout.min(header_read_timeout);
+                        let cleartext = Cleartext { state: &fast_state, peer, activity: &activity, idle };
+                        if let Some((io, answered)) = cleartext.serve(io, &mut draining).await {
+                            let builder = if answered { &h1_builder } else { &builder };
+                            serve_connection(builder, io, service, &activity, idle_timeout, draining).await;
                         }
                     }
                 }
@@ -143,27 +151,29 @@ struct Cleartext<'a> {
     state: &'a AppState,
     peer: SocketAddr,
     activity: &'a Arc<Activity>,
-    idle_timeout: Duration,
+    /// How long the connection may wait for its next request, nothing in flight.
+    idle: Duration,
 }
 
 impl Cleartext<'_> {
     /// Serves plain redirects on `io`; gives it back, holding the bytes not yet
-    /// answered, when hyper is to serve the rest of the connection.
+    /// answered, when hyper is to serve the rest of the connection, with whether any
+    /// request was answered here.
     async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
         self,
         mut io: Tracked<IO>,
         draining: &mut watch::Receiver<bool>,
-    ) -> Option<Tracked<IO>> {
+    ) -> Option<(Tracked<IO>, bool)> {
         let mut buf = BytesMut::new();
         let phase = h1::Phase::default();
-        {
+        let answered = {
             let fast = h1::serve(&mut io, &mut buf, self.state, self.peer, self.activity, &phase);
             tokio::pin!(fast);
             loop {
                 tokio::select! {
                     left = fast.as_mut() => match left {
                         h1::Left::Closed => return None,
-                        h1::Left::ToHyper => break,
+                        h1::Left::ToHyper { answered } => break answered,
                     },
                     // As hyper's graceful close: the answer in progress is the last; a
                     // connection waiting for its next request closes now.
@@ -173,13 +183,13 @@ impl Cleartext<'_> {
                             return None;
                         }
                     }
-                    // Nothing in flight and no byte moving for the idle timeout.
-                    _ = self.activity.idle_for(self.idle_timeout) => return None,
+                    // Nothing in flight and no byte moving for that long.
+                    _ = self.activity.idle_for(self.idle) => return None,
                 }
             }
-        }
+        };
         io.front = buf.freeze();
-        Some(io)
+        Some((io, answered))
     }
 }
 
@@ -293,7 +303,7 @@ impl<IO> Tracked<IO> {
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.front.is_empty() {
+        if !self.front.is_empty() && buf.remaining() > 0 {
             let n = self.front.len().min(buf.remaining());
             buf.put_slice(&self.front.split_to(n));
             return Poll::Ready(Ok(()));

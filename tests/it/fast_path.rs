@@ -21,6 +21,37 @@ fn click_id(answer: &str) -> String {
     url.query_pairs().find(|(k, _)| k == "s2").map(|(_, v)| v.into_owned()).expect("s2")
 }
 
+/// Reads `N` answers that may arrive together (pipelined), each cut at its head's end
+/// and its `content-length`.
+async fn read_answers<const N: usize>(stream: &mut TcpStream) -> [String; N] {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut answers = Vec::new();
+    let read = tokio::time::timeout(BOUND, async {
+        while answers.len() < N {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.parse::<usize>().expect("a length"));
+                if got.len() >= end + 4 + length {
+                    answers.push(text[..end + 4 + length].to_owned());
+                    got.drain(..end + 4 + length);
+                    continue;
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok() && answers.len() == N, "{N} answers within {BOUND:?}; got {answers:?}");
+    answers.try_into().expect("N answers")
+}
+
 /// Reads until `n` answer heads have come, for answers without a body.
 async fn read_heads(stream: &mut TcpStream, n: usize) -> String {
     let mut got = Vec::new();
@@ -50,9 +81,7 @@ async fn pipelined_redirects_are_answered_in_order() {
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");
     let unknown = "GET /go/cake/nope HTTP/1.1\r\nHost: x\r\n\r\n";
     stream.write_all(format!("{GO}{unknown}{GO}").as_bytes()).await.expect("write");
-    let first = read_answer(&mut stream).await;
-    let second = read_answer(&mut stream).await;
-    let third = read_answer(&mut stream).await;
+    let [first, second, third] = read_answers::<3>(&mut stream).await;
     assert_eq!((status(&first), status(&second), status(&third)), ("302", "404", "302"), "{first}{second}{third}");
     assert!(second.contains("Link not found: unknown link."), "{second}");
     for answer in [&first, &third] {
@@ -82,8 +111,7 @@ async fn a_connection_moves_to_hyper_at_another_route_and_keeps_serving() {
     stream.write_all(GO.as_bytes()).await.expect("write");
     let first = read_answer(&mut stream).await;
     stream.write_all(format!("{health}{GO}").as_bytes()).await.expect("write");
-    let second = read_answer(&mut stream).await;
-    let third = read_answer(&mut stream).await;
+    let [second, third] = read_answers::<2>(&mut stream).await;
     assert_eq!((status(&first), status(&second), status(&third)), ("302", "200", "302"), "{first}{second}{third}");
     assert_ne!(click_id(&first), click_id(&third));
     assert_eq!(count(&app.stats_for("cake/demo").await, "clicks"), 2);
@@ -120,5 +148,36 @@ async fn split_heads_head_requests_and_closes() {
     let closed = String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned();
     assert_eq!(status(&closed), "302", "{closed}");
     assert!(closed.contains("connection: close\r\n"), "{closed}");
+    app.stop().await;
+}
+
+/// After a redirect answered on the new path, the connection is HTTP/1.1 for good (a
+/// later HTTP/2 preface does not switch it), and waiting for its next request it is
+/// closed after the header read timeout, as hyper closes it. A `HEAD` redirect carries no
+/// `content-length: 0`, as from hyper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stays_http1_and_its_wait_is_bounded() {
+    // The suite's config sets `header_read_timeout_secs = 1` and leaves the idle timeout
+    // at 60 s, so a close within `BOUND` is the header timeout's.
+    let app = spawn_app(Backend::Embedded).await;
+
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream.write_all(GO.as_bytes()).await.expect("write");
+    assert_eq!(status(&read_answer(&mut stream).await), "302");
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("write");
+    let rest = read_until_closed(&mut stream).await;
+    assert!(
+        rest.is_empty() || rest.starts_with(b"HTTP/1.1 4") || rest.starts_with(b"HTTP/1.1 5"),
+        "an HTTP/1.1 refusal or a close, not HTTP/2 frames: {rest:?}"
+    );
+
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream.write_all(GO.replacen("GET", "HEAD", 1).as_bytes()).await.expect("write");
+    let head = read_heads(&mut stream, 1).await;
+    assert_eq!(status(&head), "302", "{head}");
+    assert!(!head.to_ascii_lowercase().contains("content-length"), "{head}");
+    // Then silence: closed by the header read timeout, having sent nothing more.
+    let rest = read_until_closed(&mut stream).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     app.stop().await;
 }
