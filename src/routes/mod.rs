@@ -35,14 +35,14 @@ pub(crate) type Body = Full<Bytes>;
 
 /// Routes one request. Never fails: every problem is an HTTP answer.
 pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if go_route(req.uri().path()).is_some() {
+        let (head, _) = req.into_parts();
+        return go(state, &head, peer).await;
+    }
     if let Some(refused) = oversized(state, req.uri(), req.headers()) {
         return refused;
     }
     let path = req.uri().path().to_owned();
-    if let Some((network, slug)) = go_route(&path) {
-        let (head, _) = req.into_parts();
-        return redirect::redirect(state, &head, network, slug, peer).await;
-    }
     let mut parts = path.trim_start_matches('/').splitn(3, '/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("collect"), Some(network), Some(key)) => postback::postback(state, req, network, key, peer).await,
