@@ -119,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             for w in &config.warnings {
                 tracing::warn!("{w}");
             }
+            crate::server::small_pages_only();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(config))
         }

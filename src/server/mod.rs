@@ -31,6 +31,23 @@ use crate::routes;
 use crate::state::AppState;
 use crate::tls::Tls;
 
+/// Turns transparent huge pages off for this process, where the system has them on
+/// for every mapping (`always`), before the server allocates its working memory.
+///
+/// With them on, the first touch of fresh memory faults in and zeroes 2 MiB at once:
+/// on a virtual machine several milliseconds of one thread's time, in which nothing else
+/// on its core runs. The runtime's thread took such faults in the allocator under load,
+/// and the store's housekeeping in its sort buffers; either stalled every redirect in
+/// flight for that long. With 4 KiB pages the same zeroing comes in pieces of
+/// microseconds, between which the scheduler can switch. Where the call is refused
+/// (another kernel, a sandbox), the server runs as before.
+pub fn small_pages_only() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::info!(error = %e, "transparent huge pages stay as the system sets them");
+    }
+}
+
 /// Serves connections from `listener` (through `tls` when given) until `shutdown`
 /// completes.
 pub(crate) async fn serve(

@@ -245,6 +245,20 @@ async fn sigkill_loses_no_acknowledged_click(backend: Backend) {
     process.kill();
 }
 
+/// The served process runs with transparent huge pages off (`server::small_pages_only`),
+/// as the kernel reports in the process's status, and serves clicks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_process_takes_no_transparent_huge_pages() {
+    let store = StoreHandle::new(Backend::Embedded);
+    let process = Process::start(&store, 0).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.child.id())).expect("the process's status");
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:")).expect("the kernel reports THP_enabled");
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    let id = process.app.click("demo").await;
+    assert_eq!(resolved_click(&process.app, &id).await["click_id"], id.as_str());
+    process.kill();
+}
+
 /// Checks the in-flight clicks after a restart; returns the click count.
 async fn after_restart_flow(app: &TestApp, all: &[String], received: &[String]) -> u64 {
     let unique: std::collections::HashSet<&String> = all.iter().collect();
