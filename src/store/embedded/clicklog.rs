@@ -578,7 +578,8 @@ pub(super) fn start_housekeeping(log: Arc<ClickLog>, t: Tables) -> io::Result<mp
     std::thread::Builder::new().name("store-housekeeping".into()).spawn(move || {
         pace::defer_to_waker();
         let mut bufs = SealBuffers::default();
-        while let Some(job) = rx.blocking_recv() {
+        let waiter = pace::Waiter::new();
+        while let Some(job) = waiter.wait(|cx| rx.poll_recv(cx)) {
             let mut pacer = Pacer::new();
             match job {
                 Job::PrepareSpare => log.prepare_spare(&mut pacer),

@@ -20,7 +20,9 @@
 //! not preempt the runtime thread that sent it. On a core the two share, that thread
 //! goes on reading and routing the other connections' requests, and the writer runs
 //! when it next waits, taking them all as one batch: one pair of thread switches per
-//! batch, where before each click could cost its own pair.
+//! batch, where before each click could cost its own pair. It waits for requests with a
+//! [`Waiter`](super::pace::Waiter), which yields the core rather than spin when it
+//! catches the runtime's thread half-way through waking it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::caps::BatchCaps;
 use super::clicklog::{LogWriter, Place, Segment};
+use super::pace::Waiter;
 use super::tables::{click_conversion_key, conversion_key};
 use super::{outbox_key, status_key, unavailable, NewClick, Op, Tables, MAX_BATCH};
 use crate::clock::{now_ms, now_secs};
@@ -135,7 +138,8 @@ impl Writer {
 
     pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Op>) {
         let mut ops = Vec::with_capacity(MAX_BATCH);
-        while let Some(op) = rx.blocking_recv() {
+        let waiter = Waiter::new();
+        while let Some(op) = waiter.wait(|cx| rx.poll_recv(cx)) {
             ops.push(op);
             while ops.len() < MAX_BATCH {
                 match rx.try_recv() {
