@@ -14,32 +14,14 @@ cd "$(dirname "$0")/.."
 RUNS=3
 DURATION=5
 CONNS="64 256"
-OWN_BIN=""
-BASE_BIN=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --runs) RUNS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    --bin) OWN_BIN=$2; shift 2 ;;
-    --base-bin) BASE_BIN=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+ab_options "$@"
 
 need_tools wrk curl
-if [ -n "$OWN_BIN" ]; then BIN=$OWN_BIN; else build_release; fi
+own_binary
 TICK=$(getconf CLK_TCK)
 
 declare -A PORT SERVER
-BINS=("$BIN")
-[ -n "$BASE_BIN" ] && BINS+=("$BASE_BIN")
-for b in "${BINS[@]}"; do
-  p=$(free_port)
-  BIN=$b start_cakelink "$p" "$(store_toml embedded "$p")"
-  PORT[$b]=$p
-  SERVER[$b]=$CAKELINK_PID
-done
+start_each_bin "$BIN" ${BASE_BIN:+"$BASE_BIN"}
 
 echo "| run | conns | binary | req/s | requests | server CPU (s) | CPU per request (µs) |"
 echo "|---|---|---|---|---|---|---|"
@@ -47,7 +29,7 @@ for run in $(seq 1 "$RUNS"); do
   for c in $CONNS; do
     for b in "${BINS[@]}"; do
       port=${PORT[$b]}
-      taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2s -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo >/dev/null
+      warm_up "$port" "$c"
       before=$(cpu_ticks "${SERVER[$b]}")
       line=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo | grep '^RESULT')
       after=$(cpu_ticks "${SERVER[$b]}")

@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
 done
 
 need_tools wrk curl
-if [ -n "$OWN_BIN" ]; then BIN=$OWN_BIN; else build_release; fi
+own_binary
 
 # Sends clicks until at least $3 have been answered with a 302.
 send_clicks() {

@@ -32,6 +32,11 @@ build_release() {
   cargo build --release --quiet
 }
 
+# The binary under test: --bin's (OWN_BIN), or this tree's release build.
+own_binary() {
+  if [ -n "${OWN_BIN:-}" ]; then BIN=$OWN_BIN; else build_release; fi
+}
+
 WORK=$(mktemp -d)
 PIDS=()
 # Servers started in a command substitution (`store_toml`) are in a subshell, whose PIDS
@@ -152,6 +157,45 @@ start_cakelink() {
   CAKELINK_PID=$!
   PIDS+=($CAKELINK_PID)
   wait_up "$port" /healthz
+}
+
+# ab_options ARGS...: the options of the benches that may alternate two builds: --runs,
+# --duration, --conns, --targets (load.sh's), --bin (measure that binary instead of this
+# tree's) and --base-bin (measure another one too). Sets RUNS, DURATION, CONNS, TARGETS,
+# OWN_BIN and BASE_BIN; the first four keep the defaults the caller set.
+ab_options() {
+  OWN_BIN=""
+  BASE_BIN=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --runs) RUNS=$2; shift 2 ;;
+      --duration) DURATION=$2; shift 2 ;;
+      --conns) CONNS=$2; shift 2 ;;
+      --targets) TARGETS=$2; shift 2 ;;
+      --bin) OWN_BIN=$2; shift 2 ;;
+      --base-bin) BASE_BIN=$2; shift 2 ;;
+      *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+  done
+}
+
+# start_each_bin BIN...: one cakelink on the embedded store per binary, for benches that
+# alternate builds run by run. Sets BINS to the binaries, and PORT and SERVER (keyed by
+# binary; the caller declares them with `declare -A PORT SERVER`) to each one's port and PID.
+start_each_bin() {
+  BINS=("$@")
+  local b p
+  for b in "$@"; do
+    p=$(free_port)
+    BIN=$b start_cakelink "$p" "$(store_toml embedded "$p")"
+    PORT[$b]=$p
+    SERVER[$b]=$CAKELINK_PID
+  done
+}
+
+# warm_up PORT CONNS: 2 s of the realistic mix, not measured.
+warm_up() {
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d2s -s benches/wrk-clicks.lua "http://127.0.0.1:$1" -- /go/cake/demo >/dev/null
 }
 
 # collect_ids PORT N FILE: N clicks through /go, keeping the click id of each.

@@ -4,7 +4,7 @@
 # medians with ratios to nginx.
 #
 #   benches/load.sh [--runs N] [--duration SECS] [--conns "64 256"] [--targets "nginx embedded redis redis-aof"]
-#                   [--base-bin PATH]
+#                   [--bin PATH] [--base-bin PATH]
 #
 # A target may carry a suffix naming the link it is measured on: `embedded-split` is the
 # embedded store on a link with two weighted offers behind a rule, `embedded-split-capped`
@@ -12,8 +12,9 @@
 # server and its router with no click behind them (see `target_path` in lib.sh). A
 # `-fsync<ms>` suffix (`embedded-fsync200`) sets the embedded store's `fsync_ms`.
 #
-# With --base-bin, a target ending in `-base` (`embedded-base`) runs that binary instead of
-# this tree's: another build (the main branch, say) measured in the same runs.
+# --bin runs that binary instead of building this tree. With --base-bin, a target ending in
+# `-base` (`embedded-base`) runs that binary: another build (the main branch, say)
+# measured in the same runs.
 #
 # `floor` is hyper and tokio alone (`examples/hyper_floor.rs`): cakelink's 302 with none of
 # its work, on cakelink's settings. A suffix changes one setting: `floor-current` (tokio's
@@ -31,20 +32,10 @@ RUNS=3
 DURATION=10
 CONNS="64 256"
 TARGETS="nginx embedded redis redis-aof"
-BASE_BIN=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --runs) RUNS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    --targets) TARGETS=$2; shift 2 ;;
-    --base-bin) BASE_BIN=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+ab_options "$@"
 
 need_tools nginx wrk redis-server curl
-build_release
+own_binary
 case " $TARGETS " in *" floor"*) cargo build --release --quiet --example hyper_floor ;; esac
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
@@ -96,8 +87,8 @@ for t in $TARGETS; do
   case $t in
     nginx) start_nginx "$p" ;;
     floor*) start_floor "$p" "$t" ;;
-    *-base) OWN_BIN=$BIN; BIN=${BASE_BIN:?--base-bin names the binary of the -base targets}
-      start_cakelink "$p" "$(store_toml "${t%-base}" "$p")"; BIN=$OWN_BIN ;;
+    *-base) own=$BIN; BIN=${BASE_BIN:?--base-bin names the binary of the -base targets}
+      start_cakelink "$p" "$(store_toml "${t%-base}" "$p")"; BIN=$own ;;
     *) start_cakelink "$p" "$(store_toml "$t" "$p")" ;;
   esac
 done

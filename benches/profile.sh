@@ -43,7 +43,7 @@ case $LINK in demo|split) ;; *) echo "unknown link $LINK (demo or split)" >&2; e
 tools=(valgrind wrk curl)
 [ "$STORE" = redis ] && tools+=(redis-server)
 need_tools "${tools[@]}"
-if [ -n "$OWN_BIN" ]; then BIN=$OWN_BIN; else build_release; fi
+own_binary
 OUT=target/profile
 mkdir -p "$OUT"
 
