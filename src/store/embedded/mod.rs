@@ -14,8 +14,9 @@
 //! after the append with how far each log file is counted (for a batch of plain clicks,
 //! with the next commit; see `writer`). See `clicklog` for the crash consistency between
 //! the two, and `recount`. Sealing and rewriting log files run on a housekeeping thread;
-//! it and the writer run under `SCHED_BATCH` and the housekeeping is paced, so that on a
-//! core shared with the runtime neither preempts the redirects (`pace`).
+//! it and the writer run under `SCHED_BATCH`, wait for work without spinning, and the
+//! housekeeping is paced, so that on a core shared with the runtime neither holds up the
+//! redirects (`pace`).
 //!
 //! Keyspaces: `clicks` (id → compact click record, see [`super::record`]: clicks written
 //! before the click log, and clicks whose id is not a click id; ids sort by creation

@@ -88,12 +88,12 @@ pub(super) fn sort<T: Ord + Copy>(v: &mut Vec<T>, merged: &mut Vec<T>, pacer: &m
 /// `blocking_recv` does, except that it yields the core when woken with nothing to take.
 ///
 /// Such a wake-up comes from the sender caught half-way: the runtime's thread, in the
-/// middle of waking this one, was preempted by it. tokio's receiver, finding its waker
-/// being taken, wakes its own thread and reports nothing yet; `blocking_recv` would then
-/// poll again at once, and again, until the scheduler takes the core back a whole time
-/// slice later. On a core the two threads share, the sender cannot finish its wake in
-/// that time: measured at 256 connections, the writer spun 4 to 13 ms at a time about
-/// once a second, and every redirect in flight waited for it.
+/// middle of taking this one's waker, was switched out. tokio's receiver, finding its
+/// waker being taken, wakes its own thread and reports nothing yet; `blocking_recv` would
+/// then poll again at once, and again, until the scheduler takes the core back a whole
+/// time slice later. On a core the two threads share, the sender cannot finish meanwhile:
+/// measured at 256 connections, the writer spun 8 to 16 ms at a time about once a second,
+/// and every redirect in flight waited for it.
 pub(super) struct Waiter {
     waker: Waker,
 }
