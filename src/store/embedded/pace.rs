@@ -240,6 +240,40 @@ pub(super) mod tests {
         assert_eq!(value, 4);
     }
 
+    /// The case the waiter exists for: woken with nothing to take while the only thread
+    /// that can end the wait is runnable on the same core. The waiter yields, so that
+    /// thread runs at its first look; spinning, it would ask thousands of times before the
+    /// scheduler's tick took the core from it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_waiter_woken_with_nothing_to_take_lets_the_thread_it_waits_for_run() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(rustix::thread::sched_getcpu());
+        rustix::thread::sched_setaffinity(None, &one).expect("pin the test thread");
+        // Under SCHED_BATCH, as the store's threads; the thread below inherits both the
+        // core and the policy, so its start does not preempt this one: it waits its turn.
+        defer_to_waker();
+        let done = Arc::new(AtomicBool::new(false));
+        let setter = {
+            let done = done.clone();
+            std::thread::spawn(move || done.store(true, Ordering::Release))
+        };
+        let mut polls = 0u64;
+        Waiter::new().wait(|cx| {
+            polls += 1;
+            if done.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                // What tokio's receiver does when its waker is being taken.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        });
+        setter.join().expect("setter");
+        assert!(polls < 1000, "the waiter asked {polls} times before the other thread could run");
+    }
+
     #[test]
     fn paced_sort_sorts_as_sort_unstable_does() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
