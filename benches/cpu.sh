@@ -29,9 +29,9 @@ for run in $(seq 1 "$RUNS"); do
   for c in $CONNS; do
     for b in "${BINS[@]}"; do
       port=${PORT[$b]}
-      warm_up "$port" "$c"
+      warm_up "$port" "$c" benches/wrk-clicks.lua /go/cake/demo
       before=$(cpu_ticks "${SERVER[$b]}")
-      line=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo | grep '^RESULT')
+      line=$(wrk_run "$port" "$DURATION" "$c" benches/wrk-clicks.lua /go/cake/demo)
       after=$(cpu_ticks "${SERVER[$b]}")
       requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
       rps=$(sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$line")

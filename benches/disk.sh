@@ -29,7 +29,7 @@ own_binary
 send_clicks() {
   local port=$1 mode=$2 want=$3 sent=0 line
   while [ "$sent" -lt "$want" ]; do
-    line=$(taskset -c "$LOAD_CPU" wrk -t1 -c32 -d2s -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo "$mode" | grep '^RESULT')
+    line=$(wrk_run "$port" 2 32 benches/wrk-clicks.lua /go/cake/demo "$mode")
     sent=$((sent + $(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")))
   done
 }

@@ -193,11 +193,6 @@ start_each_bin() {
   done
 }
 
-# warm_up PORT CONNS: 2 s of the realistic mix, not measured.
-warm_up() {
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d2s -s benches/wrk-clicks.lua "http://127.0.0.1:$1" -- /go/cake/demo >/dev/null
-}
-
 # collect_ids PORT N FILE: N clicks through /go, keeping the click id of each.
 collect_ids() {
   taskset -c "$LOAD_CPU" python3 - "$1" "$2" "$3" <<'PY'
@@ -215,12 +210,23 @@ with open(out, "w") as f:
 PY
 }
 
-# wrk_result PORT SECONDS CONNS SCRIPT ARGS...: one measured wrk run on core 1, after a
-# 2 s warm-up; prints the script's RESULT line.
-wrk_result() {
-  local port=$1 secs=$2 conns=$3 script=$4; shift 4
+# warm_up PORT CONNS SCRIPT ARGS...: 2 s of wrk on core 1, not measured.
+warm_up() {
+  local port=$1 conns=$2 script=$3; shift 3
   taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d2s -s "$script" "http://127.0.0.1:$port" -- "$@" >/dev/null
+}
+
+# wrk_run PORT SECONDS CONNS SCRIPT ARGS...: one measured wrk run on core 1; prints the
+# script's RESULT line.
+wrk_run() {
+  local port=$1 secs=$2 conns=$3 script=$4; shift 4
   taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${secs}s" -s "$script" "http://127.0.0.1:$port" -- "$@" | grep '^RESULT'
+}
+
+# wrk_result PORT SECONDS CONNS SCRIPT ARGS...: a measured run (wrk_run) after a 2 s warm-up.
+wrk_result() {
+  warm_up "$1" "$3" "${@:4}"
+  wrk_run "$@"
 }
 
 # Medians of RESULT lines, "RUN CONNS TARGET RESULT k=v..." one a line in $1, as a table

@@ -35,10 +35,10 @@ for run in $(seq 1 "$RUNS"); do
   for c in $CONNS; do
     for b in "${BINS[@]}"; do
       port=${PORT[$b]}
-      warm_up "$port" "$c"
+      warm_up "$port" "$c" benches/wrk-clicks.lua /go/cake/demo
       (sleep 2; taskset -c "$LOAD_CPU" perf sched record -C "$SERVER_CPU" -o "$WORK/sched.data" -- sleep 3 >/dev/null 2>&1) &
       recorder=$!
-      line=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" -s benches/wrk-clicks.lua "http://127.0.0.1:$port" -- /go/cake/demo | grep '^RESULT')
+      line=$(wrk_run "$port" "$DURATION" "$c" benches/wrk-clicks.lua /go/cake/demo)
       wait "$recorder"
       perf sched timehist -i "$WORK/sched.data" --cpu "$SERVER_CPU" 2>/dev/null \
         | python3 -c '
