@@ -69,7 +69,7 @@ start_redis() {
   exit 1
 }
 
-# The [store] section for a target: embedded, redis or redis-aof (starting Redis); a
+# The [store] section for a target: embedded, redis, redis-unix or redis-aof (starting Redis); a
 # suffix (`embedded-split`, `embedded-healthz`) names the path it is measured on, not the store.
 store_toml() {
   local rp store=${1%%-split*} fsync=""
@@ -78,6 +78,9 @@ store_toml() {
   case ${store%-healthz} in
     embedded) printf 'backend = "embedded"\npath = "%s"\n%s\n' "$WORK/embedded-$2" "$fsync" ;;
     redis) rp=$(free_port); start_redis "$rp" --appendonly no; printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;
+    # The same Redis, reached over a unix socket instead of loopback TCP.
+    redis-unix) rp=$(free_port); start_redis "$rp" --appendonly no --unixsocket "$WORK/redis-$rp.sock" --unixsocketperm 700
+      printf 'backend = "redis"\nurl = "redis+unix://%s"\n' "$WORK/redis-$rp.sock" ;;
     redis-aof) rp=$(free_port); start_redis "$rp" --appendonly yes --appendfsync everysec
       printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$rp" ;;
     *) echo "unknown store $1" >&2; exit 2 ;;

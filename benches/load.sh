@@ -11,6 +11,7 @@
 # the same with daily caps, and `embedded-healthz` sends every request to `/healthz`: the
 # server and its router with no click behind them (see `target_path` in lib.sh). A
 # `-fsync<ms>` suffix (`embedded-fsync200`) sets the embedded store's `fsync_ms`.
+# `redis-unix` is the `redis` target reached over a unix socket instead of loopback TCP.
 #
 # --bin runs that binary instead of building this tree. With --base-bin, a target ending in
 # `-base` (`embedded-base`) runs that binary: another build (the main branch, say)
