@@ -1,8 +1,8 @@
 //! A link changed through one process is in effect on every other process sharing the
-//! Redis within a second (README, Admin API): two cakelinks over one Redis, or over one
-//! cluster, one changing links through its API while the test asks the other for the
-//! redirect every 20 ms. The other caches links for five seconds, so only the change's
-//! message can make it answer differently sooner.
+//! Redis within a second (README, Admin API): two cakelinks over one Redis (over TCP or a
+//! unix socket), or over one cluster, one changing links through its API while the test
+//! asks the other for the redirect every 20 ms. The other caches links for five seconds,
+//! so only the change's message can make it answer differently sooner.
 //!
 //! The one-second bound is the contract under test, not a performance figure.
 
@@ -102,6 +102,13 @@ async fn each_change_reaches(a: &TestApp, b: &TestApp, slug: &str) -> Vec<(&'sta
     took
 }
 
+/// Redis's `CLIENT LIST`, asked over TCP.
+async fn client_list(redis: &RedisServer) -> String {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut con = client.get_multiplexed_async_connection().await.expect("connection");
+    redis::cmd("CLIENT").arg("LIST").query_async(&mut con).await.expect("CLIENT LIST")
+}
+
 /// How many connections listen for link changes on `redis`.
 async fn listeners(redis: &RedisServer) -> Option<u64> {
     let client = redis::Client::open(redis.url()).ok()?;
@@ -141,6 +148,43 @@ async fn a_change_through_one_process_is_in_effect_on_another_within_a_second() 
 async fn a_change_through_one_process_is_in_effect_on_another_within_a_second_on_a_cluster() {
     let store = on_cluster(RedisServer::start_cluster());
     two_processes_see_each_change(&store, "Redis Cluster").await;
+}
+
+/// Two processes on one Redis reached over a unix socket (README, "How fast"), the
+/// subscription included: each link change reaches the other process, and a click one
+/// records is found by a postback the other answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_unix_socket_changes_reach_another_process_and_clicks_resolve_on_it() {
+    let sockets = tempfile::tempdir().expect("temp dir");
+    let socket = sockets.path().join("redis.sock").display().to_string();
+    let redis = RedisServer::start_with(&["--unixsocket", &socket, "--unixsocketperm", "700"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = dir.path().join("spool").display().to_string();
+    let url = format!("redis+unix://{socket}");
+    let store = StoreHandle {
+        toml: format!("backend = \"redis\"\nurl = {url:?}\nspool_path = {spool:?}\n"),
+        dir,
+        redis: Some(redis),
+    };
+    let a = spawn_app_over(&store, "").await;
+    let b = spawn_app_over(&store, "").await;
+    listening(store.redis.as_ref().expect("redis"), 2).await;
+    each_change_reaches(&a, &b, "shared").await;
+
+    let id = a.click("demo").await;
+    let (status, body) = b.postback(&format!("s2={id}&tid=U1&price=4.20")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    // Both processes' connections, the subscriptions among them, are on the socket
+    // (Redis flags those `U`); the test's own look goes over TCP.
+    let clients = client_list(store.redis.as_ref().expect("redis")).await;
+    let on_socket = |line: &&str| line.split(' ').any(|f| f.starts_with("flags=") && f.contains('U'));
+    let subscribed: Vec<&str> = clients.lines().filter(|l| l.contains(" sub=1 ")).collect();
+    assert_eq!(subscribed.len(), 2, "{clients}");
+    assert!(subscribed.iter().all(on_socket), "{clients}");
+    assert!(clients.lines().filter(|l| !l.contains(" sub=1 ")).any(|l| on_socket(&l)), "{clients}");
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Two processes on `store`, both listening: each change made through one is in effect
