@@ -96,7 +96,7 @@ impl Place {
     /// The place of `id`; `None` for text that is not a click id (such clicks are kept in
     /// the `clicks` keyspace, as before the log).
     pub(super) fn of(id: &str) -> Option<Place> {
-        let sec = segment::created_secs(id.as_bytes())?;
+        let sec = crate::clickid::created_secs(id.as_bytes())?;
         Some(Place { hour: sec / 3600, sec, key: segment::index_key(id.as_bytes()) })
     }
 }

@@ -30,9 +30,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::pace::{self, Pacer};
-#[cfg(doc)]
-use crate::clickid::ClickId;
-use crate::clickid::CLICK_ID_LEN;
+use crate::clickid::created_secs;
 use crate::store::record::{self, InternKey};
 use crate::store::spool::file::{frame_header, put_frame, scan_frames, HEADER};
 
@@ -108,34 +106,6 @@ pub(super) fn parse_frame(payload: &[u8]) -> Option<Frame<'_>> {
         KIND_INDEX => Some(Frame::Index),
         _ => None,
     }
-}
-
-/// The creation time (unix seconds) in a click id's text: the top 32 bits of the number
-/// its first 22 base62 digits spell (see `clickid`). It decides a click's segment, on
-/// writing, on reading and when a segment is scanned, so all three use this; `None` for
-/// text not shaped like a click id. Cheaper than [`ClickId::parse`], which decodes all
-/// of it, twice over with `created_at`.
-pub(super) fn created_secs(id: &[u8]) -> Option<u32> {
-    if id.len() != CLICK_ID_LEN || !id[22..].iter().all(u8::is_ascii_alphanumeric) {
-        return None;
-    }
-    // Ten digits at a time fit a u64 (62^10 < 2^64); only the last step needs 128 bits.
-    let digits = |text: &[u8]| -> Option<u64> {
-        text.iter().try_fold(0u64, |n, &c| {
-            let digit = match c {
-                b'0'..=b'9' => c - b'0',
-                b'A'..=b'Z' => c - b'A' + 10,
-                b'a'..=b'z' => c - b'a' + 36,
-                _ => return None,
-            };
-            Some(n * 62 + u64::from(digit))
-        })
-    };
-    const POW2: u128 = 62 * 62;
-    const POW12: u128 = POW2 * 62u128.pow(10);
-    let (high, mid, low) = (digits(&id[..10])?, digits(&id[10..20])?, digits(&id[20..22])?);
-    let head = u128::from(high).checked_mul(POW12)?.checked_add(u128::from(mid) * POW2 + u128::from(low))?;
-    Some((head >> 96) as u32)
 }
 
 /// The index of an open segment, in memory: key → offset and the id's creation second
@@ -529,21 +499,6 @@ mod tests {
         assert_eq!(read_trailer(&file, size - 1), None);
         file.write_all_at(&[0xff], size - 20).expect("damage");
         assert_eq!(read_trailer(&file, size), None);
-    }
-
-    #[test]
-    fn the_creation_time_is_the_ids() {
-        let ring = crate::clickid::Keyring::new("s", &[], 86_400);
-        for secs in [0, 1, 1_795_000_000, 1_795_003_599, u64::from(u32::MAX)] {
-            for _ in 0..50 {
-                let id = ring.mint(secs).to_string();
-                let parsed = crate::clickid::ClickId::parse(&id).expect("a click id").created_at();
-                assert_eq!(created_secs(id.as_bytes()).map(u64::from), Some(parsed), "{id}");
-            }
-        }
-        assert_eq!(created_secs(b"c"), None);
-        assert_eq!(created_secs(&[b'z'; 32]), None, "beyond 128 bits");
-        assert_eq!(created_secs(b"0000000000000000000000000000000-"), None);
     }
 
     #[test]

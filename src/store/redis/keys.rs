@@ -5,7 +5,7 @@
 //! `{N}`, so one script can write them all, on a cluster too.
 
 use super::SHARDS;
-use crate::clickid::ClickId;
+use crate::clickid::created_secs;
 use crate::model::{DeliveryStatus, UnixHour};
 use crate::store::record::InternKey;
 use crate::store::{StoreError, StoreResult};
@@ -53,7 +53,7 @@ fn tagged_number(prefix: &str, shard: u8, n: u32) -> String {
 /// The UTC hour a click id was created in (0 for text that is no click id: such a click
 /// can only have been stored by a test, and is found where it was put).
 pub(super) fn created_hour(click_id: &str) -> UnixHour {
-    ClickId::parse(click_id).map_or(0, |id| (id.created_at() / 3600) as UnixHour)
+    created_secs(click_id.as_bytes()).map_or(0, |secs| secs / 3600)
 }
 
 /// When the bucket of UTC hour `hour` expires (unix seconds): `click_ttl` after the
