@@ -26,8 +26,12 @@
 //! second write counts nothing twice, and the replay itself waits for the replicas too.
 
 use redis::aio::ConnectionLike;
-use redis::{Arg, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, ScriptInvocation, Value};
+use redis::{
+    Arg, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation,
+    ServerErrorKind, Value,
+};
 
+use super::scripts::ScriptCall;
 use super::Conn;
 use crate::store::{ReplicaAck, StoreError};
 use crate::telemetry;
@@ -68,12 +72,12 @@ impl Writes {
 
     /// Runs a script that writes, then, if replicas must confirm it, `WAIT` right behind
     /// it; the script's answer once they have.
-    pub(super) async fn invoke<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, WriteError> {
+    pub(super) async fn invoke<T: FromRedisValue>(&self, call: &impl ScriptRun) -> Result<T, WriteError> {
         let Some(ack) = self.ack else {
-            return Ok(call.invoke_async(&mut self.con.clone()).await?);
+            return Ok(call.run(&mut self.con.clone()).await?);
         };
         let mut con = Waiting { con: self.con.clone(), ack, confirmed: None };
-        let answer = call.invoke_async(&mut con).await?;
+        let answer = call.run(&mut con).await?;
         let confirmed = match con.confirmed {
             Some(Ok(n)) => n,
             Some(Err(e)) => return Err(e.into()),
@@ -87,6 +91,30 @@ impl Writes {
             return Err(WriteError::Unconfirmed { wanted: ack.replicas, confirmed, timeout_ms });
         }
         Ok(answer)
+    }
+}
+
+/// A script call [`Writes`] can send: redis-rs's own, or one built as its command
+/// ([`ScriptCall`]). Either loads its script again when Redis answers `NOSCRIPT`.
+pub(super) trait ScriptRun {
+    async fn run<T: FromRedisValue>(&self, con: &mut impl ConnectionLike) -> RedisResult<T>;
+}
+
+impl ScriptRun for ScriptInvocation<'_> {
+    async fn run<T: FromRedisValue>(&self, con: &mut impl ConnectionLike) -> RedisResult<T> {
+        self.invoke_async(con).await
+    }
+}
+
+impl ScriptRun for ScriptCall<'_> {
+    async fn run<T: FromRedisValue>(&self, con: &mut impl ConnectionLike) -> RedisResult<T> {
+        match self.cmd.query_async(con).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(con).await?;
+                self.cmd.query_async(con).await
+            }
+            answer => answer,
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use redis::{Script, ScriptInvocation};
+use redis::{Cmd, Script, ScriptInvocation};
 
 use super::batcher::{BatchKey, BatchParts, KeyList, PendingClick};
 use super::keys::{
@@ -60,6 +60,17 @@ impl Scripts {
     }
 }
 
+/// A script call built as its `EVALSHA` command, each argument written once, straight
+/// into the command's buffer; Redis is asked to load the script again on `NOSCRIPT`.
+///
+/// A [`ScriptInvocation`] holds each argument in a `Vec` of its own and copies them all
+/// into a command when sent: for a batch of clicks, with six arguments a click, those
+/// allocations and copies were a tenth of what cakelink spent per redirect on Redis.
+pub(super) struct ScriptCall<'s> {
+    pub script: &'s Script,
+    pub cmd: Cmd,
+}
+
 /// `record_clicks.lua` for one batch of clicks.
 pub(super) fn record_clicks<'s>(
     script: &'s Script,
@@ -67,41 +78,62 @@ pub(super) fn record_clicks<'s>(
     parts: &BatchParts<'_>,
     click_ttl_secs: u64,
     intern_ttl_secs: u64,
-) -> ScriptInvocation<'s> {
-    // Arguments go straight into the call; keys are numbered as they are first named and
-    // added once all are known.
+) -> ScriptCall<'s> {
+    // KEYS come first in the command, so every key is numbered (in the order the
+    // arguments name them) before any argument is written.
     let mut keys = KeyList::default();
-    let mut invocation = script.prepare_invoke();
-    invocation.arg(parts.named.len());
-    for (shard, key) in &parts.named {
-        invocation.arg(keys.index(BatchKey::Intern(*shard, *key)));
+    let named: Vec<u64> = parts.named.iter().map(|(shard, key)| keys.index(BatchKey::Intern(*shard, *key))).collect();
+    let per_click: Vec<(u64, u64)> = clicks
+        .iter()
+        .map(|c| {
+            (
+                keys.index(BatchKey::Bucket(c.shard, c.bucket_hour)),
+                keys.index(BatchKey::Counters(c.shard, c.counter_day)),
+            )
+        })
+        .collect();
+    let sent: Vec<u64> = parts.sent.iter().map(|(shard, key, _)| keys.index(BatchKey::Intern(*shard, *key))).collect();
+    let buckets: Vec<u64> =
+        parts.buckets.iter().map(|(shard, hour)| keys.index(BatchKey::Bucket(*shard, *hour))).collect();
+    let days: Vec<u64> = parts.days.iter().map(|(shard, _)| keys.index(BatchKey::CounterDays(*shard))).collect();
+
+    let arg_count =
+        3 + keys.keys.len() + 5 + named.len() + 6 * clicks.len() + 3 * sent.len() + 2 * (buckets.len() + days.len());
+    let bytes = keys.keys.iter().map(Vec::len).sum::<usize>()
+        + clicks.iter().map(|c| c.id.len() + c.encoded.record.len() + c.counter_field.len() + 40).sum::<usize>()
+        + parts.sent.iter().map(|(_, _, value)| value.len() + 24).sum::<usize>()
+        + 24 * (named.len() + buckets.len() + days.len() + 8);
+    let mut cmd = Cmd::with_capacity(arg_count, bytes);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.keys.len());
+    for key in &keys.keys {
+        cmd.arg(key.as_slice());
     }
-    invocation.arg(clicks.len());
-    for c in clicks {
-        invocation
-            .arg(keys.index(BatchKey::Bucket(c.shard, c.bucket_hour)))
+    cmd.arg(named.len());
+    for index in named {
+        cmd.arg(index);
+    }
+    cmd.arg(clicks.len());
+    for (c, (bucket, counters)) in clicks.iter().zip(per_click) {
+        cmd.arg(bucket)
             .arg(&c.id)
             .arg(c.encoded.record.as_slice())
-            .arg(keys.index(BatchKey::Counters(c.shard, c.counter_day)))
+            .arg(counters)
             .arg(&c.counter_field)
             .arg(c.offer_counter_field.as_deref().unwrap_or_default());
     }
-    invocation.arg(parts.sent.len());
-    for (shard, key, value) in &parts.sent {
-        invocation.arg(keys.index(BatchKey::Intern(*shard, *key))).arg(*value).arg(intern_ttl_secs);
+    cmd.arg(sent.len());
+    for (index, (_, _, value)) in sent.into_iter().zip(&parts.sent) {
+        cmd.arg(index).arg(*value).arg(intern_ttl_secs);
     }
-    invocation.arg(parts.buckets.len());
-    for (shard, hour) in &parts.buckets {
-        invocation.arg(keys.index(BatchKey::Bucket(*shard, *hour))).arg(bucket_expiry(*hour, click_ttl_secs));
+    cmd.arg(buckets.len());
+    for (index, (_, hour)) in buckets.into_iter().zip(&parts.buckets) {
+        cmd.arg(index).arg(bucket_expiry(*hour, click_ttl_secs));
     }
-    invocation.arg(parts.days.len());
-    for (shard, day) in &parts.days {
-        invocation.arg(keys.index(BatchKey::CounterDays(*shard))).arg(*day);
+    cmd.arg(days.len());
+    for (index, (_, day)) in days.into_iter().zip(&parts.days) {
+        cmd.arg(index).arg(*day);
     }
-    for key in &keys.keys {
-        invocation.key(key.as_slice());
-    }
-    invocation
+    ScriptCall { script, cmd }
 }
 
 /// What a conversion writes, for `record_conversion.lua`.
@@ -377,4 +409,119 @@ pub(super) fn log_event(script: &Script, event: Vec<u8>, cap: usize) -> ScriptIn
     let mut invocation = script.prepare_invoke();
     invocation.key(EVENT_LOG_KEY).key(EVENT_SEQ_KEY).arg(event).arg(cap);
     invocation
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// The bulk strings of a packed command, in order.
+    fn bulk_strings(packed: &[u8]) -> Vec<Vec<u8>> {
+        let line = |at: usize| {
+            let end = at + packed[at..].windows(2).position(|w| w == b"\r\n").expect("a line");
+            (std::str::from_utf8(&packed[at + 1..end]).expect("digits").parse::<usize>().expect("a length"), end + 2)
+        };
+        let (count, mut at) = line(0);
+        (0..count)
+            .map(|_| {
+                let (len, start) = line(at);
+                at = start + len + 2;
+                packed[start..start + len].to_vec()
+            })
+            .collect()
+    }
+
+    fn pending(shard: u8, id: &str, hour: UnixHour, offer: Option<&str>, intern: u8) -> PendingClick {
+        let (reply, _) = oneshot::channel();
+        PendingClick {
+            shard,
+            id: id.to_owned(),
+            bucket_hour: hour,
+            counter_day: day_of_hour(hour),
+            counter_field: counter_field(hour, "clicks", "cake/demo"),
+            offer_counter_field: offer.map(|o| counter_field(hour, "clicks", o)),
+            encoded: EncodedClick {
+                record: vec![intern, 0, 7, 255],
+                interns: vec![([intern; 8], Arc::from(&b"ctx"[..]))],
+            },
+            reply,
+        }
+    }
+
+    /// Reads a command's arguments in order, as the script does.
+    struct Argv {
+        strings: std::vec::IntoIter<Vec<u8>>,
+        keys: Vec<String>,
+    }
+
+    impl Argv {
+        fn bytes(&mut self) -> Vec<u8> {
+            self.strings.next().expect("another argument")
+        }
+        fn text(&mut self) -> String {
+            String::from_utf8(self.bytes()).expect("text")
+        }
+        fn number(&mut self) -> usize {
+            self.text().parse().expect("a number")
+        }
+        /// The key an argument names by its index in KEYS (from 1).
+        fn key(&mut self) -> String {
+            let index = self.number();
+            self.keys[index - 1].clone()
+        }
+    }
+
+    /// The command reads back the way `record_clicks.lua` reads it: every key once, and
+    /// each argument naming the key it means.
+    #[test]
+    fn a_batch_call_reads_back_as_the_script_reads_it() {
+        let script = Script::new("return 0");
+        let clicks =
+            vec![pending(3, "click-a", 500_000, None, 1), pending(9, "click-b", 500_001, Some("cake/demo/x"), 2)];
+        let parts = BatchParts {
+            named: vec![(3, [1; 8])],
+            sent: vec![(9, [2; 8], &b"ctx"[..])],
+            buckets: vec![(3, 500_000), (9, 500_001)],
+            days: vec![(3, day_of_hour(500_000))],
+        };
+        let call = record_clicks(&script, &clicks, &parts, 3_600, 7_200);
+        let mut argv = Argv { strings: bulk_strings(&call.cmd.get_packed_command()).into_iter(), keys: Vec::new() };
+        assert_eq!(argv.text(), "EVALSHA");
+        assert_eq!(argv.text(), script.get_hash());
+        let key_count = argv.number();
+        argv.keys = (0..key_count).map(|_| argv.text()).collect();
+        let mut unique = argv.keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), key_count, "each key once: {:?}", argv.keys);
+
+        assert_eq!(argv.number(), 1);
+        assert_eq!(argv.key().into_bytes(), intern_key(3, &[1; 8]));
+        assert_eq!(argv.number(), 2);
+        for c in &clicks {
+            assert_eq!(argv.key(), click_bucket_key(c.shard, c.bucket_hour));
+            assert_eq!(argv.text(), c.id);
+            assert_eq!(argv.bytes(), c.encoded.record);
+            assert_eq!(argv.key(), counters_key(c.shard, c.counter_day));
+            assert_eq!(argv.text(), c.counter_field);
+            assert_eq!(argv.text(), c.offer_counter_field.clone().unwrap_or_default());
+        }
+        assert_eq!(argv.number(), 1);
+        assert_eq!(argv.key().into_bytes(), intern_key(9, &[2; 8]));
+        assert_eq!(argv.bytes(), b"ctx");
+        assert_eq!(argv.number(), 7_200);
+        assert_eq!(argv.number(), 2);
+        for (shard, hour) in [(3, 500_000), (9, 500_001)] {
+            assert_eq!(argv.key(), click_bucket_key(shard, hour));
+            assert_eq!(argv.number() as u64, bucket_expiry(hour, 3_600));
+        }
+        assert_eq!(argv.number(), 1);
+        assert_eq!(argv.key(), counter_days_key(3));
+        assert_eq!(argv.number() as u32, day_of_hour(500_000));
+        assert_eq!(argv.strings.next(), None, "nothing after the last day");
+    }
 }
