@@ -243,10 +243,13 @@ async fn a_process_that_lost_its_subscription_forgets_every_cached_link() {
     let store = StoreHandle::on_redis(RedisServer::start(), tempfile::tempdir().expect("temp dir"));
     let redis = store.redis.as_ref().expect("redis");
     let a = spawn_app_over(&store, "").await;
-    let b = spawn_app_over(&store, "").await;
-    listening(redis, 2).await;
     let v1 = "https://v1.example.com/?o=1";
     api(&a, Method::POST, "links", Some(json!({"slug": "gap", "offer": v1})), StatusCode::CREATED).await;
+    // B starts after the link's creation was published: a late copy of that message
+    // would make B forget the link at a moment of its own choosing, and the checks
+    // below want it cached until the subscription is dropped.
+    let b = spawn_app_over(&store, "").await;
+    listening(redis, 2).await;
     cached(&b, "gap", &format!("302 {v1}&")).await;
 
     // A change nobody publishes, as one made while B was not listening would be.
