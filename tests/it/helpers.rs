@@ -71,9 +71,16 @@ impl StoreHandle {
 
     /// A Redis store on `redis`, its outage spool in `dir`.
     pub fn on_redis(redis: RedisServer, dir: TempDir) -> StoreHandle {
+        let url = redis.url();
+        StoreHandle::on_redis_at(redis, &url, dir)
+    }
+
+    /// A Redis store on `redis` reached at `url` (its unix socket, say), its outage spool
+    /// in `dir`.
+    pub fn on_redis_at(redis: RedisServer, url: &str, dir: TempDir) -> StoreHandle {
         let spool = dir.path().join("spool").display().to_string();
         StoreHandle {
-            toml: format!("backend = \"redis\"\nurl = {:?}\nspool_path = {spool:?}\n", redis.url()),
+            toml: format!("backend = \"redis\"\nurl = {url:?}\nspool_path = {spool:?}\n"),
             dir,
             redis: Some(redis),
         }

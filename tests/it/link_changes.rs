@@ -158,14 +158,8 @@ async fn over_a_unix_socket_changes_reach_another_process_and_clicks_resolve_on_
     let sockets = tempfile::tempdir().expect("temp dir");
     let socket = sockets.path().join("redis.sock").display().to_string();
     let redis = RedisServer::start_with(&["--unixsocket", &socket, "--unixsocketperm", "700"]);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let spool = dir.path().join("spool").display().to_string();
     let url = format!("redis+unix://{socket}");
-    let store = StoreHandle {
-        toml: format!("backend = \"redis\"\nurl = {url:?}\nspool_path = {spool:?}\n"),
-        dir,
-        redis: Some(redis),
-    };
+    let store = StoreHandle::on_redis_at(redis, &url, tempfile::tempdir().expect("temp dir"));
     let a = spawn_app_over(&store, "").await;
     let b = spawn_app_over(&store, "").await;
     listening(store.redis.as_ref().expect("redis"), 2).await;
