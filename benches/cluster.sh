@@ -29,16 +29,7 @@ DURATION=10
 CONNS=64
 PROCESSES="1 2 3"
 ACK=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --runs) RUNS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    --processes) PROCESSES=$2; shift 2 ;;
-    --replicas-ack) ACK=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+bench_options "runs duration conns processes replicas-ack:ACK" "$@"
 for n in $PROCESSES; do
   case $n in 1|2|3) ;; *) echo "--processes takes 1, 2 and 3 only" >&2; exit 2 ;; esac
 done

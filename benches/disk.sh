@@ -14,13 +14,7 @@ cd "$(dirname "$0")/.."
 
 DISK_CLICKS=1000000
 OWN_BIN=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --disk-clicks) DISK_CLICKS=$2; shift 2 ;;
-    --bin) OWN_BIN=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+bench_options "disk-clicks bin:OWN_BIN" "$@"
 
 need_tools wrk curl
 own_binary

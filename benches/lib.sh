@@ -162,6 +162,29 @@ start_cakelink() {
   wait_up "$port" /healthz
 }
 
+# bench_options "NAME[:VAR] ..." ARGS...: every bench's option parsing. Takes `--NAME VALUE`
+# for each NAME listed and sets VAR to VALUE: NAME in capitals with `-` as `_`
+# (`--disk-clicks` sets DISK_CLICKS) unless a VAR follows a colon. Variables keep the
+# caller's defaults for options not given; any other option is an error.
+bench_options() {
+  local names=$1 name spec var
+  shift
+  while [ $# -gt 0 ]; do
+    name=${1#--}
+    var=""
+    for spec in $names; do
+      case $spec in
+        "$name") var=$(tr 'a-z-' 'A-Z_' <<<"$name") ;;
+        "$name":*) var=${spec#*:} ;;
+      esac
+    done
+    if [ "$name" = "$1" ] || [ -z "$var" ]; then echo "unknown option $1" >&2; exit 2; fi
+    if [ $# -lt 2 ]; then echo "$1 needs a value" >&2; exit 2; fi
+    printf -v "$var" '%s' "$2"
+    shift 2
+  done
+}
+
 # ab_options ARGS...: the options of the benches that may alternate two builds: --runs,
 # --duration, --conns, --targets (load.sh's), --bin (measure that binary instead of this
 # tree's) and --base-bin (measure another one too). Sets RUNS, DURATION, CONNS, TARGETS,
@@ -169,17 +192,7 @@ start_cakelink() {
 ab_options() {
   OWN_BIN=""
   BASE_BIN=""
-  while [ $# -gt 0 ]; do
-    case "$1" in
-      --runs) RUNS=$2; shift 2 ;;
-      --duration) DURATION=$2; shift 2 ;;
-      --conns) CONNS=$2; shift 2 ;;
-      --targets) TARGETS=$2; shift 2 ;;
-      --bin) OWN_BIN=$2; shift 2 ;;
-      --base-bin) BASE_BIN=$2; shift 2 ;;
-      *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-  done
+  bench_options "runs duration conns targets bin:OWN_BIN base-bin" "$@"
 }
 
 # start_each_bin BIN...: one cakelink on the embedded store per binary, for benches that

@@ -18,15 +18,7 @@ CLICKS=10000000
 RUNS=3
 DURATION=10
 CONNS=1
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --clicks) CLICKS=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+bench_options "clicks runs duration conns" "$@"
 
 need_tools wrk curl
 build_release

@@ -16,13 +16,7 @@ cd "$(dirname "$0")/.."
 
 CLICKS=100000
 DISK_CLICKS=1000000
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --clicks) CLICKS=$2; shift 2 ;;
-    --disk-clicks) DISK_CLICKS=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+bench_options "clicks disk-clicks" "$@"
 
 need_tools wrk redis-server curl
 build_release

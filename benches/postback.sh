@@ -16,16 +16,7 @@ DURATION=10
 CONNS="64"
 CLICKS=20000
 TARGETS="embedded"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --runs) RUNS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    --clicks) CLICKS=$2; shift 2 ;;
-    --targets) TARGETS=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+bench_options "runs duration conns clicks targets" "$@"
 
 need_tools wrk redis-server curl
 build_release

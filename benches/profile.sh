@@ -26,17 +26,7 @@ DURATION=20
 CONNS=16
 TOP=40
 OWN_BIN=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --store) STORE=$2; shift 2 ;;
-    --link) LINK=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    --top) TOP=$2; shift 2 ;;
-    --bin) OWN_BIN=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+bench_options "store link duration conns top bin:OWN_BIN" "$@"
 case $STORE in embedded|redis) ;; *) echo "unknown store $STORE" >&2; exit 2 ;; esac
 case $LINK in demo|split) ;; *) echo "unknown link $LINK (demo or split)" >&2; exit 2 ;; esac
 

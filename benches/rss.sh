@@ -14,15 +14,7 @@ DURATION=300
 RATE=""
 EVERY=15
 WARMUP=${WARMUP:-30}
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --store) STORE=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --rate) RATE=$2; shift 2 ;;
-    --every) EVERY=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+bench_options "store duration rate every" "$@"
 
 need_tools wrk redis-server curl
 build_release
