@@ -25,18 +25,15 @@ start_each_bin "$BIN" ${BASE_BIN:+"$BASE_BIN"}
 
 echo "| run | conns | binary | req/s | requests | server CPU (s) | CPU per request (µs) |"
 echo "|---|---|---|---|---|---|---|"
-for run in $(seq 1 "$RUNS"); do
-  for c in $CONNS; do
-    for b in "${BINS[@]}"; do
-      port=${PORT[$b]}
-      warm_up "$port" "$c" benches/wrk-clicks.lua /go/cake/demo
-      before=$(cpu_ticks "${SERVER[$b]}")
-      line=$(wrk_run "$port" "$DURATION" "$c" benches/wrk-clicks.lua /go/cake/demo)
-      after=$(cpu_ticks "${SERVER[$b]}")
-      requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
-      rps=$(sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$line")
-      python3 -c "import sys; r,c,b,rps,n,a,z,t=sys.argv[1:]; s=(int(z)-int(a))/int(t); print(f'| {r} | {c} | {b} | {int(rps):,} | {int(n):,} | {s:.2f} | {s/int(n)*1e6:.1f} |')" \
-        "$run" "$c" "$b" "$rps" "$requests" "$before" "$after" "$TICK"
-    done
-  done
-done
+# measure RUN CONNS BINARY PORT: one row of the table.
+measure() {
+  local before after line requests rps
+  before=$(cpu_ticks "${SERVER[$3]}")
+  line=$(wrk_run "$4" "$DURATION" "$2" benches/wrk-clicks.lua /go/cake/demo)
+  after=$(cpu_ticks "${SERVER[$3]}")
+  requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+  rps=$(sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$line")
+  python3 -c "import sys; r,c,b,rps,n,a,z,t=sys.argv[1:]; s=(int(z)-int(a))/int(t); print(f'| {r} | {c} | {b} | {int(rps):,} | {int(n):,} | {s:.2f} | {s/int(n)*1e6:.1f} |')" \
+    "$1" "$2" "$3" "$rps" "$requests" "$before" "$after" "$TICK"
+}
+each_ab_run measure

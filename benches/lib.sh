@@ -209,6 +209,21 @@ start_each_bin() {
   done
 }
 
+# each_ab_run FUNCTION: for each run, connection count and binary of start_each_bin, in
+# that order (so the builds alternate run by run), warms that binary's server up with wrk,
+# then calls FUNCTION RUN CONNS BINARY PORT to measure it.
+each_ab_run() {
+  local run c b
+  for run in $(seq 1 "$RUNS"); do
+    for c in $CONNS; do
+      for b in "${BINS[@]}"; do
+        warm_up "${PORT[$b]}" "$c" benches/wrk-clicks.lua /go/cake/demo
+        "$1" "$run" "$c" "$b" "${PORT[$b]}"
+      done
+    done
+  done
+}
+
 # collect_ids PORT N FILE: N clicks through /go, keeping the click id of each.
 collect_ids() {
   taskset -c "$LOAD_CPU" python3 - "$1" "$2" "$3" <<'PY'

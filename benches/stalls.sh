@@ -31,17 +31,15 @@ start_each_bin "$BIN" ${BASE_BIN:+"$BASE_BIN"}
 
 echo "| run | conns | binary | req/s | p99 (ms) | p99.9 (ms) | longest on the core (ms): runtime | writer | housekeeping | blocking | writer stretches > 1 ms |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for run in $(seq 1 "$RUNS"); do
-  for c in $CONNS; do
-    for b in "${BINS[@]}"; do
-      port=${PORT[$b]}
-      warm_up "$port" "$c" benches/wrk-clicks.lua /go/cake/demo
-      (sleep 2; taskset -c "$LOAD_CPU" perf sched record -C "$SERVER_CPU" -o "$WORK/sched.data" -- sleep 3 >/dev/null 2>&1) &
-      recorder=$!
-      line=$(wrk_run "$port" "$DURATION" "$c" benches/wrk-clicks.lua /go/cake/demo)
-      wait "$recorder"
-      perf sched timehist -i "$WORK/sched.data" --cpu "$SERVER_CPU" 2>/dev/null \
-        | python3 -c '
+# measure RUN CONNS BINARY PORT: one row of the table.
+measure() {
+  local recorder line
+  (sleep 2; taskset -c "$LOAD_CPU" perf sched record -C "$SERVER_CPU" -o "$WORK/sched.data" -- sleep 3 >/dev/null 2>&1) &
+  recorder=$!
+  line=$(wrk_run "$4" "$DURATION" "$2" benches/wrk-clicks.lua /go/cake/demo)
+  wait "$recorder"
+  perf sched timehist -i "$WORK/sched.data" --cpu "$SERVER_CPU" 2>/dev/null \
+    | python3 -c '
 import re, sys
 run, conns, binary, pid, result = sys.argv[1:]
 kv = dict(p.split("=") for p in result.split()[1:])
@@ -69,7 +67,6 @@ for comm, tid, ran in rows:
 rps, p99, p999 = int(kv["rps"]), int(kv["p99"]) / 1000, int(kv["p999"]) / 1000
 cols = " | ".join(f"{longest[k]:.2f}" for k in ("runtime", "writer", "housekeeping", "blocking"))
 print(f"| {run} | {conns} | {binary} | {rps:,} | {p99:.2f} | {p999:.2f} | {cols} | {writer_over} |")
-' "$run" "$c" "$b" "${SERVER[$b]}" "$line"
-    done
-  done
-done
+' "$1" "$2" "$3" "${SERVER[$3]}" "$line"
+}
+each_ab_run measure
